@@ -1,0 +1,168 @@
+"""The gateway agent: owns its loops (MQTT network, engine, uplink) and stops them cleanly.
+
+Data flow: MQTT -> bounded queue -> decode -> engine -> orders + outbox (one transaction per
+batch) -> uplink. ``stop()`` (or SIGTERM under ``edge run``) stops taking messages, finishes
+the batch in hand, lets the uplink flush what it can, and closes the database.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+
+from edge.config import GatewayConfig
+from edge.engine import Engine, load_rules
+from edge.engine.kernels import warm_up
+from edge.ingest.decode import DecodeError, decode_telemetry, derive
+from edge.ingest.mqtt import MqttSubscriber, RawMessage
+from edge.orders import OrderBook
+from edge.outbox import open_database, transaction
+from edge.registry import Registry
+from uplink.sender import Sender
+from uplink.transport_http import HttpTransport
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Stats:
+    messages: int = 0
+    readings: int = 0
+    quarantined: Counter = field(default_factory=Counter)
+    unknown_devices: Counter = field(default_factory=Counter)
+    orders_opened: int = 0
+    orders_cleared: int = 0
+    orders_reopened: int = 0
+    batches: int = 0
+
+
+class Agent:
+    def __init__(self, config: GatewayConfig):
+        self.config = config
+        self.registry = Registry.load(config.registry.path)
+        self.rules = load_rules(config.rules.paths)
+        self.engine = Engine(self.rules, self.registry)
+        self.stats = Stats()
+        self.stop_event = threading.Event()
+        self.ready = threading.Event()
+        self.inbox: queue.Queue[RawMessage] = queue.Queue(maxsize=config.engine.queue_max)
+        self._uplink_wake = threading.Event()
+        self.subscriber = MqttSubscriber(
+            config.mqtt.host, config.mqtt.port, config.mqtt.client_id, config.mqtt.topics, config.mqtt.qos,
+            self.inbox, self.stop_event, config.mqtt.username, config.mqtt.password,
+        )
+        self.sender = Sender(
+            config.database_path,
+            HttpTransport(config.uplink.url, config.gateway.id, config.uplink.token, config.uplink.timeout),
+            self.stop_event,
+            self._uplink_wake,
+            batch_size=config.uplink.batch_size,
+            retry_max=config.uplink.retry_max,
+        )
+
+    @property
+    def uplinked(self) -> int:
+        return self.sender.uplinked
+
+    def stop(self) -> None:
+        self.stop_event.set()
+        self._uplink_wake.set()
+
+    def run(self) -> None:
+        """Run until ``stop()``; returns after a clean shutdown."""
+        db = open_database(self.config.database_path)
+        book = OrderBook(db, self.config.gateway.id)
+        for rule, device, state in book.live_orders():
+            if state == "opened":
+                self.engine.mark_active(rule, device)
+        warm_up()
+        uplink = threading.Thread(target=self.sender.run, name="uplink", daemon=True)
+        uplink.start()
+        self.subscriber.start()
+        log.info(
+            "gateway %s running: %d devices, %d rules, database %s",
+            self.config.gateway.id, len(self.registry), len(self.rules), self.config.database_path,
+        )
+        self.ready.set()
+        try:
+            while not self.stop_event.is_set():
+                batch = self._take_batch()
+                if batch:
+                    self._process(batch, book, db)
+            self.subscriber.close()
+            leftover = self._drain_inbox()
+            if leftover:
+                self._process(leftover, book, db)
+        finally:
+            self._uplink_wake.set()
+            uplink.join(timeout=self.config.uplink.timeout + 5)
+            db.conn.close()
+            log.info("gateway %s stopped", self.config.gateway.id)
+
+    def _take_batch(self) -> list[RawMessage]:
+        try:
+            first = self.inbox.get(timeout=0.2)
+        except queue.Empty:
+            return []
+        batch = [first]
+        deadline = time.monotonic() + self.config.engine.batch_wait
+        limit = self.config.engine.batch_max
+        while len(batch) < limit:
+            try:
+                batch.append(self.inbox.get_nowait())
+            except queue.Empty:
+                if time.monotonic() >= deadline:
+                    break
+                time.sleep(0.002)
+        return batch
+
+    def _drain_inbox(self) -> list[RawMessage]:
+        items = []
+        while True:
+            try:
+                items.append(self.inbox.get_nowait())
+            except queue.Empty:
+                return items
+
+    def _process(self, batch: list[RawMessage], book: OrderBook, db) -> None:
+        builder = self.engine.builder()
+        quarantine = []
+        for raw in batch:
+            try:
+                message = decode_telemetry(raw.topic, raw.payload)
+            except DecodeError as error:
+                self.stats.quarantined[error.reason] += 1
+                quarantine.append((raw.received_at, raw.topic, raw.payload, error.reason, error.detail))
+                continue
+            device = self.registry.get(message.device_id)
+            if device is None:
+                self.stats.unknown_devices[message.device_id] += 1
+                continue
+            values = derive(device, message.values)
+            self.stats.readings += len(values)
+            builder.add(device.index, message.ts, values)
+        self.stats.messages += len(batch)
+        transitions = self.engine.process(builder.build())
+        changes = book.apply(transitions)
+        if quarantine:
+            with transaction(db) as conn:
+                conn.executemany(
+                    "INSERT INTO quarantine (received_at, topic, payload, reason, detail) VALUES (?, ?, ?, ?, ?)",
+                    quarantine,
+                )
+            log.warning("quarantined %d malformed message(s)", len(quarantine))
+        for change in changes:
+            if change.change == "opened":
+                self.stats.orders_opened += 1
+            elif change.change == "cleared":
+                self.stats.orders_cleared += 1
+            else:
+                self.stats.orders_reopened += 1
+            log.info("order %s revision %d: %s", change.order_id, change.revision, change.change)
+        if changes:
+            self._uplink_wake.set()
+        self.stats.batches += 1

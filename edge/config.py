@@ -1,0 +1,156 @@
+"""The gateway's configuration file (TOML), as typed models refused before start.
+
+Relative paths in the file are relative to the file's own folder. Secrets may come from the
+environment instead of the file: ``EDGE_UPLINK_TOKEN``, ``EDGE_MQTT_PASSWORD``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+from pathlib import Path
+from urllib.parse import urlparse
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+
+class ConfigError(Exception):
+    """The configuration is unusable; the message says where and why."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class GatewaySection(_Section):
+    id: str = Field(pattern=r"^[A-Za-z0-9_.-]+$", description="This gateway's id, unique in the district.")
+    data_dir: Path = Field(Path("var"), description="Folder of gateway.db (orders, outbox, quarantine).")
+
+
+class RegistrySection(_Section):
+    path: Path = Field(description="The device registry CSV.")
+
+
+class RulesSection(_Section):
+    paths: list[Path] = Field(description="Rule files, or folders of *.yaml rule files.")
+
+
+class MqttSection(_Section):
+    url: str = Field("mqtt://127.0.0.1:1883", description="Broker the devices publish to: mqtt://host:port.")
+    client_id: str = Field("", description="Client id; fixed, so the broker keeps the session. Default: edge-<gateway id>.")
+    topics: list[str] = Field(["devices/+/telemetry"], description="Topic filters to subscribe to.")
+    qos: int = Field(1, ge=0, le=1, description="Subscription QoS; 1 keeps readings published during a restart.")
+    username: str = ""
+    password: str = Field("", description="Or set EDGE_MQTT_PASSWORD.")
+
+    @field_validator("url")
+    @classmethod
+    def _mqtt_url(cls, value: str) -> str:
+        parsed = urlparse(value)
+        if parsed.scheme != "mqtt" or not parsed.hostname:
+            raise ValueError(f"expected mqtt://host:port, got {value!r}")
+        return value
+
+    @property
+    def host(self) -> str:
+        return urlparse(self.url).hostname or "127.0.0.1"
+
+    @property
+    def port(self) -> int:
+        return urlparse(self.url).port or 1883
+
+
+class UplinkSection(_Section):
+    url: str = Field(description="Base URL of the central platform, e.g. http://127.0.0.1:8080.")
+    token: str = Field("", description="Bearer token; or set EDGE_UPLINK_TOKEN.")
+    batch_size: int = Field(100, ge=1, le=10000, description="Revisions per request.")
+    timeout: float = Field(10.0, gt=0, description="Seconds to wait for the platform's answer.")
+    retry_max: float = Field(60.0, gt=0, description="Longest wait between retries, seconds.")
+
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        parsed = urlparse(value)
+        if parsed.scheme not in ("http", "https") or not parsed.hostname:
+            raise ValueError(f"expected http(s)://host:port, got {value!r}")
+        return value.rstrip("/")
+
+
+class EngineSection(_Section):
+    batch_max: int = Field(5000, ge=1, description="Most messages evaluated in one batch.")
+    batch_wait: float = Field(0.05, gt=0, description="Longest wait, seconds, to fill a batch.")
+    queue_max: int = Field(50000, ge=100, description="Messages held between the network and the engine.")
+
+
+class GatewayConfig(_Section):
+    gateway: GatewaySection
+    registry: RegistrySection
+    rules: RulesSection
+    mqtt: MqttSection = MqttSection()
+    uplink: UplinkSection
+    engine: EngineSection = EngineSection()
+
+    @property
+    def database_path(self) -> Path:
+        return self.gateway.data_dir / "gateway.db"
+
+
+def _key_line(text: str, loc: tuple) -> int:
+    """Best-effort line of a key path in TOML text: the section header, then the key in it."""
+    lines = text.splitlines()
+    section = str(loc[0]) if loc else ""
+    start = 0
+    for number, line in enumerate(lines):
+        if re.match(rf"\s*\[{re.escape(section)}\]\s*(#.*)?$", line):
+            start = number
+            break
+    if len(loc) > 1:
+        key = str(loc[1])
+        for number in range(start, len(lines)):
+            if number > start and lines[number].lstrip().startswith("["):
+                break
+            if re.match(rf"\s*{re.escape(key)}\s*=", lines[number]):
+                return number + 1
+    return start + 1
+
+
+def load_config(path: Path) -> GatewayConfig:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as error:
+        raise ConfigError(f"{path}: cannot read: {error.strerror}") from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as error:
+        raise ConfigError(f"{path}: not valid TOML: {error}") from None
+    try:
+        config = GatewayConfig.model_validate(data)
+    except ValidationError as error:
+        problems = []
+        for e in error.errors():
+            loc = tuple(e["loc"])
+            where = ".".join(str(p) for p in loc)
+            message = e["msg"].removeprefix("Value error, ")
+            if e["type"] == "extra_forbidden":
+                message = f"unknown key {where!r}"
+            elif e["type"] == "missing":
+                message = f"missing required key {where!r}"
+            else:
+                message = f"{where}: {message}"
+            problems.append(f"{path}:{_key_line(text, loc)}: {message}")
+        raise ConfigError("\n".join(problems)) from None
+    base = path.parent.resolve()
+    config.gateway.data_dir = (base / config.gateway.data_dir).resolve()
+    config.registry.path = (base / config.registry.path).resolve()
+    config.rules.paths = [(base / p).resolve() for p in config.rules.paths]
+    config.uplink.token = os.environ.get("EDGE_UPLINK_TOKEN", config.uplink.token)
+    config.mqtt.password = os.environ.get("EDGE_MQTT_PASSWORD", config.mqtt.password)
+    if not config.mqtt.client_id:
+        config.mqtt.client_id = f"edge-{config.gateway.id}"
+    return config

@@ -1,0 +1,316 @@
+"""Rule files: YAML a field engineer edits, validated into typed rules with line numbers.
+
+A rule file holds a list of rules under ``rules:``. Every problem found is reported as
+``file:line: message`` so that a field engineer can go straight to the line. Loading a
+directory either succeeds as a whole or raises ``RuleFileError`` listing every problem.
+"""
+
+from __future__ import annotations
+
+import difflib
+import string
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from edge.engine import expr
+
+SEVERITIES = ("info", "minor", "major", "critical")
+TITLE_FIELDS = ("device", "kind", "rule", "address", "grid", "zone", "team", "value", "metric", "category")
+FUNCTIONS: dict[str, str] = {}  # name -> one-line description; filled as functions are supported
+
+
+@dataclass(frozen=True)
+class Problem:
+    path: str
+    line: int
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.path}:{self.line}: {self.message}"
+
+
+class RuleFileError(Exception):
+    """One or more rule files are invalid; ``problems`` has each with its file and line."""
+
+    def __init__(self, problems: list[Problem]):
+        super().__init__("\n".join(str(p) for p in problems))
+        self.problems = problems
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+class OrderSpec(_Model):
+    category: str = Field(description="Category code of the work order, e.g. 0101 (manhole cover).")
+    severity: Literal["info", "minor", "major", "critical"] = Field(description="Initial severity.")
+    title: str = Field(description="Title template; placeholders: " + ", ".join("{%s}" % f for f in TITLE_FIELDS))
+
+    @field_validator("category", mode="before")
+    @classmethod
+    def _category_text(cls, value: Any) -> Any:
+        return str(value) if isinstance(value, int) else value
+
+    @field_validator("title")
+    @classmethod
+    def _title_placeholders(cls, value: str) -> str:
+        try:
+            parts = list(string.Formatter().parse(value))
+        except ValueError as error:
+            raise ValueError(f"title template is malformed: {error}") from None
+        for _, name, spec, conversion in parts:
+            if name is None:
+                continue
+            if name not in TITLE_FIELDS:
+                raise ValueError(
+                    f"unknown placeholder {{{name}}} in title; use one of "
+                    + ", ".join("{%s}" % f for f in TITLE_FIELDS)
+                )
+            if conversion:
+                raise ValueError(f"placeholder {{{name}}} cannot have a conversion")
+            if spec and not _is_number_format(spec):
+                raise ValueError(f"placeholder {{{name}:{spec}}} has an unsupported format")
+        return value
+
+
+def _is_number_format(spec: str) -> bool:
+    try:
+        format(1.5, spec)
+    except ValueError:
+        return False
+    return True
+
+
+class AppliesTo(_Model):
+    kind: list[str] = Field(description="Device kinds the rule applies to, e.g. manhole_cover.")
+    grid: list[str] | None = Field(None, description="Only devices in these grids.")
+    zone: list[str] | None = Field(None, description="Only devices in these zones.")
+    model: list[str] | None = Field(None, description="Only devices of these models.")
+    devices: list[str] | None = Field(None, description="Only these device ids.")
+
+    @field_validator("kind", "grid", "zone", "model", "devices", mode="before")
+    @classmethod
+    def _one_or_many(cls, value: Any) -> Any:
+        if isinstance(value, (str, int)):
+            return [str(value)]
+        return value
+
+
+class RuleSpec(_Model):
+    name: str = Field(pattern=r"^[a-z][a-z0-9_]*$", description="Unique name, lower case with underscores.")
+    description: str = ""
+    applies_to: AppliesTo
+    when: str = Field(description="Condition that opens the order.")
+    for_: float = Field(0.0, alias="for", description="How long `when` must hold before the order opens.")
+    clear_when: str | None = Field(None, description="Condition that clears it; default: `when` is false.")
+    clear_for: float = Field(0.0, description="How long `clear_when` must hold before the order clears.")
+    order: OrderSpec
+
+    @field_validator("for_", "clear_for", mode="before")
+    @classmethod
+    def _duration(cls, value: Any) -> float:
+        if value is None:
+            return 0.0
+        return expr.parse_duration(value)
+
+    @field_validator("when", "clear_when")
+    @classmethod
+    def _condition(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        check_condition(value)
+        return value
+
+
+class RuleFileModel(_Model):
+    rules: list[RuleSpec]
+
+
+def check_condition(text: str) -> expr.Node:
+    """Parse a condition and check its function names; raises ValueError with a readable message."""
+    try:
+        node = expr.parse(str(text))
+    except expr.ExpressionError as error:
+        raise ValueError(f"in condition {text!r}: {error}") from None
+    for call in _calls(node):
+        if call.name not in FUNCTIONS:
+            close = difflib.get_close_matches(call.name, list(FUNCTIONS), n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            known = ", ".join(sorted(FUNCTIONS)) or "none in this version"
+            raise ValueError(f"unknown function {call.name!r}{hint}; functions: {known}")
+    for string_node in _strings(node):
+        raise ValueError(f"text value {string_node.value!r} cannot be used in this version's conditions")
+    return node
+
+
+def _calls(node: expr.Node) -> list[expr.Call]:
+    found: list[expr.Call] = []
+    if isinstance(node, expr.Call):
+        found.append(node)
+        for arg in node.args:
+            found.extend(_calls(arg))
+    elif isinstance(node, expr.Unary):
+        found.extend(_calls(node.operand))
+    elif isinstance(node, expr.Binary):
+        found.extend(_calls(node.left) + _calls(node.right))
+    return found
+
+
+def _strings(node: expr.Node) -> list[expr.String]:
+    if isinstance(node, expr.String):
+        return [node]
+    if isinstance(node, expr.Unary):
+        return _strings(node.operand)
+    if isinstance(node, expr.Binary):
+        return _strings(node.left) + _strings(node.right)
+    if isinstance(node, expr.Call):
+        return [s for arg in node.args for s in _strings(arg)]
+    return []
+
+
+@dataclass(frozen=True)
+class Rule:
+    """A validated rule, with its parsed conditions and where it came from."""
+
+    spec: RuleSpec
+    when: expr.Node
+    clear_when: expr.Node
+    source: str
+    line: int
+    metrics: tuple[str, ...] = field(default=())
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+
+def _load_yaml_with_lines(text: str) -> tuple[Any, dict[tuple, int]]:
+    """Parse YAML and remember the line (1-based) of every mapping key and list item."""
+    node = yaml.compose(text, Loader=yaml.SafeLoader)
+    lines: dict[tuple, int] = {}
+    if node is None:
+        return None, lines
+
+    def walk(n: yaml.Node, path: tuple) -> None:
+        lines.setdefault(path, n.start_mark.line + 1)
+        if isinstance(n, yaml.MappingNode):
+            for key_node, value_node in n.value:
+                key = key_node.value
+                lines[path + (key,)] = key_node.start_mark.line + 1
+                walk(value_node, path + (key,))
+        elif isinstance(n, yaml.SequenceNode):
+            for index, item in enumerate(n.value):
+                walk(item, path + (index,))
+
+    walk(node, ())
+    return yaml.safe_load(text), lines
+
+
+def _line_for(lines: dict[tuple, int], loc: tuple) -> int:
+    path = tuple("for" if part == "for_" else part for part in loc)
+    while path:
+        if path in lines:
+            return lines[path]
+        path = path[:-1]
+    return lines.get((), 1)
+
+
+def _describe_pydantic_error(error: dict) -> str:
+    loc = ".".join(str(p) for p in error["loc"] if not isinstance(p, int))
+    loc = loc.replace("for_", "for")
+    kind = error["type"]
+    message = error["msg"]
+    if message.startswith("Value error, "):
+        message = message[len("Value error, "):]
+    if kind == "extra_forbidden":
+        key = str(error["loc"][-1])
+        return f"unknown key {key!r}" + _did_you_mean(key, RuleSpec, OrderSpec, AppliesTo)
+    if kind == "missing":
+        return f"missing required key {loc!r}"
+    return f"{loc}: {message}" if loc else message
+
+
+def _did_you_mean(key: str, *models: type[BaseModel]) -> str:
+    names = []
+    for model in models:
+        for name, info in model.model_fields.items():
+            names.append(info.alias or name)
+    close = difflib.get_close_matches(key, names, n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def load_rule_file(path: Path) -> list[Rule]:
+    """Load one rule file; raises RuleFileError with every problem found in it."""
+    shown = str(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as error:
+        raise RuleFileError([Problem(shown, 0, f"cannot read: {error.strerror}")]) from None
+    try:
+        data, lines = _load_yaml_with_lines(text)
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        line = mark.line + 1 if mark is not None else 1
+        problem = getattr(error, "problem", None) or str(error)
+        raise RuleFileError([Problem(shown, line, f"not valid YAML: {problem}")]) from None
+    if not isinstance(data, dict) or "rules" not in data:
+        raise RuleFileError([Problem(shown, 1, "a rule file must have a top-level 'rules:' list")])
+    try:
+        model = RuleFileModel.model_validate(data)
+    except ValidationError as error:
+        problems = [
+            Problem(shown, _line_for(lines, tuple(e["loc"])), _describe_pydantic_error(e))
+            for e in error.errors()
+        ]
+        raise RuleFileError(problems) from None
+    rules = []
+    for index, spec in enumerate(model.rules):
+        when = expr.parse(spec.when)
+        clear = expr.parse(spec.clear_when) if spec.clear_when else expr.Unary("not", when)
+        metrics = tuple(dict.fromkeys(expr.metrics_of(when) + expr.metrics_of(clear)))
+        rules.append(Rule(spec, when, clear, shown, lines.get(("rules", index), 1), metrics))
+    return rules
+
+
+def rule_files(paths: list[Path]) -> list[Path]:
+    """The rule files named by ``paths``: files as given, directories as their *.yaml / *.yml."""
+    found: list[Path] = []
+    for path in paths:
+        if path.is_dir():
+            found.extend(sorted(p for p in path.iterdir() if p.suffix in (".yaml", ".yml")))
+        else:
+            found.append(path)
+    return found
+
+
+def load_rules(paths: list[Path]) -> list[Rule]:
+    """Load every rule file under ``paths``; raises RuleFileError listing all problems."""
+    problems: list[Problem] = []
+    rules: list[Rule] = []
+    files = rule_files([p for p in paths if p.exists()])
+    for path in paths:
+        if not path.exists():
+            problems.append(Problem(str(path), 0, "no such file or directory"))
+    if not files and not problems:
+        problems.append(Problem(", ".join(str(p) for p in paths), 0, "no rule files (*.yaml) found"))
+    for path in files:
+        try:
+            rules.extend(load_rule_file(path))
+        except RuleFileError as error:
+            problems.extend(error.problems)
+    seen: dict[str, Rule] = {}
+    for rule in rules:
+        if rule.name in seen:
+            first = seen[rule.name]
+            problems.append(
+                Problem(rule.source, rule.line, f"rule name {rule.name!r} is already used at {first.source}:{first.line}")
+            )
+        else:
+            seen[rule.name] = rule
+    if problems:
+        raise RuleFileError(problems)
+    return rules

@@ -1,0 +1,1 @@
+"""Ingest: subscribe to the devices and decode their payloads into readings."""

@@ -1,0 +1,162 @@
+"""Work orders: one order per real problem, kept in the gateway's SQLite file.
+
+An order is keyed by (rule, device) while it is live (not closed or rejected): the same
+problem seen again updates that order and never opens a second. Every change is a new
+revision, written to the outbox in the same transaction.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+import uuid
+from dataclasses import dataclass
+
+import orjson
+import sqlite_utils
+
+from edge.engine.engine import Transition
+from edge.outbox import Outbox, transaction
+
+LIVE_STATES = ("opened", "cleared")
+
+ORDER_COLUMNS = (
+    "id", "rule", "device", "kind", "category", "severity", "title", "grid", "zone", "team",
+    "address", "lat", "lon", "state", "revision", "opened_at", "updated_at", "last_seen_at", "evidence",
+)
+
+
+@dataclass(frozen=True)
+class Change:
+    order_id: str
+    revision: int
+    state: str
+    change: str  # "opened", "reopened", "cleared"
+
+
+def iso(ts: float) -> str:
+    return dt.datetime.fromtimestamp(ts, dt.timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def render_title(transition: Transition) -> str:
+    rule, device = transition.rule, transition.device
+    value = transition.evidence[0].value if transition.evidence else float("nan")
+    fields = {
+        "device": device.id, "kind": device.kind, "rule": rule.name, "address": device.address,
+        "grid": device.grid, "zone": device.zone, "team": device.team, "value": value,
+        "metric": transition.evidence[0].metric if transition.evidence else "",
+        "category": rule.spec.order.category,
+    }
+    return rule.spec.order.title.format_map(fields)
+
+
+class OrderBook:
+    def __init__(self, db: sqlite_utils.Database, gateway_id: str):
+        self.db = db
+        self.gateway_id = gateway_id
+        self.outbox = Outbox(db)
+
+    def apply(self, transitions: list[Transition], now: float | None = None) -> list[Change]:
+        """Apply the engine's transitions in one durable transaction; returns the revisions made."""
+        changes: list[Change] = []
+        if not transitions:
+            return changes
+        now = time.time() if now is None else now
+        with transaction(self.db):
+            for transition in transitions:
+                change = self._apply_one(transition, now)
+                if change is not None:
+                    changes.append(change)
+        return changes
+
+    def _live(self, rule: str, device: str) -> dict | None:
+        row = self.db.execute(
+            f"SELECT {', '.join(ORDER_COLUMNS)} FROM orders WHERE rule = ? AND device = ? "
+            "AND state NOT IN ('closed', 'rejected')",
+            [rule, device],
+        ).fetchone()
+        return dict(zip(ORDER_COLUMNS, row)) if row else None
+
+    def _apply_one(self, transition: Transition, now: float) -> Change | None:
+        rule, device = transition.rule, transition.device
+        evidence = [
+            {"metric": e.metric, "value": e.value, "at": iso(transition.ts), "condition": rule.spec.when}
+            for e in transition.evidence
+        ]
+        order = self._live(rule.name, device.id)
+        if transition.kind == "open":
+            if order is None:
+                order = {
+                    "id": f"{self.gateway_id}-{uuid.uuid4().hex[:16]}",
+                    "rule": rule.name, "device": device.id, "kind": device.kind,
+                    "category": rule.spec.order.category, "severity": rule.spec.order.severity,
+                    "title": render_title(transition), "grid": device.grid, "zone": device.zone,
+                    "team": device.team, "address": device.address, "lat": device.lat, "lon": device.lon,
+                    "state": "opened", "revision": 1, "opened_at": transition.ts, "updated_at": now,
+                    "last_seen_at": transition.ts, "evidence": orjson.dumps(evidence).decode(),
+                }
+                self.db.execute(
+                    f"INSERT INTO orders ({', '.join(ORDER_COLUMNS)}) VALUES ({', '.join('?' * len(ORDER_COLUMNS))})",
+                    [order[c] for c in ORDER_COLUMNS],
+                )
+                return self._revision(order, "opened")
+            if order["state"] == "cleared":
+                return self._update(order, now, state="opened", change="reopened", evidence=evidence, seen=transition.ts)
+            # Already open: the same problem seen again (e.g. after a restart). Note it, no revision.
+            self.db.execute("UPDATE orders SET last_seen_at = ? WHERE id = ?", [transition.ts, order["id"]])
+            return None
+        if order is None or order["state"] != "opened":
+            return None
+        return self._update(order, now, state="cleared", change="cleared", evidence=evidence, seen=transition.ts)
+
+    def _update(self, order: dict, now: float, *, state: str, change: str, evidence: list, seen: float) -> Change:
+        order = dict(order)
+        merged = orjson.loads(order["evidence"]) + evidence
+        order.update(
+            state=state, revision=order["revision"] + 1, updated_at=now, last_seen_at=seen,
+            evidence=orjson.dumps(merged[-20:]).decode(),
+        )
+        self.db.execute(
+            "UPDATE orders SET state = ?, revision = ?, updated_at = ?, last_seen_at = ?, evidence = ? WHERE id = ?",
+            [order["state"], order["revision"], order["updated_at"], order["last_seen_at"], order["evidence"], order["id"]],
+        )
+        return self._revision(order, change)
+
+    def _revision(self, order: dict, change: str) -> Change:
+        body = {
+            "order_id": order["id"],
+            "revision": order["revision"],
+            "change": change,
+            "gateway": self.gateway_id,
+            "device": order["device"],
+            "device_kind": order["kind"],
+            "rule": order["rule"],
+            "category": order["category"],
+            "severity": order["severity"],
+            "title": order["title"],
+            "grid": order["grid"],
+            "zone": order["zone"],
+            "team": order["team"],
+            "address": order["address"],
+            "location": {"lat": order["lat"], "lon": order["lon"]},
+            "opened_at": iso(order["opened_at"]),
+            "updated_at": iso(order["updated_at"]),
+            "state": order["state"],
+            "evidence": orjson.loads(order["evidence"]),
+        }
+        self.outbox.put(order["id"], order["revision"], body)
+        return Change(order["id"], order["revision"], order["state"], change)
+
+    def live_orders(self) -> list[tuple[str, str, str]]:
+        """(rule, device, state) of every order that is not closed or rejected."""
+        return [
+            (row[0], row[1], row[2])
+            for row in self.db.execute(
+                "SELECT rule, device, state FROM orders WHERE state NOT IN ('closed', 'rejected')"
+            ).fetchall()
+        ]
+
+    def count(self, state: str | None = None) -> int:
+        if state is None:
+            return self.db.execute("SELECT count(*) FROM orders").fetchone()[0]
+        return self.db.execute("SELECT count(*) FROM orders WHERE state = ?", [state]).fetchone()[0]

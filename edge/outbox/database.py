@@ -1,0 +1,119 @@
+"""The gateway's SQLite file: opened in WAL mode, its schema kept as ordered migrations.
+
+The file outlives any one software version, so a newer gateway migrates it in place; it is
+never recreated. Each migration runs in its own transaction and bumps ``user_version``.
+
+Durability: ``synchronous=FULL`` in WAL mode, so when a transaction returns its rows are on
+disk (fsync of the WAL). A power cut loses at most the transaction in progress.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import sqlite_utils
+
+MIGRATIONS: list[str] = [
+    # 1: orders, the outbox of order revisions, and quarantined payloads.
+    """
+    CREATE TABLE orders (
+        id TEXT PRIMARY KEY,
+        rule TEXT NOT NULL,
+        device TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        category TEXT NOT NULL,
+        severity TEXT NOT NULL,
+        title TEXT NOT NULL,
+        grid TEXT NOT NULL,
+        zone TEXT NOT NULL,
+        team TEXT NOT NULL,
+        address TEXT NOT NULL,
+        lat REAL,
+        lon REAL,
+        state TEXT NOT NULL,
+        revision INTEGER NOT NULL,
+        opened_at REAL NOT NULL,
+        updated_at REAL NOT NULL,
+        last_seen_at REAL NOT NULL,
+        evidence TEXT NOT NULL
+    );
+    CREATE UNIQUE INDEX orders_one_live_per_problem
+        ON orders (rule, device) WHERE state NOT IN ('closed', 'rejected');
+    CREATE TABLE outbox (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        priority INTEGER NOT NULL,
+        order_id TEXT NOT NULL,
+        revision INTEGER NOT NULL,
+        body TEXT NOT NULL,
+        created_at REAL NOT NULL,
+        sent_at REAL,
+        UNIQUE (order_id, revision)
+    );
+    CREATE INDEX outbox_unsent ON outbox (priority, seq) WHERE sent_at IS NULL;
+    CREATE TABLE quarantine (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        received_at REAL NOT NULL,
+        topic TEXT NOT NULL,
+        payload BLOB NOT NULL,
+        reason TEXT NOT NULL,
+        detail TEXT NOT NULL
+    );
+    """,
+]
+
+
+def open_database(path: Path) -> sqlite_utils.Database:
+    """Open (creating if needed) the gateway file and bring its schema up to date."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    conn = sqlite3.connect(str(path), timeout=30, isolation_level=None)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=FULL")
+    conn.execute("PRAGMA foreign_keys=ON")
+    migrate(conn)
+    return sqlite_utils.Database(conn)
+
+
+def migrate(conn: sqlite3.Connection) -> int:
+    version = conn.execute("PRAGMA user_version").fetchone()[0]
+    if version > len(MIGRATIONS):
+        raise RuntimeError(
+            f"the gateway file has schema version {version}, newer than this software knows "
+            f"({len(MIGRATIONS)}); upgrade the gateway software"
+        )
+    for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for statement in _statements(script):
+                conn.execute(statement)
+            conn.execute(f"PRAGMA user_version={number}")
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+    return len(MIGRATIONS)
+
+
+def _statements(script: str) -> list[str]:
+    return [s.strip() for s in script.split(";") if s.strip()]
+
+
+class transaction:
+    """``with transaction(db):`` one atomic, durable write (BEGIN IMMEDIATE ... COMMIT).
+
+    Writes inside it use ``db.execute``: sqlite-utils' own insert/update helpers commit on
+    their own, which would split a change that must land whole (an order and its outbox row).
+    """
+
+    def __init__(self, db: sqlite_utils.Database):
+        self.conn = db.conn
+
+    def __enter__(self) -> sqlite3.Connection:
+        self.conn.execute("BEGIN IMMEDIATE")
+        return self.conn
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.conn.execute("COMMIT")
+        else:
+            self.conn.execute("ROLLBACK")

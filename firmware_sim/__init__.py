@@ -1,0 +1,1 @@
+"""Firmware simulator: a street of smart manhole covers and bins publishing over MQTT."""

@@ -1,0 +1,1 @@
+"""Uplink to the district's central platform, and a reference central receiver."""
