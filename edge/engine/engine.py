@@ -54,6 +54,11 @@ class BatchBuilder:
 
     def add(self, device_index: int, ts: float, values: dict[str, float]) -> None:
         index = self.metric_index
+        # Every message marks the device's time, so `for` advances on any report of the device.
+        self.dev.append(device_index)
+        self.met.append(0)
+        self.ts.append(ts)
+        self.val.append(ts)
         for name, value in values.items():
             m = index.get(name)
             if m is not None:

@@ -90,8 +90,11 @@ def _applies(rule: Rule, registry: Registry) -> np.ndarray:
     return mask
 
 
+MESSAGE_METRIC = "__message__"  # metric 0: the time of the device's latest message
+
+
 def compile_rules(rules: list[Rule], registry: Registry) -> Program:
-    metric_names: list[str] = []
+    metric_names: list[str] = [MESSAGE_METRIC]
     for rule in rules:
         for name in rule.metrics:
             if name not in metric_names:

@@ -142,6 +142,9 @@ def check_condition(text: str) -> expr.Node:
             hint = f" (did you mean {close[0]!r}?)" if close else ""
             known = ", ".join(sorted(FUNCTIONS)) or "none in this version"
             raise ValueError(f"unknown function {call.name!r}{hint}; functions: {known}")
+    for name in expr.metrics_of(node):
+        if name.startswith("__"):
+            raise ValueError(f"metric names cannot start with '__': {name!r}")
     for string_node in _strings(node):
         raise ValueError(f"text value {string_node.value!r} cannot be used in this version's conditions")
     return node

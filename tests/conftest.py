@@ -1,0 +1,122 @@
+"""Shared fixtures: a private Mosquitto for the session, a reference receiver, gateway configs."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+import requests
+
+from edge.broker import Broker, BrokerError, start_mosquitto
+
+ROOT = Path(__file__).resolve().parent.parent
+RULES = ROOT / "rules"
+REGISTRY = ROOT / "config" / "devices.csv"
+
+
+@pytest.fixture(scope="session")
+def mosquitto(tmp_path_factory) -> Broker:
+    """A private Mosquitto on a free loopback port, for the whole test session."""
+    try:
+        broker = start_mosquitto(tmp_path_factory.mktemp("mosquitto"))
+    except BrokerError as error:
+        pytest.fail(f"{error}; ./scripts/test installs it on Debian")
+    yield broker
+    broker.stop()
+
+
+class ReceiverProcess:
+    def __init__(self, process: subprocess.Popen, url: str, db: Path):
+        self.process, self.url, self.db = process, url, db
+
+    def orders(self) -> list[dict]:
+        return requests.get(f"{self.url}/api/v1/orders", timeout=5).json()["orders"]
+
+    def revisions(self) -> list[dict]:
+        return requests.get(f"{self.url}/api/v1/revisions", timeout=5).json()["revisions"]
+
+    def stats(self) -> dict:
+        return requests.get(f"{self.url}/api/v1/stats", timeout=5).json()
+
+
+def start_receiver(db: Path, *extra: str) -> ReceiverProcess:
+    process = subprocess.Popen(
+        [sys.executable, "-m", "uplink.receiver", "--port", "0", "--db", str(db), *extra],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+    )
+    line = process.stdout.readline()
+    if not line.startswith("receiver listening on "):
+        process.kill()
+        raise RuntimeError(f"receiver did not start: {line!r}")
+    return ReceiverProcess(process, line.split()[3], db)
+
+
+@pytest.fixture
+def receiver(tmp_path) -> ReceiverProcess:
+    """The reference central receiver as a real process, with its own SQLite file."""
+    proc = start_receiver(tmp_path / "receiver.db")
+    yield proc
+    proc.process.terminate()
+    proc.process.wait(timeout=10)
+
+
+def write_gateway_config(tmp_path: Path, broker_url: str, receiver_url: str, **overrides: str) -> Path:
+    """A gateway.toml using the shipped rules and registry, with a unique MQTT session."""
+    values = {
+        "id": "gw-test",
+        "registry": REGISTRY.as_posix(),
+        "rules": RULES.as_posix(),
+        "client_id": f"edge-test-{uuid.uuid4().hex[:8]}",
+        "broker": broker_url,
+        "receiver": receiver_url,
+    }
+    values.update(overrides)
+    path = tmp_path / "gateway.toml"
+    path.write_text(
+        f"""
+[gateway]
+id = "{values['id']}"
+data_dir = "data"
+
+[registry]
+path = "{values['registry']}"
+
+[rules]
+paths = ["{values['rules']}"]
+
+[mqtt]
+url = "{values['broker']}"
+client_id = "{values['client_id']}"
+
+[uplink]
+url = "{values['receiver']}"
+retry_max = 1.0
+"""
+    )
+    return path
+
+
+def wait_until(predicate, timeout: float, interval: float = 0.1):
+    """Poll ``predicate`` until it returns something truthy or ``timeout`` passes; returns its last value."""
+    deadline = time.monotonic() + timeout
+    value = predicate()
+    while not value and time.monotonic() < deadline:
+        time.sleep(interval)
+        value = predicate()
+    return value
+
+
+def edge_command() -> list[str]:
+    return [sys.executable, "-m", "edge"]
+
+
+@pytest.fixture
+def clean_env() -> dict:
+    env = dict(os.environ)
+    env.pop("EDGE_UPLINK_TOKEN", None)
+    return env
