@@ -122,8 +122,8 @@ def start_amqtt(workdir: Path, port: int | None = None) -> Broker:
     return Broker("amqtt (embedded)", "127.0.0.1", port, process, log_path)
 
 
-def start_private_broker(workdir: Path) -> Broker:
-    """Mosquitto if it is on this machine, otherwise the embedded Python broker."""
-    if mosquitto_path() is not None:
+def start_private_broker(workdir: Path, embedded: bool = False) -> Broker:
+    """Mosquitto if it is on this machine (and ``embedded`` is not asked), else the embedded Python broker."""
+    if not embedded and mosquitto_path() is not None:
         return start_mosquitto(workdir)
     return start_amqtt(workdir)

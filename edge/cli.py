@@ -34,9 +34,11 @@ def main() -> None:
               help="How long the simulated street runs (at least 15: a cover must stay tilted 10 s).")
 @click.option("--broker", "broker_url", default=None, metavar="URL",
               help="Use this MQTT broker (mqtt://host:port) instead of starting a private one.")
+@click.option("--embedded-broker", is_flag=True,
+              help="Use the embedded Python broker (amqtt) even when Mosquitto is installed.")
 @click.option("--workdir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Keep the demo's files (databases, logs, config) here instead of a temporary folder.")
-def demo(seconds: float, broker_url: str | None, workdir: Path | None) -> None:
+def demo(seconds: float, broker_url: str | None, embedded_broker: bool, workdir: Path | None) -> None:
     """Run the whole system on this machine: broker, simulated street, gateway, central receiver.
 
     Starts a private Mosquitto (or, when Mosquitto is not installed, an embedded Python
@@ -48,7 +50,7 @@ def demo(seconds: float, broker_url: str | None, workdir: Path | None) -> None:
     from edge.demo import run_demo
 
     try:
-        summary = run_demo(seconds, broker_url, workdir)
+        summary = run_demo(seconds, broker_url, workdir, embedded_broker=embedded_broker)
     except Exception as error:  # the demo's own failures: say what and where, not a traceback
         raise click.ClickException(f"the demo could not run: {error}") from None
     for line in summary.lines():

@@ -150,6 +150,7 @@ def run_demo(
     workdir: Path | None = None,
     out=sys.stdout,
     say: Callable[[str], None] | None = None,
+    embedded_broker: bool = False,
 ) -> Summary:
     say = say or (lambda text: print(text, file=out, flush=True))
     owned_tmp = None
@@ -168,7 +169,7 @@ def run_demo(
     agent_thread: threading.Thread | None = None
     try:
         if broker_url is None:
-            broker = start_private_broker(workdir / "broker")
+            broker = start_private_broker(workdir / "broker", embedded=embedded_broker)
             broker_url = broker.url
             say(f"broker     {broker.name} on {broker.url}")
         else:
@@ -219,7 +220,7 @@ def run_demo(
             if agent.inbox.empty() and agent.sender.uplinked >= agent.stats.orders_opened + agent.stats.orders_cleared + agent.stats.orders_reopened:
                 break
         progress.show(
-            f"[{seconds:g}s/{seconds:g}s] readings {agent.stats.readings} · orders opened {agent.stats.orders_opened}"
+            f"[{seconds:4.0f}s/{seconds:g}s] done; readings {agent.stats.readings} · orders opened {agent.stats.orders_opened}"
             f" · cleared {agent.stats.orders_cleared} · uplinked {agent.uplinked}",
             force=True,
         )

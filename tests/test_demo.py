@@ -5,12 +5,16 @@ from __future__ import annotations
 import re
 import subprocess
 
+import pytest
+
 from conftest import edge_command
 
 
-def test_demo_runs_to_completion(tmp_path, clean_env):
+@pytest.mark.parametrize("broker", ["mosquitto", "embedded"])
+def test_demo_runs_to_completion(tmp_path, clean_env, broker):
+    extra = ["--embedded-broker"] if broker == "embedded" else []
     result = subprocess.run(
-        edge_command() + ["demo", "--seconds", "15", "--workdir", str(tmp_path / "demo")],
+        edge_command() + ["demo", "--seconds", "15", "--workdir", str(tmp_path / "demo"), *extra],
         capture_output=True, text=True, timeout=180, env=clean_env,
     )
     assert result.returncode == 0, result.stdout + result.stderr
@@ -25,6 +29,7 @@ def test_demo_runs_to_completion(tmp_path, clean_env):
     assert readings > 0
     assert "every opened order was acknowledged" in result.stdout
     assert (tmp_path / "demo" / "data" / "gateway.db").exists()
+    assert ("amqtt" if broker == "embedded" else "broker     mosquitto") in result.stdout
 
 
 def test_demo_refuses_too_short_a_run():

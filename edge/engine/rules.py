@@ -222,9 +222,19 @@ def _line_for(lines: dict[tuple, int], loc: tuple) -> int:
     return lines.get((), 1)
 
 
-def _describe_pydantic_error(error: dict) -> str:
-    loc = ".".join(str(p) for p in error["loc"] if not isinstance(p, int))
-    loc = loc.replace("for_", "for")
+def _describe_pydantic_error(error: dict, data: Any) -> str:
+    parts = tuple(error["loc"])
+    prefix = ""
+    if len(parts) >= 2 and parts[0] == "rules" and isinstance(parts[1], int):
+        rule = data["rules"][parts[1]] if parts[1] < len(data["rules"]) else None
+        if isinstance(rule, dict) and isinstance(rule.get("name"), str) and parts[2:] != ("name",):
+            prefix = f"rule {rule['name']!r}: "
+        parts = parts[2:]
+    loc = ".".join("for" if p == "for_" else str(p) for p in parts)
+    return prefix + _describe_in_rule(error, loc)
+
+
+def _describe_in_rule(error: dict, loc: str) -> str:
     kind = error["type"]
     message = error["msg"]
     if message.startswith("Value error, "):
@@ -266,7 +276,7 @@ def load_rule_file(path: Path) -> list[Rule]:
         model = RuleFileModel.model_validate(data)
     except ValidationError as error:
         problems = [
-            Problem(shown, _line_for(lines, tuple(e["loc"])), _describe_pydantic_error(e))
+            Problem(shown, _line_for(lines, tuple(e["loc"])), _describe_pydantic_error(e, data))
             for e in error.errors()
         ]
         raise RuleFileError(problems) from None

@@ -1,0 +1,80 @@
+"""Ingest through a real broker: bad payloads are quarantined and counted, nothing else is affected."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+
+import orjson
+import paho.mqtt.client as mqtt
+import pytest
+
+from conftest import wait_until, write_gateway_config
+from edge.agent import Agent
+from edge.config import load_config
+from edge.ingest.decode import DecodeError, decode_telemetry
+from uplink.receiver import ReceiverServer, ReceiverStore
+
+
+@pytest.mark.parametrize(
+    "topic, payload, reason",
+    [
+        ("devices/MH-0001/telemetry", b"{not json", "malformed_json"),
+        ("devices/MH-0001/telemetry", b"[1, 2]", "wrong_type"),
+        ("devices/MH-0001/telemetry", b'{"ts": 5, "readings": {"tilt_deg": "high"}}', "wrong_type"),
+        ("devices/MH-0001/telemetry", b'{"readings": {"tilt_deg": 1}}', "bad_timestamp"),
+        ("devices/MH-0001/telemetry", b'{"device": "MH-0002", "ts": 5, "readings": {}}', "device_mismatch"),
+        ("devices/MH-0001/status", b'{"ts": 5, "readings": {}}', "bad_topic"),
+        ("devices/MH-0001/telemetry", b" " * 70000, "oversized"),
+    ],
+)
+def test_decoder_refuses_bad_payloads_with_a_reason(topic, payload, reason):
+    with pytest.raises(DecodeError) as caught:
+        decode_telemetry(topic, payload)
+    assert caught.value.reason == reason
+
+
+def test_decoder_reads_numbers_and_booleans():
+    message = decode_telemetry("devices/MH-0001/telemetry", b'{"ts": 5.5, "readings": {"tilt_deg": 3, "open": true}}')
+    assert (message.device_id, message.ts, message.values) == ("MH-0001", 5.5, {"tilt_deg": 3.0, "open": 1.0})
+
+
+def test_bad_and_unknown_messages_do_not_stop_a_real_alarm(tmp_path, mosquitto):
+    store = ReceiverStore(tmp_path / "receiver.db")
+    server = ReceiverServer("127.0.0.1", 0, store)
+    server.start_background()
+    agent = Agent(load_config(write_gateway_config(tmp_path, mosquitto.url, server.url)))
+    thread = threading.Thread(target=agent.run, daemon=True)
+    thread.start()
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
+    try:
+        assert agent.ready.wait(60) and agent.subscriber.connected.wait(20)
+        client.connect(mosquitto.host, mosquitto.port)
+        client.loop_start()
+        now = time.time()
+
+        def publish(topic, payload):
+            client.publish(topic, payload, qos=1).wait_for_publish(5)
+
+        publish("devices/MH-0005/telemetry", b"{broken")
+        publish("devices/MH-0005/telemetry", orjson.dumps({"device": "MH-0006", "ts": now, "readings": {}}))
+        publish("devices/XX-9999/telemetry", orjson.dumps({"ts": now, "readings": {"tilt_deg": 80}}))
+        for step in range(12):
+            publish("devices/MH-0005/telemetry", orjson.dumps({"ts": now + step, "readings": {"tilt_deg": 33.0}}))
+
+        assert wait_until(lambda: store.stats()["orders"] == 1, 20)
+        assert agent.stats.quarantined == {"malformed_json": 1, "device_mismatch": 1}
+        assert agent.stats.unknown_devices == {"XX-9999": 1}
+        (order,) = store.orders()
+        assert order["device"] == "MH-0005"
+    finally:
+        client.loop_stop()
+        agent.stop()
+        thread.join(30)
+        server.shutdown()
+        store.close()
+    with sqlite3.connect(tmp_path / "data" / "gateway.db") as conn:
+        rows = conn.execute("SELECT topic, payload, reason FROM quarantine ORDER BY id").fetchall()
+    assert rows[0] == ("devices/MH-0005/telemetry", b"{broken", "malformed_json")
+    assert rows[1][2] == "device_mismatch"

@@ -1,0 +1,87 @@
+"""Orders: one live order per (rule, device), a revision per change, all in one SQLite file."""
+
+from __future__ import annotations
+
+import sqlite3
+
+import pytest
+
+from conftest import REGISTRY, RULES
+from edge.engine import Engine, Evidence, Transition, load_rules
+from edge.orders import OrderBook
+from edge.outbox import Outbox, open_database
+from edge.registry import Registry
+
+
+@pytest.fixture
+def setup(tmp_path):
+    registry = Registry.load(REGISTRY)
+    rules = {r.name: r for r in load_rules([RULES])}
+    db = open_database(tmp_path / "gateway.db")
+    yield registry, rules, db, tmp_path / "gateway.db"
+    db.conn.close()
+
+
+def transition(kind, rules, registry, device="MH-0003", ts=1000.0, value=30.0):
+    return Transition(kind, rules["cover_tilted"], registry.get(device), ts, (Evidence("tilt_deg", value),))
+
+
+def test_lifecycle_opens_once_and_revises_each_change(setup):
+    registry, rules, db, _ = setup
+    book = OrderBook(db, "gw-1")
+    (opened,) = book.apply([transition("open", rules, registry)])
+    assert (opened.revision, opened.state, opened.change) == (1, "opened", "opened")
+    assert book.apply([transition("open", rules, registry, ts=1010)]) == []  # seen again: same order
+    (cleared,) = book.apply([transition("clear", rules, registry, ts=1020, value=2.0)])
+    (reopened,) = book.apply([transition("open", rules, registry, ts=1030)])
+    assert cleared.order_id == reopened.order_id == opened.order_id
+    assert (cleared.revision, reopened.revision) == (2, 3)
+    assert book.count() == 1
+    pending = Outbox(db).pending(10)
+    assert [(p.order_id, p.revision, p.body["state"]) for p in pending] == [
+        (opened.order_id, 1, "opened"), (opened.order_id, 2, "cleared"), (opened.order_id, 3, "opened"),
+    ]
+    body = pending[0].body
+    assert body["title"] == "Manhole cover MH-0003 tilted 30 degrees at 16 Jiefang Rd"
+    assert (body["grid"], body["zone"], body["team"], body["device_kind"]) == ("G01", "Z1", "team-grid-01", "manhole_cover")
+    assert body["evidence"] == [{"metric": "tilt_deg", "value": 30.0, "at": "1970-01-01T00:16:40.000Z", "condition": "tilt_deg > 15"}]
+
+
+def test_a_second_live_order_for_the_same_problem_is_impossible(setup):
+    registry, rules, db, path = setup
+    OrderBook(db, "gw-1").apply([transition("open", rules, registry)])
+    with sqlite3.connect(path) as conn, pytest.raises(sqlite3.IntegrityError):
+        conn.execute(
+            "INSERT INTO orders SELECT 'other', rule, device, kind, category, severity, title, grid, zone, team, "
+            "address, lat, lon, 'opened', 1, opened_at, updated_at, last_seen_at, evidence FROM orders"
+        )
+
+
+def test_restart_resumes_open_orders_so_they_can_clear(setup):
+    registry, rules, db, path = setup
+    OrderBook(db, "gw-1").apply([transition("open", rules, registry)])
+    db.conn.close()
+
+    db2 = open_database(path)  # a new process: engine state is gone, orders are not
+    book = OrderBook(db2, "gw-1")
+    engine = Engine(list(rules.values()), registry)
+    for rule, device, state in book.live_orders():
+        if state == "opened":
+            engine.mark_active(rule, device)
+    builder = engine.builder()
+    device = registry.get("MH-0003")
+    builder.add(device.index, 2000.0, {"tilt_deg": 1.0})
+    builder.add(device.index, 2006.0, {"tilt_deg": 1.0})
+    changes = book.apply(engine.process(builder.build()))
+    assert [(c.change, c.revision) for c in changes] == [("cleared", 2)]
+    db2.conn.close()
+
+
+def test_schema_is_migrated_not_recreated(setup):
+    registry, rules, db, path = setup
+    OrderBook(db, "gw-1").apply([transition("open", rules, registry)])
+    db.conn.close()
+    again = open_database(path)
+    assert again.execute("PRAGMA user_version").fetchone()[0] >= 1
+    assert again.execute("SELECT count(*) FROM orders").fetchone()[0] == 1
+    again.conn.close()

@@ -1,0 +1,87 @@
+"""Rule files: the shipped ones are valid; bad ones are refused with file:line and a reason."""
+
+from __future__ import annotations
+
+import subprocess
+import textwrap
+
+import pytest
+
+from conftest import RULES, edge_command
+from edge.engine.rules import RuleFileError, load_rules
+
+GOOD = """\
+rules:
+  - name: cover_tilted
+    applies_to:
+      kind: manhole_cover
+    when: tilt_deg > 15
+    for: 10s
+    order:
+      category: manhole_cover_displaced
+      severity: critical
+      title: "Cover {device} tilted {value:.0f} at {address}"
+"""
+
+
+def write(tmp_path, text, name="rules.yaml"):
+    path = tmp_path / name
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+def test_shipped_rules_are_valid():
+    rules = load_rules([RULES])
+    assert {r.name for r in rules} >= {"cover_tilted", "bin_full"}
+
+
+def test_good_file_loads_with_its_line(tmp_path):
+    (rule,) = load_rules([write(tmp_path, GOOD)])
+    assert rule.spec.for_ == 10.0 and rule.line == 2 and rule.metrics == ("tilt_deg",)
+
+
+@pytest.mark.parametrize(
+    "old, new, line, message",
+    [
+        ("    when: tilt_deg > 15", "    when: tilt_deg >> 15", 5, "expected a value"),
+        ("    for: 10s", "    for: ten seconds", 6, "not a duration"),
+        ("    for: 10s", "    fro: 10s", 6, "unknown key 'fro' (did you mean 'for'?)"),
+        ("      severity: critical", "      severity: urgent", 9, "severity"),
+        ("{value:.0f}", "{valeu}", 10, "unknown placeholder {valeu}"),
+        ("    when: tilt_deg > 15", "    when: avgg(tilt_deg, 5m) > 15", 5, "unknown function 'avgg'"),
+        ("  - name: cover_tilted", "  - name: Cover Tilted", 2, "name"),
+        ("    applies_to:\n      kind: manhole_cover\n", "", 2, "missing required key 'applies_to'"),
+    ],
+)
+def test_bad_rule_is_refused_with_its_line(tmp_path, old, new, line, message):
+    assert old in GOOD
+    path = write(tmp_path, GOOD.replace(old, new))
+    with pytest.raises(RuleFileError) as caught:
+        load_rules([path])
+    (problem,) = caught.value.problems
+    assert (problem.path, problem.line) == (str(path), line)
+    assert message in problem.message
+
+
+def test_broken_yaml_and_duplicate_names(tmp_path):
+    broken = write(tmp_path, "rules:\n  - name: x\n    when: [unclosed\n", "a.yaml")
+    with pytest.raises(RuleFileError) as caught:
+        load_rules([broken])
+    assert "not valid YAML" in str(caught.value)
+    write(tmp_path, GOOD, "b.yaml")
+    write(tmp_path, GOOD, "c.yaml")
+    broken.unlink()
+    with pytest.raises(RuleFileError, match=r"c\.yaml:2: rule name 'cover_tilted' is already used at .*b\.yaml:2"):
+        load_rules([tmp_path])
+
+
+def test_rules_check_command(tmp_path):
+    good = write(tmp_path, GOOD, "good.yaml")
+    ok = subprocess.run(edge_command() + ["rules", "check", str(good)], capture_output=True, text=True)
+    assert ok.returncode == 0 and "ok: 1 rules in 1 file" in ok.stdout
+    bad = write(tmp_path, GOOD.replace("tilt_deg > 15", "tilt_deg > > 15"), "bad.yaml")
+    failed = subprocess.run(edge_command() + ["rules", "check", str(good), str(bad)], capture_output=True, text=True)
+    assert failed.returncode == 1
+    assert failed.stderr.startswith(f"{bad}:5: ")
+    missing = subprocess.run(edge_command() + ["rules", "check", str(tmp_path / "nope.yaml")], capture_output=True, text=True)
+    assert missing.returncode == 1 and "no such file" in missing.stderr

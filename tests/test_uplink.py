@@ -1,0 +1,139 @@
+"""The uplink against a real HTTP receiver: acknowledged means sent, lost acks mean harmless resends."""
+
+from __future__ import annotations
+
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+import requests
+
+from conftest import start_receiver, wait_until
+from edge.outbox import Outbox, open_database, transaction
+from uplink.receiver import ReceiverServer, ReceiverStore
+from uplink.sender import Sender
+from uplink.transport_http import HttpTransport
+
+
+class FlakyFront(ThreadingHTTPServer):
+    """Sits before the receiver. ``plan`` says per request: 'fail' (500, receiver not told),
+    'lose_ack' (receiver stores it, the gateway gets a 500), or 'pass'."""
+
+    daemon_threads = True
+
+    def __init__(self, target: str, plan: list[str]):
+        self.target, self.plan, self.seen = target, list(plan), []
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def do_POST(handler):  # noqa: N802
+                body = handler.rfile.read(int(handler.headers["Content-Length"]))
+                step = self.plan.pop(0) if self.plan else "pass"
+                self.seen.append(step)
+                status, payload = 500, b'{"error": "injected"}'
+                if step != "fail":
+                    answer = requests.post(self.target + handler.path, data=body, headers={
+                        "Content-Type": "application/json", "Authorization": handler.headers.get("Authorization", "")},
+                        timeout=5)
+                    if step == "pass":
+                        status, payload = answer.status_code, answer.content
+                handler.send_response(status)
+                handler.send_header("Content-Length", str(len(payload)))
+                handler.end_headers()
+                handler.wfile.write(payload)
+
+        super().__init__(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.serve_forever, daemon=True).start()
+
+    @property
+    def url(self):
+        return f"http://127.0.0.1:{self.server_address[1]}"
+
+
+def fill_outbox(path, orders: int, revisions: int) -> list[tuple[str, int]]:
+    db = open_database(path)
+    outbox = Outbox(db)
+    keys = []
+    with transaction(db):
+        for r in range(1, revisions + 1):
+            for o in range(orders):
+                outbox.put(f"gw-o{o}", r, {"order_id": f"gw-o{o}", "revision": r, "state": "opened"})
+                keys.append((f"gw-o{o}", r))
+    db.conn.close()
+    return keys
+
+
+def run_sender(path, url, token=""):
+    stop, wake = threading.Event(), threading.Event()
+    sender = Sender(path, HttpTransport(url, "gw", token, timeout=5), stop, wake, batch_size=7, retry_max=0.2)
+    thread = threading.Thread(target=sender.run, daemon=True)
+    thread.start()
+    return sender, stop, thread
+
+
+@pytest.fixture
+def in_process_receiver(tmp_path):
+    store = ReceiverStore(tmp_path / "receiver.db")
+    server = ReceiverServer("127.0.0.1", 0, store)
+    server.start_background()
+    yield server
+    server.shutdown()
+    store.close()
+
+
+def test_failures_and_lost_acknowledgements_lose_nothing_and_duplicate_nothing(tmp_path, in_process_receiver):
+    keys = fill_outbox(tmp_path / "gateway.db", orders=10, revisions=2)
+    front = FlakyFront(in_process_receiver.url, ["fail", "lose_ack", "pass", "fail", "lose_ack", "lose_ack"])
+    sender, stop, thread = run_sender(tmp_path / "gateway.db", front.url)
+    db = open_database(tmp_path / "gateway.db")
+    assert wait_until(lambda: Outbox(db).depth() == 0, 30)
+    stop.set()
+    thread.join(10)
+
+    store = in_process_receiver.store
+    received = [(r["order_id"], r["revision"]) for r in store.revisions()]
+    assert sorted(received) == sorted(keys)  # every revision, once
+    assert store.stats()["duplicates"] == 3 * 7  # the three lost acknowledgements were resent
+    assert sender.errors == 5 and sender.uplinked == len(keys)
+    # revisions of one order arrive in order
+    for o in range(10):
+        mine = [r for r in received if r[0] == f"gw-o{o}"]
+        assert mine == sorted(mine)
+    db.conn.close()
+
+
+def test_nothing_is_marked_sent_without_an_acknowledgement(tmp_path, in_process_receiver):
+    fill_outbox(tmp_path / "gateway.db", orders=3, revisions=1)
+    front = FlakyFront(in_process_receiver.url, ["fail"] * 1000)
+    sender, stop, thread = run_sender(tmp_path / "gateway.db", front.url)
+    assert wait_until(lambda: len(front.seen) >= 3, 20)
+    stop.set()
+    thread.join(10)
+    db = open_database(tmp_path / "gateway.db")
+    assert Outbox(db).depth() == 3 and Outbox(db).sent_count() == 0
+    db.conn.close()
+
+
+def test_receiver_requires_its_token_and_refuses_bad_batches(tmp_path):
+    receiver = start_receiver(tmp_path / "r.db", "--token", "s3cret")
+    try:
+        assert requests.post(f"{receiver.url}/api/v1/revisions", json={"gateway": "g", "revisions": []}, timeout=5).status_code == 401
+        auth = {"Authorization": "Bearer s3cret"}
+        bad = requests.post(f"{receiver.url}/api/v1/revisions", json={"gateway": "g", "revisions": [{"order_id": "x"}]},
+                            headers=auth, timeout=5)
+        assert bad.status_code == 400 and "revision must be an integer" in bad.json()["error"]
+        not_json = requests.post(f"{receiver.url}/api/v1/revisions", data=b"{", headers=auth, timeout=5)
+        assert not_json.status_code == 400
+
+        keys = fill_outbox(tmp_path / "gateway.db", orders=2, revisions=1)
+        sender, stop, thread = run_sender(tmp_path / "gateway.db", receiver.url, token="s3cret")
+        assert wait_until(lambda: sender.uplinked == len(keys), 20)
+        stop.set()
+        thread.join(10)
+        stats = requests.get(f"{receiver.url}/api/v1/stats", headers=auth, timeout=5).json()
+        assert stats == {"orders": 2, "revisions": 2, "duplicates": 0}
+    finally:
+        receiver.process.terminate()
+        receiver.process.wait(10)
