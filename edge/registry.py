@@ -17,8 +17,10 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
+
+from edge.kinds import KINDS
+
 FIXED_COLUMNS = ("id", "kind", "model", "address", "lat", "lon", "grid", "zone", "team")
-KINDS = ("manhole_cover", "bin", "camera")
 
 
 class RegistryError(Exception):
