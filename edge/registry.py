@@ -17,7 +17,6 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-
 from edge.kinds import KINDS
 
 FIXED_COLUMNS = ("id", "kind", "model", "address", "lat", "lon", "grid", "zone", "team")
