@@ -16,7 +16,6 @@ from dataclasses import dataclass, field
 
 from edge.config import GatewayConfig
 from edge.engine import Engine, load_rules
-from edge.engine.kernels import warm_up
 from edge.ingest.decode import DecodeError, decode_telemetry, derive
 from edge.ingest.mqtt import MqttSubscriber, RawMessage
 from edge.orders import OrderBook
@@ -79,7 +78,7 @@ class Agent:
         for rule, device, state in book.live_orders():
             if state == "opened":
                 self.engine.mark_active(rule, device)
-        warm_up()
+        self.engine.warm_up()
         uplink = threading.Thread(target=self.sender.run, name="uplink", daemon=True)
         uplink.start()
         self.subscriber.start()
@@ -89,10 +88,15 @@ class Agent:
         )
         self.ready.set()
         try:
+            next_tick = time.time() + self.config.engine.tick
             while not self.stop_event.is_set():
                 batch = self._take_batch()
                 if batch:
                     self._process(batch, book, db)
+                now = time.time()
+                if now >= next_tick:
+                    self._record(book.apply(self.engine.tick(now)))
+                    next_tick = now + self.config.engine.tick
             self.subscriber.close()
             leftover = self._drain_inbox()
             if leftover:
@@ -144,7 +148,7 @@ class Agent:
                 continue
             values = derive(device, message.values)
             self.stats.readings += len(values)
-            builder.add(device.index, message.ts, values)
+            builder.add(device.index, message.ts, values, raw.received_at)
         self.stats.messages += len(batch)
         transitions = self.engine.process(builder.build())
         changes = book.apply(transitions)
@@ -155,6 +159,10 @@ class Agent:
                     quarantine,
                 )
             log.warning("quarantined %d malformed message(s)", len(quarantine))
+        self._record(changes)
+        self.stats.batches += 1
+
+    def _record(self, changes) -> None:
         for change in changes:
             if change.change == "opened":
                 self.stats.orders_opened += 1
@@ -165,4 +173,3 @@ class Agent:
             log.info("order %s revision %d: %s", change.order_id, change.revision, change.change)
         if changes:
             self._uplink_wake.set()
-        self.stats.batches += 1

@@ -86,6 +86,7 @@ class EngineSection(_Section):
     batch_max: int = Field(5000, ge=1, description="Most messages evaluated in one batch.")
     batch_wait: float = Field(0.05, gt=0, description="Longest wait, seconds, to fill a batch.")
     queue_max: int = Field(50000, ge=100, description="Messages held between the network and the engine.")
+    tick: float = Field(1.0, gt=0, le=60, description="Seconds between evaluations of rules that change with time alone.")
 
 
 class GatewayConfig(_Section):

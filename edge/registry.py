@@ -5,7 +5,8 @@ A district's asset list exports to CSV, so that is the format::
     id,kind,model,address,lat,lon,grid,zone,team,depth_cm
     MH-0001,manhole_cover,MC-200,12 Jiefang Rd,31.2301,121.4701,G01,Z1,team-north,180
 
-The first nine columns are fixed. Every further column is a numeric per-device parameter
+The first nine columns are fixed. An optional ``tags`` column holds tags separated by ``;``
+(``school;flood_prone``) that rules can select on. Every further column is a numeric per-device parameter
 (a bin's depth, a cover's depth to the water) that rules read as ``device.<column>``; an
 empty cell means the device has no such parameter.
 """
@@ -39,6 +40,7 @@ class Device:
     team: str
     index: int
     params: dict[str, float] = field(default_factory=dict)
+    tags: tuple[str, ...] = ()
 
 
 class Registry:
@@ -70,7 +72,7 @@ class Registry:
             missing = [c for c in FIXED_COLUMNS if c not in header]
             if missing:
                 raise RegistryError(f"{path}:1: missing column(s): {', '.join(missing)}")
-            param_names = [c for c in header if c not in FIXED_COLUMNS]
+            param_names = [c for c in header if c not in FIXED_COLUMNS and c != "tags"]
             devices: list[Device] = []
             seen: dict[str, int] = {}
             for row in reader:
@@ -104,6 +106,7 @@ class Registry:
                         team=row["team"].strip(),
                         index=len(devices),
                         params=params,
+                        tags=tuple(t.strip() for t in (row.get("tags") or "").split(";") if t.strip()),
                     )
                 )
         return cls(devices, param_names)

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from edge.engine import expr
 from edge.engine.kernels import evaluate as kernel_evaluate
-from edge.engine.program import _compile, _stack_depth
+from edge.engine.program import TextCodes, _Compiler, stack_depth
 from edge.engine.reference import evaluate as reference_evaluate
 
 
@@ -82,11 +82,15 @@ _nodes = st.recursive(
 @settings(max_examples=300, deadline=None)
 @given(node=_nodes, values=st.lists(_values, min_size=3, max_size=3), depth=st.one_of(st.just(math.nan), st.floats(1, 300)))
 def test_kernel_evaluates_like_the_reference(node, values, depth):
-    program = _compile(node, {name: i for i, name in enumerate(METRICS)}, {"depth_cm": 0})
+    program = _Compiler({name: i for i, name in enumerate(METRICS)}, {"depth_cm": 0}, TextCodes([])).compile(node)
     code = np.array([op for op, _ in program], dtype=np.int32)
     args = np.array([arg for _, arg in program], dtype=np.float64)
-    stack = np.zeros(_stack_depth(program) + 1)
-    got = kernel_evaluate(code, args, len(program), np.array(values), np.array([depth]), stack)
+    stack = np.zeros(stack_depth(program) + 1)
+    i32, f64 = np.zeros(0, np.int32), np.zeros(0, np.float64)
+    got = kernel_evaluate(
+        code, args, len(program), 0, 0, 0.0, np.array([values]), np.zeros((1, 3)), np.array([[depth]]), stack,
+        f64, i32, i32, f64, np.zeros(0, np.int64), i32, 0.0,
+    )
     metrics = {name: value for name, value in zip(METRICS, values) if not math.isnan(value)}
     params = {} if math.isnan(depth) else {"depth_cm": depth}
     want = reference_evaluate(node, metrics, params)

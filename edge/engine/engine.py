@@ -1,18 +1,20 @@
 """The rule engine: readings in, rule transitions (open / clear) out.
 
 Readings are turned into numpy arrays once per batch; the kernels in ``kernels.py`` keep
-every device's state in arrays owned by this class.
+every device's state in arrays owned by this class. ``process`` handles a batch of
+messages; ``tick`` advances time for rules that can change without a new message.
 """
 
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass
 
 import numpy as np
 
 from edge.engine import kernels
-from edge.engine.program import compile_rules
+from edge.engine.program import Program, compile_rules
 from edge.engine.rules import Rule
 from edge.registry import Device, Registry
 
@@ -20,7 +22,7 @@ from edge.registry import Device, Registry
 @dataclass(frozen=True)
 class Evidence:
     metric: str
-    value: float
+    value: float | str
 
 
 @dataclass(frozen=True)
@@ -28,12 +30,15 @@ class Transition:
     kind: str  # "open" or "clear"
     rule: Rule
     device: Device
-    ts: float  # the device's timestamp of the reading that completed the transition
+    ts: float  # the device time at which the transition completed
     evidence: tuple[Evidence, ...]
 
 
 class ReadingBatch:
-    """Readings as parallel arrays: device index, metric index, device time, value."""
+    """Readings as parallel arrays: device index, metric index, device time, value.
+
+    Each message starts with a marker reading (metric 0) whose value is its arrival time.
+    """
 
     def __init__(self, dev: np.ndarray, met: np.ndarray, ts: np.ndarray, val: np.ndarray):
         self.dev, self.met, self.ts, self.val = dev, met, ts, val
@@ -45,27 +50,31 @@ class ReadingBatch:
 class BatchBuilder:
     """Collects decoded messages into a ReadingBatch, keeping only metrics the rules read."""
 
-    def __init__(self, metric_index: dict[str, int]):
-        self.metric_index = metric_index
+    def __init__(self, program: Program):
+        self.metric_index = {name: i for i, name in enumerate(program.metric_names)}
+        self.texts = program.texts
         self.dev: list[int] = []
         self.met: list[int] = []
         self.ts: list[float] = []
         self.val: list[float] = []
 
-    def add(self, device_index: int, ts: float, values: dict[str, float]) -> None:
+    def add(self, device_index: int, ts: float, values: dict[str, float | str], arrival: float | None = None) -> None:
         index = self.metric_index
-        # Every message marks the device's time, so `for` advances on any report of the device.
-        self.dev.append(device_index)
-        self.met.append(0)
-        self.ts.append(ts)
-        self.val.append(ts)
+        dev, met, tss, val = self.dev, self.met, self.ts, self.val
+        dev.append(device_index)
+        met.append(0)
+        tss.append(ts)
+        val.append(ts if arrival is None else arrival)
         for name, value in values.items():
             m = index.get(name)
             if m is not None:
-                self.dev.append(device_index)
-                self.met.append(m)
-                self.ts.append(ts)
-                self.val.append(value)
+                dev.append(device_index)
+                met.append(m)
+                tss.append(ts)
+                val.append(self.texts.code(value) if isinstance(value, str) else value)
+
+    def __len__(self) -> int:
+        return len(self.dev)
 
     def build(self) -> ReadingBatch:
         return ReadingBatch(
@@ -77,64 +86,149 @@ class BatchBuilder:
 
 
 class Engine:
-    def __init__(self, rules: list[Rule], registry: Registry):
+    def __init__(self, rules: list[Rule], registry: Registry, origin: float | None = None):
         self.rules = rules
         self.registry = registry
-        self.program = compile_rules(rules, registry)
-        self.metric_index = {name: i for i, name in enumerate(self.program.metric_names)}
-        n_dev, n_met, n_rules = len(registry), max(1, len(self.program.metric_names)), len(rules)
+        self.program = p = compile_rules(rules, registry)
+        self.origin = time.time() if origin is None else origin  # absent() counts from here for unseen devices
+        n_dev, n_met, n_rules = len(registry), len(p.metric_names), len(rules)
         self.latest = np.full((n_dev, n_met), np.nan)
         self.latest_ts = np.full((n_dev, n_met), -np.inf)
         self.since = np.full((n_rules, n_dev, 2), np.nan)
         self.active = np.zeros((n_rules, n_dev), dtype=np.bool_)
+        self.state = np.full(p.state_size, np.nan)
+        for k, instance in enumerate(p.instances):
+            if instance.function == "zscore":  # n = 0
+                rows = self._rows(k)
+                rows[:, 0] = 0.0
         capacity = max(1024, 4 * n_rules)
         self._out_rule = np.zeros(capacity, dtype=np.int32)
         self._out_dev = np.zeros(capacity, dtype=np.int32)
         self._out_kind = np.zeros(capacity, dtype=np.int32)
         self._out_ts = np.zeros(capacity, dtype=np.float64)
-        self._out_vals = np.zeros((capacity, self.program.rule_metrics.shape[1]), dtype=np.float64)
-        self._stack = np.zeros(self.program.stack_size + 1, dtype=np.float64)
+        self._out_vals = np.zeros((capacity, p.rule_metrics.shape[1]), dtype=np.float64)
+        self._stack = np.zeros(p.stack_size + 1, dtype=np.float64)
         self.late_readings = 0
+        self.evaluations = 0
         self._rule_index = {rule.name: r for r, rule in enumerate(rules)}
 
+    def _rows(self, k: int) -> np.ndarray:
+        """The state rows of instance ``k``, one per device its rule applies to (a view)."""
+        p = self.program
+        count = int((p.dev_pos[p.inst_rule[k]] >= 0).sum())
+        width = int(p.inst_width[k])
+        start = int(p.inst_base[k])
+        return self.state[start:start + count * width].reshape(count, width)
+
     def builder(self) -> BatchBuilder:
-        return BatchBuilder(self.metric_index)
+        return BatchBuilder(self.program)
+
+    def warm_up(self) -> None:
+        """Compile (or load from numba's on-disk cache) before the first real batch arrives."""
+        empty_i, empty_f = np.zeros(0, np.int32), np.zeros(0, np.float64)
+        self.process(ReadingBatch(empty_i, empty_i, empty_f, empty_f), force=True)
+        self.tick(self.origin, start=len(self.registry))
 
     def mark_active(self, rule_name: str, device_id: str) -> None:
         """Resume after a restart: an order that is open makes its rule active for the device."""
         r = self._rule_index.get(rule_name)
         device = self.registry.get(device_id)
-        if r is not None and device is not None:
+        if r is not None and device is not None and self.program.dev_pos[r, device.index] >= 0:
             self.active[r, device.index] = True
 
-    def process(self, batch: ReadingBatch) -> list[Transition]:
+    def process(self, batch: ReadingBatch, force: bool = False) -> list[Transition]:
         transitions: list[Transition] = []
         p = self.program
         start = 0
-        while start < len(batch):
+        while start < len(batch) or force:
+            force = False
             n_out, start, late = kernels.run_batch(
                 batch.dev, batch.met, batch.ts, batch.val, start,
                 self.latest, self.latest_ts, p.params,
-                p.code, p.args, p.length, p.hold, p.applies, p.rule_metrics,
+                p.code, p.args, p.length, p.hold, p.dev_pos, p.rule_metrics,
                 self.since, self.active,
+                self.state, p.inst_func, p.inst_metric, p.inst_param, p.inst_base, p.inst_width, p.inst_rule,
+                p.metric_inst_ptr, p.metric_inst, self.origin,
                 self._out_rule, self._out_dev, self._out_kind, self._out_ts, self._out_vals,
                 self._stack,
             )
             self.late_readings += late
-            for o in range(n_out):
-                rule = self.rules[self._out_rule[o]]
-                evidence = tuple(
-                    Evidence(name, float(self._out_vals[o, k]))
-                    for k, name in enumerate(rule.metrics)
-                    if not math.isnan(self._out_vals[o, k])
-                )
-                transitions.append(
-                    Transition(
-                        "open" if self._out_kind[o] == kernels.OPEN else "clear",
-                        rule,
-                        self.registry.devices[self._out_dev[o]],
-                        float(self._out_ts[o]),
-                        evidence,
-                    )
-                )
+            transitions.extend(self._collect(n_out))
         return transitions
+
+    def tick(self, now: float, start: int = 0) -> list[Transition]:
+        """Evaluate the rules that can change with time alone, at gateway time ``now``."""
+        transitions: list[Transition] = []
+        p = self.program
+        n_dev = len(self.registry)
+        first = True
+        while start < n_dev or first:
+            first = False
+            n_out, start = kernels.tick(
+                now, start,
+                self.latest, self.latest_ts, p.params,
+                p.code, p.args, p.length, p.hold, p.dev_pos, p.rule_metrics, p.timed,
+                self.since, self.active,
+                self.state, p.inst_func, p.inst_metric, p.inst_param, p.inst_base, p.inst_width,
+                self.origin,
+                self._out_rule, self._out_dev, self._out_kind, self._out_ts, self._out_vals,
+                self._stack,
+            )
+            transitions.extend(self._collect(n_out))
+        return transitions
+
+    def _collect(self, n_out: int) -> list[Transition]:
+        p = self.program
+        out = []
+        for o in range(n_out):
+            rule = self.rules[self._out_rule[o]]
+            evidence = []
+            for k, name in enumerate(rule.metrics):
+                value = float(self._out_vals[o, k])
+                if math.isnan(value):
+                    continue
+                evidence.append(Evidence(name, p.texts.text(value) if name in p.text_metrics else value))
+            out.append(
+                Transition(
+                    "open" if self._out_kind[o] == kernels.OPEN else "clear",
+                    rule,
+                    self.registry.devices[self._out_dev[o]],
+                    float(self._out_ts[o]),
+                    tuple(evidence),
+                )
+            )
+        return out
+
+    def carry_over(self, old: "Engine") -> list[str]:
+        """Take the state of every rule unchanged since ``old`` (same registry); returns their names.
+
+        Latest values move by metric name; a rule keeps its pending times, active flags and
+        function state only when its definition is identical.
+        """
+        if [d.id for d in old.registry.devices] != [d.id for d in self.registry.devices]:
+            return []
+        old_metrics = {name: i for i, name in enumerate(old.program.metric_names)}
+        for m, name in enumerate(self.program.metric_names):
+            if name in old_metrics:
+                self.latest[:, m] = old.latest[:, old_metrics[name]]
+                self.latest_ts[:, m] = old.latest_ts[:, old_metrics[name]]
+        self.origin = old.origin
+        kept = []
+        old_rules = {rule.name: r for r, rule in enumerate(old.rules)}
+        for r, rule in enumerate(self.rules):
+            o = old_rules.get(rule.name)
+            if o is None or old.rules[o].spec != rule.spec:
+                continue
+            self.since[r] = old.since[o]
+            self.active[r] = old.active[o]
+            mine = [k for k, i in enumerate(self.program.instances) if i.rule == r]
+            theirs = [k for k, i in enumerate(old.program.instances) if i.rule == o]
+            for k_new, k_old in zip(mine, theirs):
+                self._rows(k_new)[:] = old._rows(k_old)
+            kept.append(rule.name)
+        return kept
+
+    def state_bytes(self) -> int:
+        arrays = (self.latest, self.latest_ts, self.since, self.active, self.state)
+        return int(sum(a.nbytes for a in arrays))
+

@@ -1,8 +1,14 @@
-"""numba kernels of the rule engine: they see only numpy arrays and integers.
+"""numba kernels of the rule engine: they see only numpy arrays and numbers.
 
-``run_batch`` walks a batch of readings sorted as they arrived. Readings of one message
-(same device, same timestamp, adjacent) update the device's latest values together; then
-every rule that applies to the device is evaluated once on those values, at that time.
+``run_batch`` walks a batch of readings in arrival order. Readings of one message (same
+device, same timestamp, adjacent; the first is the message marker, metric 0) update the
+device's latest values and function states together; then every rule that applies to the
+device is evaluated once, at the message's device time.
+
+``tick`` evaluates, at the gateway's clock, the rules whose value can change with time
+alone: rules with functions (windows slide, a device goes silent) and rules waiting out a
+``for``. Between reports a device's last values hold, and its clock runs on from its last
+report, so a sparse reporter's ``for`` ends on time.
 """
 
 from __future__ import annotations
@@ -12,8 +18,12 @@ import math
 import numpy as np
 from numba import njit
 
+from edge.engine.functions import (
+    BUCKET_SLOTS, BUCKETS, F_ABSENT, F_AVG, F_CHANGED, F_COUNT, F_DELTA, F_MAX, F_MIN, F_RATE,
+    F_STUCK, F_ZSCORE, STUCK_MIN_READINGS, ZSCORE_WARMUP,
+)
 from edge.engine.program import (
-    OP_ADD, OP_AND, OP_CONST, OP_DIV, OP_EQ, OP_GE, OP_GT, OP_LE, OP_LT, OP_METRIC,
+    OP_ADD, OP_AND, OP_CALL, OP_CONST, OP_DIV, OP_EQ, OP_GE, OP_GT, OP_LE, OP_LT, OP_METRIC,
     OP_MUL, OP_NE, OP_NEG, OP_NOT, OP_OR, OP_PARAM, OP_SUB,
 )
 
@@ -25,9 +35,113 @@ def _truthy(x):
     return x == x and x != 0.0
 
 
+# --- function state ---------------------------------------------------------------------
+
 @njit(cache=True)
-def evaluate(code, args, length, latest_row, params_row, stack):
-    """Run one postfix program on one device's latest values; returns True or False."""
+def update_instance(func, state, row, param, ts, x):
+    """Learn one fresh reading ``x`` at device time ``ts`` into an instance's state row."""
+    if func <= F_STUCK:  # windowed: one bucket per 1/BUCKETS of the window
+        k = math.floor(ts / (param / BUCKETS))
+        at = row + int(k % BUCKETS) * BUCKET_SLOTS
+        if state[at] != k:
+            state[at] = k
+            state[at + 1] = 0.0
+            state[at + 2] = 0.0
+            state[at + 3] = math.inf
+            state[at + 4] = -math.inf
+            state[at + 5] = ts
+            state[at + 6] = x
+        state[at + 1] += 1.0
+        state[at + 2] += x
+        if x < state[at + 3]:
+            state[at + 3] = x
+        if x > state[at + 4]:
+            state[at + 4] = x
+    elif func == F_ZSCORE:  # n, mean, var, last_ts, z of the latest reading
+        n = state[row]
+        mean = state[row + 1]
+        var = state[row + 2]
+        if n >= ZSCORE_WARMUP:
+            if var > 0.0:
+                state[row + 4] = (x - mean) / math.sqrt(var)
+            elif x == mean:
+                state[row + 4] = 0.0
+            else:
+                state[row + 4] = math.copysign(math.inf, x - mean)
+        else:
+            state[row + 4] = math.nan
+        if n == 0.0:
+            state[row + 1] = x
+            state[row + 2] = 0.0
+        else:
+            alpha = max(1.0 - 2.0 ** (-(ts - state[row + 3]) / param), 1.0 / (n + 1.0))
+            diff = x - mean
+            increment = alpha * diff
+            state[row + 1] = mean + increment
+            state[row + 2] = (1.0 - alpha) * (var + diff * increment)
+        state[row] = n + 1.0
+        state[row + 3] = ts
+    elif func == F_CHANGED:  # last value, time of the last change
+        last = state[row]
+        if last == last and x != last:
+            state[row + 1] = ts
+        state[row] = x
+
+
+@njit(cache=True)
+def instance_value(func, state, row, param, t, latest_value, latest_time, last_message):
+    """An instance's value at time ``t``."""
+    if func == F_ABSENT:
+        return 1.0 if t - last_message >= param else 0.0
+    if func == F_ZSCORE:
+        return state[row + 4]
+    if func == F_CHANGED:
+        return 1.0 if state[row + 1] == t else 0.0
+    top = math.floor(t / (param / BUCKETS))
+    count = 0.0
+    total = 0.0
+    low = math.inf
+    high = -math.inf
+    first_ts = math.inf
+    first_value = math.nan
+    for b in range(BUCKETS):
+        at = row + b * BUCKET_SLOTS
+        k = state[at]
+        if k == k and top - BUCKETS < k <= top:
+            count += state[at + 1]
+            total += state[at + 2]
+            low = min(low, state[at + 3])
+            high = max(high, state[at + 4])
+            if state[at + 5] < first_ts:
+                first_ts = state[at + 5]
+                first_value = state[at + 6]
+    if func == F_COUNT:
+        return count
+    if func == F_STUCK:
+        ok = count >= STUCK_MIN_READINGS and high == low and latest_time - first_ts >= param / 2
+        return 1.0 if ok else 0.0
+    if count == 0.0:
+        return math.nan
+    if func == F_AVG:
+        return total / count
+    if func == F_MIN:
+        return low
+    if func == F_MAX:
+        return high
+    if func == F_DELTA:
+        return latest_value - first_value
+    if func == F_RATE:
+        span = latest_time - first_ts
+        return (latest_value - first_value) / span * 60.0 if span > 0.0 else math.nan
+    return math.nan
+
+
+# --- conditions -------------------------------------------------------------------------
+
+@njit(cache=True)
+def evaluate(code, args, length, d, pos, t, latest, latest_ts, params, stack,
+             state, inst_func, inst_metric, inst_param, inst_base, inst_width, origin):
+    """Run one postfix program for device ``d`` at time ``t``; returns True or False."""
     top = -1
     for i in range(length):
         op = code[i]
@@ -36,10 +150,19 @@ def evaluate(code, args, length, latest_row, params_row, stack):
             stack[top] = args[i]
         elif op == OP_METRIC:
             top += 1
-            stack[top] = latest_row[int(args[i])]
+            stack[top] = latest[d, int(args[i])]
         elif op == OP_PARAM:
             top += 1
-            stack[top] = params_row[int(args[i])]
+            stack[top] = params[d, int(args[i])]
+        elif op == OP_CALL:
+            k = int(args[i])
+            m = inst_metric[k]
+            row = inst_base[k] + pos * inst_width[k]
+            last_message = latest_ts[d, 0] if latest_ts[d, 0] > -math.inf else origin
+            value_now = latest[d, m] if m >= 0 else math.nan
+            time_now = latest_ts[d, m] if m >= 0 else math.nan
+            top += 1
+            stack[top] = instance_value(inst_func[k], state, row, inst_param[k], t, value_now, time_now, last_message)
         elif op == OP_NEG:
             stack[top] = -stack[top]
         elif op == OP_NOT:
@@ -77,11 +200,44 @@ def evaluate(code, args, length, latest_row, params_row, stack):
 
 
 @njit(cache=True)
+def step_rule(r, d, pos, t, code, args, length, hold, since, active, latest, latest_ts, params, stack,
+              state, inst_func, inst_metric, inst_param, inst_base, inst_width, origin):
+    """Advance rule ``r`` for device ``d`` at time ``t``; returns OPEN, CLEAR or 0."""
+    which = 1 if active[r, d] else 0
+    holds = evaluate(code[r, which], args[r, which], length[r, which], d, pos, t, latest, latest_ts, params,
+                     stack, state, inst_func, inst_metric, inst_param, inst_base, inst_width, origin)
+    if not holds:
+        since[r, d, which] = math.nan
+        return 0
+    if math.isnan(since[r, d, which]):
+        since[r, d, which] = t
+    if t - since[r, d, which] >= hold[r, which]:
+        active[r, d] = which == 0
+        since[r, d, 0] = math.nan
+        since[r, d, 1] = math.nan
+        return CLEAR if which == 1 else OPEN
+    return 0
+
+
+@njit(cache=True)
+def _emit(n_out, r, d, kind, t, latest, rule_metrics, out_rule, out_dev, out_kind, out_ts, out_vals):
+    out_rule[n_out] = r
+    out_dev[n_out] = d
+    out_kind[n_out] = kind
+    out_ts[n_out] = t
+    for k in range(rule_metrics.shape[1]):
+        mk = rule_metrics[r, k]
+        out_vals[n_out, k] = latest[d, mk] if mk >= 0 else math.nan
+
+
+@njit(cache=True)
 def run_batch(
     dev, met, ts, val, start,
     latest, latest_ts, params,
-    code, args, length, hold, applies, rule_metrics,
+    code, args, length, hold, dev_pos, rule_metrics,
     since, active,
+    state, inst_func, inst_metric, inst_param, inst_base, inst_width, inst_rule, metric_inst_ptr, metric_inst,
+    origin,
     out_rule, out_dev, out_kind, out_ts, out_vals,
     stack,
 ):
@@ -105,9 +261,14 @@ def run_batch(
             latest[d, m] = val[i]
             latest_ts[d, m] = t
             fresh = True
+            for j in range(metric_inst_ptr[m], metric_inst_ptr[m + 1]):
+                k = metric_inst[j]
+                pos = dev_pos[inst_rule[k], d]
+                if pos >= 0:
+                    update_instance(inst_func[k], state, inst_base[k] + pos * inst_width[k], inst_param[k], t, val[i])
         else:
             late += 1
-        same_message = i + 1 < n and dev[i + 1] == d and ts[i + 1] == t
+        same_message = i + 1 < n and dev[i + 1] == d and ts[i + 1] == t and met[i + 1] != 0
         i += 1
         if same_message:
             continue
@@ -115,41 +276,54 @@ def run_batch(
             continue
         fresh = False
         for r in range(n_rules):
-            if not applies[r, d]:
+            pos = dev_pos[r, d]
+            if pos < 0:
                 continue
-            which = 1 if active[r, d] else 0
-            holds = evaluate(code[r, which], args[r, which], length[r, which], latest[d], params[d], stack)
-            if not holds:
-                since[r, d, which] = math.nan
-                continue
-            if math.isnan(since[r, d, which]):
-                since[r, d, which] = t
-            if t - since[r, d, which] >= hold[r, which]:
-                out_rule[n_out] = r
-                out_dev[n_out] = d
-                out_kind[n_out] = CLEAR if which == 1 else OPEN
-                out_ts[n_out] = t
-                for k in range(rule_metrics.shape[1]):
-                    mk = rule_metrics[r, k]
-                    out_vals[n_out, k] = latest[d, mk] if mk >= 0 else math.nan
+            kind = step_rule(r, d, pos, t, code, args, length, hold, since, active, latest, latest_ts, params,
+                             stack, state, inst_func, inst_metric, inst_param, inst_base, inst_width, origin)
+            if kind != 0:
+                _emit(n_out, r, d, kind, t, latest, rule_metrics, out_rule, out_dev, out_kind, out_ts, out_vals)
                 n_out += 1
-                active[r, d] = which == 0
-                since[r, d, 0] = math.nan
-                since[r, d, 1] = math.nan
         if n_out + n_rules > capacity:
             break
     return n_out, i, late
 
 
-def warm_up() -> None:
-    """Compile (or load from the on-disk cache) before the first real batch arrives."""
-    i32, f64 = np.int32, np.float64
-    run_batch(
-        np.zeros(1, i32), np.zeros(1, i32), np.ones(1, f64), np.ones(1, f64), 0,
-        np.zeros((1, 1), f64), np.full((1, 1), -np.inf), np.zeros((1, 1), f64),
-        np.array([[[OP_CONST], [OP_CONST]]], i32), np.ones((1, 2, 1), f64), np.ones((1, 2), i32),
-        np.zeros((1, 2), f64), np.ones((1, 1), np.bool_), np.zeros((1, 1), i32),
-        np.full((1, 1, 2), np.nan), np.zeros((1, 1), np.bool_),
-        np.zeros(4, i32), np.zeros(4, i32), np.zeros(4, i32), np.zeros(4, f64), np.zeros((4, 1), f64),
-        np.zeros(4, f64),
-    )
+@njit(cache=True)
+def tick(
+    now, start_device,
+    latest, latest_ts, params,
+    code, args, length, hold, dev_pos, rule_metrics, timed,
+    since, active,
+    state, inst_func, inst_metric, inst_param, inst_base, inst_width,
+    origin,
+    out_rule, out_dev, out_kind, out_ts, out_vals,
+    stack,
+):
+    """Evaluate time-dependent and waiting rules at gateway time ``now``; returns (written, next device)."""
+    n_rules = code.shape[0]
+    n_dev = dev_pos.shape[1]
+    capacity = out_rule.shape[0]
+    n_out = 0
+    d = start_device
+    while d < n_dev:
+        if latest_ts[d, 0] > -math.inf:
+            t = now - (latest[d, 0] - latest_ts[d, 0])  # the device's clock, run on from its last report
+        else:
+            t = now
+        for r in range(n_rules):
+            pos = dev_pos[r, d]
+            if pos < 0:
+                continue
+            which = 1 if active[r, d] else 0
+            if not timed[r] and math.isnan(since[r, d, which]):
+                continue
+            kind = step_rule(r, d, pos, t, code, args, length, hold, since, active, latest, latest_ts, params,
+                             stack, state, inst_func, inst_metric, inst_param, inst_base, inst_width, origin)
+            if kind != 0:
+                _emit(n_out, r, d, kind, t, latest, rule_metrics, out_rule, out_dev, out_kind, out_ts, out_vals)
+                n_out += 1
+        d += 1
+        if n_out + n_rules > capacity:
+            break
+    return n_out, d

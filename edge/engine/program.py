@@ -1,7 +1,9 @@
 """Rules compiled to plain arrays: a tiny stack machine the numba kernels interpret.
 
-Each condition becomes a postfix program of (opcode, argument) pairs. Because the kernels
-interpret these arrays, loading new rules never needs a new numba compile.
+Each condition becomes a postfix program of (opcode, argument) pairs. Each function call in
+a rule becomes an *instance* with its own state per device the rule applies to, kept in one
+flat float64 array. Because the kernels interpret these arrays, loading new rules never
+needs a new numba compile.
 """
 
 from __future__ import annotations
@@ -11,8 +13,11 @@ from dataclasses import dataclass
 import numpy as np
 
 from edge.engine import expr
+from edge.engine.functions import FUNCTIONS
 from edge.engine.rules import Rule
-from edge.registry import Registry
+from edge.engine.typecheck import strings_of
+from edge.kinds import KIND_METRICS
+from edge.registry import Device, Registry
 
 # Opcodes. Values are float64; true is 1.0, false 0.0; an unknown metric is NaN, which
 # propagates through arithmetic and makes every comparison false.
@@ -21,6 +26,7 @@ OP_NEG, OP_NOT = 4, 5
 OP_ADD, OP_SUB, OP_MUL, OP_DIV = 6, 7, 8, 9
 OP_LT, OP_LE, OP_GT, OP_GE, OP_EQ, OP_NE = 10, 11, 12, 13, 14, 15
 OP_AND, OP_OR = 16, 17
+OP_CALL = 18  # argument: the function instance
 
 BINARY_OPCODES = {
     "+": OP_ADD, "-": OP_SUB, "*": OP_MUL, "/": OP_DIV,
@@ -28,37 +34,34 @@ BINARY_OPCODES = {
     "and": OP_AND, "or": OP_OR,
 }
 
-
-def _emit(node: expr.Node, metric_index: dict[str, int], param_index: dict[str, int], out: list[tuple[int, float]]) -> None:
-    if isinstance(node, expr.Number):
-        out.append((OP_CONST, node.value))
-    elif isinstance(node, expr.Metric):
-        out.append((OP_METRIC, float(metric_index[node.name])))
-    elif isinstance(node, expr.Param):
-        if node.name not in param_index:
-            out.append((OP_CONST, float("nan")))
-        else:
-            out.append((OP_PARAM, float(param_index[node.name])))
-    elif isinstance(node, expr.Unary):
-        _emit(node.operand, metric_index, param_index, out)
-        out.append((OP_NEG if node.op == "-" else OP_NOT, 0.0))
-    elif isinstance(node, expr.Binary):
-        _emit(node.left, metric_index, param_index, out)
-        _emit(node.right, metric_index, param_index, out)
-        out.append((BINARY_OPCODES[node.op], 0.0))
-    else:  # Calls and strings are refused when the rule file is loaded.
-        raise ValueError(f"cannot compile {node!r}")
+MESSAGE_METRIC = "__message__"  # metric 0: value = arrival time, ts = device time of a message
 
 
-def _stack_depth(program: list[tuple[int, float]]) -> int:
-    depth = deepest = 0
-    for opcode, _ in program:
-        if opcode in (OP_CONST, OP_METRIC, OP_PARAM):
-            depth += 1
-        elif opcode not in (OP_NEG, OP_NOT):
-            depth -= 1
-        deepest = max(deepest, depth)
-    return deepest
+class TextCodes:
+    """Text values (camera labels, zones) as numbers: codes for the texts rules mention.
+
+    Any other text a device sends becomes -1, which equals no text a rule mentions.
+    """
+
+    UNKNOWN = -1.0
+
+    def __init__(self, texts: list[str]):
+        self.codes = {text: float(i + 1) for i, text in enumerate(dict.fromkeys(texts))}
+        self.texts = {code: text for text, code in self.codes.items()}
+
+    def code(self, text: str) -> float:
+        return self.codes.get(text, self.UNKNOWN)
+
+    def text(self, code: float) -> str:
+        return self.texts.get(code, "(other)")
+
+
+@dataclass(frozen=True)
+class Instance:
+    rule: int
+    function: str
+    metric: int  # -1 for absent()
+    param: float  # window or half-life, seconds
 
 
 @dataclass
@@ -66,31 +69,97 @@ class Program:
     """All rules as arrays, rule r in row r."""
 
     metric_names: list[str]
+    text_metrics: set[str]
+    texts: TextCodes
     code: np.ndarray  # int32 [rules, 2, length]: row 0 opens, row 1 clears
     args: np.ndarray  # float64 [rules, 2, length]
     length: np.ndarray  # int32 [rules, 2]
     hold: np.ndarray  # float64 [rules, 2]: `for` and `clear_for`, seconds
-    applies: np.ndarray  # bool [rules, devices]
+    dev_pos: np.ndarray  # int32 [rules, devices]: the device's row among those the rule applies to, or -1
     rule_metrics: np.ndarray  # int32 [rules, k]: metrics each rule reads, -1 padded
+    timed: np.ndarray  # bool [rules]: the condition can change with time alone (functions)
     params: np.ndarray  # float64 [devices, params]
+    instances: list[Instance]
+    inst_func: np.ndarray  # int32 [instances]: function code
+    inst_metric: np.ndarray  # int32 [instances]
+    inst_param: np.ndarray  # float64 [instances]
+    inst_rule: np.ndarray  # int32 [instances]
+    inst_base: np.ndarray  # int64 [instances]: offset of the instance's rows in the state array
+    inst_width: np.ndarray  # int32 [instances]: floats per device
+    metric_inst_ptr: np.ndarray  # int32 [metrics + 1]: instances reading metric m are
+    metric_inst: np.ndarray  # int32: metric_inst[metric_inst_ptr[m]:metric_inst_ptr[m + 1]]
+    state_size: int
     stack_size: int
 
 
-def _applies(rule: Rule, registry: Registry) -> np.ndarray:
+def applies(rule: Rule, device: Device) -> bool:
     target = rule.spec.applies_to
-    mask = np.zeros(len(registry), dtype=np.bool_)
-    for device in registry.devices:
-        mask[device.index] = (
-            device.kind in target.kind
-            and (target.grid is None or device.grid in target.grid)
-            and (target.zone is None or device.zone in target.zone)
-            and (target.model is None or device.model in target.model)
-            and (target.devices is None or device.id in target.devices)
-        )
-    return mask
+    return (
+        device.kind in target.kind
+        and (target.grid is None or device.grid in target.grid)
+        and (target.zone is None or device.zone in target.zone)
+        and (target.model is None or device.model in target.model)
+        and (target.tags is None or bool(set(target.tags) & set(device.tags)))
+        and (target.devices is None or device.id in target.devices)
+    )
 
 
-MESSAGE_METRIC = "__message__"  # metric 0: the time of the device's latest message
+class _Compiler:
+    def __init__(self, metric_index: dict[str, int], param_index: dict[str, int], texts: TextCodes):
+        self.metric_index = metric_index
+        self.param_index = param_index
+        self.texts = texts
+        self.instances: list[Instance] = []
+        self.rule = 0
+
+    def compile(self, node: expr.Node) -> list[tuple[int, float]]:
+        out: list[tuple[int, float]] = []
+        self._emit(node, out)
+        return out
+
+    def _emit(self, node: expr.Node, out: list[tuple[int, float]]) -> None:
+        if isinstance(node, expr.Number):
+            out.append((OP_CONST, node.value))
+        elif isinstance(node, expr.String):
+            out.append((OP_CONST, self.texts.code(node.value)))
+        elif isinstance(node, expr.Metric):
+            out.append((OP_METRIC, float(self.metric_index[node.name])))
+        elif isinstance(node, expr.Param):
+            if node.name not in self.param_index:
+                out.append((OP_CONST, float("nan")))
+            else:
+                out.append((OP_PARAM, float(self.param_index[node.name])))
+        elif isinstance(node, expr.Unary):
+            self._emit(node.operand, out)
+            out.append((OP_NEG if node.op == "-" else OP_NOT, 0.0))
+        elif isinstance(node, expr.Binary):
+            self._emit(node.left, out)
+            self._emit(node.right, out)
+            out.append((BINARY_OPCODES[node.op], 0.0))
+        elif isinstance(node, expr.Call):
+            function = FUNCTIONS[node.name]
+            metric, param = -1, 0.0
+            for arg, kind in zip(node.args, function.args):
+                if kind == "metric":
+                    metric = self.metric_index[arg.name]
+                else:
+                    param = arg.value
+            instance = Instance(self.rule, node.name, metric, param)
+            out.append((OP_CALL, float(len(self.instances))))
+            self.instances.append(instance)
+        else:
+            raise ValueError(f"cannot compile {node!r}")
+
+
+def stack_depth(program: list[tuple[int, float]]) -> int:
+    depth = deepest = 0
+    for opcode, _ in program:
+        if opcode in (OP_CONST, OP_METRIC, OP_PARAM, OP_CALL):
+            depth += 1
+        elif opcode not in (OP_NEG, OP_NOT):
+            depth -= 1
+        deepest = max(deepest, depth)
+    return deepest
 
 
 def compile_rules(rules: list[Rule], registry: Registry) -> Program:
@@ -101,13 +170,20 @@ def compile_rules(rules: list[Rule], registry: Registry) -> Program:
                 metric_names.append(name)
     metric_index = {name: i for i, name in enumerate(metric_names)}
     param_index = {name: i for i, name in enumerate(registry.param_names)}
+    texts = TextCodes([s for rule in rules for s in strings_of(rule.when) + strings_of(rule.clear_when)])
+    text_metrics = {
+        name for catalogue in KIND_METRICS.values() for name, info in catalogue.items() if info.type == "text"
+    }
 
-    programs = [
-        (_compile(rule.when, metric_index, param_index), _compile(rule.clear_when, metric_index, param_index))
-        for rule in rules
-    ]
+    compiler = _Compiler(metric_index, param_index, texts)
+    programs = []
+    for r, rule in enumerate(rules):
+        compiler.rule = r
+        programs.append((compiler.compile(rule.when), compiler.compile(rule.clear_when)))
+    instances = compiler.instances
+
+    n, n_dev = len(rules), len(registry)
     length = max([1] + [max(len(a), len(b)) for a, b in programs])
-    n = len(rules)
     code = np.zeros((n, 2, length), dtype=np.int32)
     args = np.zeros((n, 2, length), dtype=np.float64)
     lengths = np.zeros((n, 2), dtype=np.int32)
@@ -115,27 +191,53 @@ def compile_rules(rules: list[Rule], registry: Registry) -> Program:
     for r, pair in enumerate(programs):
         for which, program in enumerate(pair):
             lengths[r, which] = len(program)
-            stack = max(stack, _stack_depth(program))
+            stack = max(stack, stack_depth(program))
             for i, (opcode, arg) in enumerate(program):
                 code[r, which, i] = opcode
                 args[r, which, i] = arg
     hold = np.array([[rule.spec.for_, rule.spec.clear_for] for rule in rules], dtype=np.float64).reshape(n, 2)
+
     width = max([1] + [len(rule.metrics) for rule in rules])
     rule_metrics = np.full((n, width), -1, dtype=np.int32)
     for r, rule in enumerate(rules):
         for k, name in enumerate(rule.metrics):
             rule_metrics[r, k] = metric_index[name]
-    applies = np.zeros((n, len(registry)), dtype=np.bool_)
+
+    dev_pos = np.full((n, n_dev), -1, dtype=np.int32)
+    applicable = np.zeros(n, dtype=np.int64)
     for r, rule in enumerate(rules):
-        applies[r] = _applies(rule, registry)
-    params = np.full((len(registry), max(1, len(registry.param_names))), np.nan)
+        for device in registry.devices:
+            if applies(rule, device):
+                dev_pos[r, device.index] = applicable[r]
+                applicable[r] += 1
+
+    inst_func = np.array([FUNCTIONS[i.function].code for i in instances], dtype=np.int32)
+    inst_metric = np.array([i.metric for i in instances], dtype=np.int32)
+    inst_param = np.array([i.param for i in instances], dtype=np.float64)
+    inst_rule = np.array([i.rule for i in instances], dtype=np.int32)
+    inst_width = np.array([FUNCTIONS[i.function].width for i in instances], dtype=np.int32)
+    inst_base = np.zeros(len(instances), dtype=np.int64)
+    offset = 0
+    for k, instance in enumerate(instances):
+        inst_base[k] = offset
+        offset += int(inst_width[k]) * int(applicable[instance.rule])
+    by_metric: list[list[int]] = [[] for _ in metric_names]
+    for k, instance in enumerate(instances):
+        if instance.metric >= 0:
+            by_metric[instance.metric].append(k)
+    metric_inst_ptr = np.zeros(len(metric_names) + 1, dtype=np.int32)
+    for m, found in enumerate(by_metric):
+        metric_inst_ptr[m + 1] = metric_inst_ptr[m] + len(found)
+    metric_inst = np.array([k for found in by_metric for k in found], dtype=np.int32)
+
+    timed = np.array([any(i.rule == r for i in instances) for r in range(n)], dtype=np.bool_)
+    params = np.full((n_dev, max(1, len(registry.param_names))), np.nan)
     for device in registry.devices:
         for name, value in device.params.items():
             params[device.index, param_index[name]] = value
-    return Program(metric_names, code, args, lengths, hold, applies, rule_metrics, params, stack)
+    return Program(
+        metric_names, text_metrics, texts, code, args, lengths, hold, dev_pos, rule_metrics, timed, params,
+        instances, inst_func, inst_metric, inst_param, inst_rule, inst_base, inst_width,
+        metric_inst_ptr, metric_inst, offset, stack,
+    )
 
-
-def _compile(node: expr.Node, metric_index: dict[str, int], param_index: dict[str, int]) -> list[tuple[int, float]]:
-    out: list[tuple[int, float]] = []
-    _emit(node, metric_index, param_index, out)
-    return out

@@ -16,11 +16,10 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from edge.engine import expr
+from edge.engine import expr, typecheck
 
 SEVERITIES = ("info", "minor", "major", "critical")
 TITLE_FIELDS = ("device", "kind", "rule", "address", "grid", "zone", "team", "value", "metric", "category")
-FUNCTIONS: dict[str, str] = {}  # name -> one-line description; filled as functions are supported
 
 
 @dataclass(frozen=True)
@@ -90,9 +89,10 @@ class AppliesTo(_Model):
     grid: list[str] | None = Field(None, description="Only devices in these grids.")
     zone: list[str] | None = Field(None, description="Only devices in these zones.")
     model: list[str] | None = Field(None, description="Only devices of these models.")
+    tags: list[str] | None = Field(None, description="Only devices with at least one of these tags.")
     devices: list[str] | None = Field(None, description="Only these device ids.")
 
-    @field_validator("kind", "grid", "zone", "model", "devices", mode="before")
+    @field_validator("kind", "grid", "zone", "model", "tags", "devices", mode="before")
     @classmethod
     def _one_or_many(cls, value: Any) -> Any:
         if isinstance(value, (str, int)):
@@ -131,48 +131,19 @@ class RuleFileModel(_Model):
 
 
 def check_condition(text: str) -> expr.Node:
-    """Parse a condition and check its function names; raises ValueError with a readable message."""
+    """Parse a condition and check its function calls; raises ValueError with a readable message."""
     try:
         node = expr.parse(str(text))
     except expr.ExpressionError as error:
         raise ValueError(f"in condition {text!r}: {error}") from None
-    for call in _calls(node):
-        if call.name not in FUNCTIONS:
-            close = difflib.get_close_matches(call.name, list(FUNCTIONS), n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
-            known = ", ".join(sorted(FUNCTIONS)) or "none in this version"
-            raise ValueError(f"unknown function {call.name!r}{hint}; functions: {known}")
+    try:
+        typecheck.check_calls(node)
+    except typecheck.CheckError as error:
+        raise ValueError(str(error)) from None
     for name in expr.metrics_of(node):
         if name.startswith("__"):
             raise ValueError(f"metric names cannot start with '__': {name!r}")
-    for string_node in _strings(node):
-        raise ValueError(f"text value {string_node.value!r} cannot be used in this version's conditions")
     return node
-
-
-def _calls(node: expr.Node) -> list[expr.Call]:
-    found: list[expr.Call] = []
-    if isinstance(node, expr.Call):
-        found.append(node)
-        for arg in node.args:
-            found.extend(_calls(arg))
-    elif isinstance(node, expr.Unary):
-        found.extend(_calls(node.operand))
-    elif isinstance(node, expr.Binary):
-        found.extend(_calls(node.left) + _calls(node.right))
-    return found
-
-
-def _strings(node: expr.Node) -> list[expr.String]:
-    if isinstance(node, expr.String):
-        return [node]
-    if isinstance(node, expr.Unary):
-        return _strings(node.operand)
-    if isinstance(node, expr.Binary):
-        return _strings(node.left) + _strings(node.right)
-    if isinstance(node, expr.Call):
-        return [s for arg in node.args for s in _strings(arg)]
-    return []
 
 
 @dataclass(frozen=True)
@@ -281,11 +252,22 @@ def load_rule_file(path: Path) -> list[Rule]:
         ]
         raise RuleFileError(problems) from None
     rules = []
+    problems = []
     for index, spec in enumerate(model.rules):
         when = expr.parse(spec.when)
         clear = expr.parse(spec.clear_when) if spec.clear_when else expr.Unary("not", when)
+        for key, node in (("when", when), ("clear_when", clear if spec.clear_when else None)):
+            if node is None:
+                continue
+            try:
+                typecheck.type_of(node, spec.applies_to.kind)
+            except typecheck.CheckError as error:
+                line = lines.get(("rules", index, key), lines.get(("rules", index), 1))
+                problems.append(Problem(shown, line, f"rule {spec.name!r}: {key}: {error}"))
         metrics = tuple(dict.fromkeys(expr.metrics_of(when) + expr.metrics_of(clear)))
         rules.append(Rule(spec, when, clear, shown, lines.get(("rules", index), 1), metrics))
+    if problems:
+        raise RuleFileError(problems)
     return rules
 
 
