@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import textwrap
 
-from hypothesis import given, settings
+from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
 from edge.engine import Engine
@@ -32,6 +32,42 @@ rules:
     order: {category: c3, severity: major, title: "{device}"}
 """
 
+FUNCTION_RULES = """rules:
+  - name: avg_tilt
+    applies_to: {kind: manhole_cover}
+    when: avg(tilt_deg, 20s) > 12 and count(tilt_deg, 10s) >= 2
+    for: 5s
+    order: {category: c, severity: minor, title: "{device}"}
+  - name: fast_filling
+    applies_to: {kind: bin}
+    when: rate(distance_cm, 30s) < -10 or delta(distance_cm, 20s) < -40
+    order: {category: c, severity: minor, title: "{device}"}
+  - name: silent
+    applies_to: {kind: [manhole_cover, bin]}
+    when: absent(15s)
+    order: {category: c, severity: minor, title: "{device}"}
+  - name: odd_tilt
+    applies_to: {kind: manhole_cover}
+    when: zscore(tilt_deg, 30s) > 2 or max(tilt_deg, 10s) - min(tilt_deg, 10s) > 20
+    clear_when: zscore(tilt_deg, 30s) < 1
+    order: {category: c, severity: minor, title: "{device}"}
+  - name: just_opened
+    applies_to: {kind: manhole_cover}
+    when: changed(open) and open == 1
+    clear_for: 2s
+    order: {category: c, severity: minor, title: "{device}"}
+  - name: flat
+    applies_to: {kind: manhole_cover}
+    when: stuck(water_cm, 20s)
+    order: {category: c, severity: minor, title: "{device}"}
+  - name: parked
+    applies_to: {kind: camera}
+    when: label == "car" and zone == "no_parking" and score >= 0.7 and active == 1
+    for: 5s
+    clear_when: active == 0 or label != "car"
+    order: {category: c, severity: minor, title: "{device}"}
+"""
+
 
 def make_registry() -> Registry:
     devices = [
@@ -39,13 +75,14 @@ def make_registry() -> Registry:
         Device("c2", "manhole_cover", "m", "a", 0, 0, "G2", "Z1", "t", 1, {}),
         Device("b1", "bin", "m", "a", 0, 0, "G1", "Z1", "t", 2, {"depth_cm": 100.0}),
         Device("b2", "bin", "m", "a", 0, 0, "G2", "Z1", "t", 3, {}),
+        Device("k1", "camera", "m", "a", 0, 0, "G1", "Z1", "t", 4, {}),
     ]
     return Registry(devices, ["depth_cm"])
 
 
-def make_rules(tmp_path):
+def make_rules(tmp_path, text=RULES):
     path = tmp_path / "rules.yaml"
-    path.write_text(RULES)
+    path.write_text(text)
     return load_rules([path])
 
 
@@ -119,3 +156,96 @@ def test_kernel_matches_reference(tmp_path_factory, steps, batch_size):
     reference = ReferenceEngine(rules, registry)
     want = [t for m in messages for t in reference.message(*m)]
     assert run_kernel(Engine(rules, registry), registry, messages, batch_size) == want
+
+
+_camera = st.tuples(
+    st.just("k1"),
+    st.integers(0, 40).map(float),
+    st.fixed_dictionaries(
+        {"active": st.sampled_from([0.0, 1.0])},
+        optional={
+            "label": st.sampled_from(["car", "truck", "person"]),
+            "zone": st.sampled_from(["no_parking", "road"]),
+            "score": st.sampled_from([0.5, 0.7, 0.9]),
+        },
+    ),
+)
+_cover = st.tuples(
+    st.sampled_from(["c1", "c2"]),
+    st.integers(0, 40).map(float),
+    st.fixed_dictionaries(
+        {"tilt_deg": st.sampled_from([1.0, 1.0, 2.0, 14.0, 30.0])},
+        optional={"water_cm": st.sampled_from([10.0, 50.0]), "open": st.sampled_from([0.0, 1.0])},
+    ),
+)
+_action = st.one_of(
+    st.tuples(st.integers(0, 4), st.one_of(_cover, _camera, _message)),
+    st.tuples(st.integers(0, 6), st.just("tick")),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(steps=st.lists(_action, min_size=10, max_size=150), skew=st.sampled_from([0.0, 3.0, -7.5]))
+def test_kernel_matches_reference_with_functions_ticks_and_skewed_clocks(tmp_path_factory, steps, skew):
+    tmp_path = tmp_path_factory.mktemp("rules")
+    rules, registry = make_rules(tmp_path, FUNCTION_RULES), make_registry()
+    engine, reference = Engine(rules, registry, origin=0.0), ReferenceEngine(rules, registry, origin=0.0)
+    got, want, clock = [], [], 0.0
+
+    def name(t):
+        return (t.kind, t.rule.name, t.device.id, t.ts)
+
+    for gap, action in steps:
+        clock += gap
+        if action == "tick":
+            got += [name(t) for t in engine.tick(clock)]
+            want += reference.tick(clock)
+            continue
+        device, offset, values = action
+        ts = clock - offset if offset > 35 else clock
+        device_ts = ts - skew if device == "c1" else ts  # c1's clock is off; arrival is the gateway's time
+        builder = engine.builder()
+        builder.add(registry.get(device).index, device_ts, values, arrival=ts)
+        got += [name(t) for t in engine.process(builder.build())]
+        want += reference.message(device, device_ts, values, arrival=ts)
+    assert got == want
+    event(f"transitions: {min(len(want), 5)}+" if len(want) >= 5 else f"transitions: {len(want)}")
+    for kind, rule, device, ts in want:
+        event(f"rule fired: {rule}")
+
+
+def test_text_evidence_and_camera_duration(tmp_path):
+    rules, registry = make_rules(tmp_path, FUNCTION_RULES), make_registry()
+    engine = Engine(rules, registry, origin=0.0)
+    builder = engine.builder()
+    for t in (100.0, 103.0, 106.0):
+        builder.add(4, t, {"label": "car", "zone": "no_parking", "score": 0.9, "active": 1.0})
+    (opened,) = engine.process(builder.build())
+    assert (opened.rule.name, opened.ts) == ("parked", 106.0)
+    assert {e.metric: e.value for e in opened.evidence} == {"label": "car", "zone": "no_parking", "score": 0.9, "active": 1.0}
+
+
+def test_silent_device_opens_on_a_tick_and_clears_when_it_reports(tmp_path):
+    rules, registry = make_rules(tmp_path, FUNCTION_RULES), make_registry()
+    engine = Engine(rules, registry, origin=1000.0)
+    builder = engine.builder()
+    builder.add(0, 1000.0, {"tilt_deg": 1.0})
+    engine.process(builder.build())
+    assert [t for t in engine.tick(1010.0) if t.rule.name == "silent"] == []
+    silent = {(t.device.id, t.ts) for t in engine.tick(1016.0) if t.rule.name == "silent"}
+    assert silent == {("c1", 1016.0), ("c2", 1016.0), ("b1", 1016.0), ("b2", 1016.0)}
+    builder = engine.builder()
+    builder.add(0, 1020.0, {"tilt_deg": 1.0})
+    cleared = [(t.kind, t.device.id) for t in engine.process(builder.build()) if t.rule.name == "silent"]
+    assert cleared == [("clear", "c1")]
+
+
+def test_sparse_reporter_opens_after_for_on_a_tick(tmp_path):
+    registry = make_registry()
+    engine = Engine(make_rules(tmp_path), registry, origin=0.0)
+    builder = engine.builder()
+    builder.add(0, 500.0, {"tilt_deg": 40.0}, arrival=800.0)  # the cover's clock is 300 s behind
+    assert engine.process(builder.build()) == []
+    assert engine.tick(805.0) == []
+    (opened,) = engine.tick(810.0)
+    assert (opened.kind, opened.rule.name, opened.ts) == ("open", "tilted", 510.0)

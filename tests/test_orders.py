@@ -42,9 +42,9 @@ def test_lifecycle_opens_once_and_revises_each_change(setup):
         (opened.order_id, 1, "opened"), (opened.order_id, 2, "cleared"), (opened.order_id, 3, "opened"),
     ]
     body = pending[0].body
-    assert body["title"] == "Manhole cover MH-0003 tilted 30 degrees at 16 Jiefang Rd"
+    assert body["title"] == "Manhole cover MH-0003 open or tilted at 16 Jiefang Rd"
     assert (body["grid"], body["zone"], body["team"], body["device_kind"]) == ("G01", "Z1", "team-grid-01", "manhole_cover")
-    assert body["evidence"] == [{"metric": "tilt_deg", "value": 30.0, "at": "1970-01-01T00:16:40.000Z", "condition": "tilt_deg > 15"}]
+    assert body["evidence"] == [{"metric": "tilt_deg", "value": 30.0, "at": "1970-01-01T00:16:40.000Z", "condition": "tilt_deg > 15 or open == 1"}]
 
 
 def test_a_second_live_order_for_the_same_problem_is_impossible(setup):
@@ -70,8 +70,8 @@ def test_restart_resumes_open_orders_so_they_can_clear(setup):
             engine.mark_active(rule, device)
     builder = engine.builder()
     device = registry.get("MH-0003")
-    builder.add(device.index, 2000.0, {"tilt_deg": 1.0})
-    builder.add(device.index, 2006.0, {"tilt_deg": 1.0})
+    builder.add(device.index, 2000.0, {"tilt_deg": 1.0, "open": 0})
+    builder.add(device.index, 2010.0, {"tilt_deg": 1.0, "open": 0})
     changes = book.apply(engine.process(builder.build()))
     assert [(c.change, c.revision) for c in changes] == [("cleared", 2)]
     db2.conn.close()

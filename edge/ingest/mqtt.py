@@ -42,7 +42,7 @@ class MqttSubscriber:
         self.host, self.port, self.topics, self.qos = host, port, topics, qos
         self.inbox = inbox
         self.stop = stop
-        self.connected = threading.Event()
+        self.connected = threading.Event()  # set once the broker has confirmed the subscription
         self.messages = 0
         self.client = mqtt.Client(
             mqtt.CallbackAPIVersion.VERSION2,
@@ -56,6 +56,7 @@ class MqttSubscriber:
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = self._on_disconnect
         self.client.on_message = self._on_message
+        self.client.on_subscribe = self._on_subscribe
 
     def start(self) -> None:
         self.client.connect_async(self.host, self.port, keepalive=30)
@@ -70,6 +71,13 @@ class MqttSubscriber:
             log.error("MQTT broker %s:%s refused the connection: %s", self.host, self.port, reason_code)
             return
         client.subscribe([(topic, self.qos) for topic in self.topics])
+
+    def _on_subscribe(self, client, userdata, mid, reason_codes, properties) -> None:
+        refused = [code for code in reason_codes if code.is_failure]
+        if refused:
+            log.error("MQTT broker %s:%s refused the subscription to %s: %s", self.host, self.port,
+                      ", ".join(self.topics), ", ".join(str(code) for code in refused))
+            return
         log.info("connected to MQTT broker %s:%s, subscribed to %s", self.host, self.port, ", ".join(self.topics))
         self.connected.set()
 
