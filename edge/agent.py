@@ -15,7 +15,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from edge.config import GatewayConfig
-from edge.engine import Engine, load_rules
+from edge.engine import Engine, RuleFileError, load_rules
+from edge.engine.rules import fingerprint
 from edge.ingest.decode import DecodeError, decode_telemetry, derive
 from edge.ingest.mqtt import MqttSubscriber, RawMessage
 from edge.orders import OrderBook
@@ -37,14 +38,19 @@ class Stats:
     orders_cleared: int = 0
     orders_reopened: int = 0
     batches: int = 0
+    rule_reloads: int = 0
+    rule_errors: int = 0
+    last_rule_error: str = ""
 
 
 class Agent:
     def __init__(self, config: GatewayConfig):
         self.config = config
         self.registry = Registry.load(config.registry.path)
+        self._rules_fingerprint = fingerprint(config.rules.paths)
         self.rules = load_rules(config.rules.paths)
         self.engine = Engine(self.rules, self.registry)
+        self._reload_requested = threading.Event()
         self.stats = Stats()
         self.stop_event = threading.Event()
         self.ready = threading.Event()
@@ -66,6 +72,10 @@ class Agent:
     @property
     def uplinked(self) -> int:
         return self.sender.uplinked
+
+    def request_reload(self) -> None:
+        """Reload the rule files at the next batch (SIGHUP does this)."""
+        self._reload_requested.set()
 
     def stop(self) -> None:
         self.stop_event.set()
@@ -89,6 +99,7 @@ class Agent:
         self.ready.set()
         try:
             next_tick = time.time() + self.config.engine.tick
+            next_rule_check = time.time() + self.config.rules.watch_interval
             while not self.stop_event.is_set():
                 batch = self._take_batch()
                 if batch:
@@ -97,6 +108,9 @@ class Agent:
                 if now >= next_tick:
                     self._record(book.apply(self.engine.tick(now)))
                     next_tick = now + self.config.engine.tick
+                if now >= next_rule_check or self._reload_requested.is_set():
+                    self._maybe_reload(book, forced=self._reload_requested.is_set())
+                    next_rule_check = now + self.config.rules.watch_interval
             self.subscriber.close()
             leftover = self._drain_inbox()
             if leftover:
@@ -106,6 +120,31 @@ class Agent:
             uplink.join(timeout=self.config.uplink.timeout + 5)
             db.conn.close()
             log.info("gateway %s stopped", self.config.gateway.id)
+
+    def _maybe_reload(self, book: OrderBook, forced: bool) -> bool:
+        """Swap in changed rule files if they are valid; otherwise keep the running rules."""
+        self._reload_requested.clear()
+        current = fingerprint(self.config.rules.paths)
+        if current == self._rules_fingerprint and not forced:
+            return False
+        self._rules_fingerprint = current
+        try:
+            rules = load_rules(self.config.rules.paths)
+        except RuleFileError as error:
+            self.stats.rule_errors += 1
+            self.stats.last_rule_error = str(error)
+            for problem in error.problems:
+                log.error("rule file refused, the running rules stay: %s", problem)
+            return False
+        engine = Engine(rules, self.registry)
+        kept = engine.carry_over(self.engine)
+        for rule, device, state in book.live_orders():
+            if state == "opened":
+                engine.mark_active(rule, device)
+        self.engine, self.rules = engine, rules
+        self.stats.rule_reloads += 1
+        log.info("rules reloaded: %d rules, %d unchanged kept their state", len(rules), len(kept))
+        return True
 
     def _take_batch(self) -> list[RawMessage]:
         try:

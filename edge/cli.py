@@ -69,6 +69,10 @@ def run(config_path: Path, log_level: str) -> None:
     Subscribes to the broker in the config, evaluates the rules, keeps orders in
     <data_dir>/gateway.db and uplinks them. On SIGTERM it stops taking messages, finishes
     the batch in hand, flushes what the platform will take, and exits 0.
+
+    Changed rule files are picked up within [rules] watch_interval seconds, or at once on
+    SIGHUP: validated, then swapped in; rules that did not change keep their state. A bad
+    file is refused with its errors in the log, and the running rules stay.
     """
     from edge.agent import Agent
     from edge.config import ConfigError, load_config
@@ -92,6 +96,7 @@ def run(config_path: Path, log_level: str) -> None:
 
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
+    signal.signal(signal.SIGHUP, lambda signum, frame: agent.request_reload())
     agent.run()
 
 

@@ -39,6 +39,7 @@ class RegistrySection(_Section):
 
 class RulesSection(_Section):
     paths: list[Path] = Field(description="Rule files, or folders of *.yaml rule files.")
+    watch_interval: float = Field(2.0, gt=0, description="Seconds between checks for changed rule files (SIGHUP checks at once).")
 
 
 class MqttSection(_Section):

@@ -51,6 +51,14 @@ def test_good_file_loads_with_its_line(tmp_path):
         ("    when: tilt_deg > 15", "    when: avgg(tilt_deg, 5m) > 15", 5, "unknown function 'avgg'"),
         ("  - name: cover_tilted", "  - name: Cover Tilted", 2, "name"),
         ("    applies_to:\n      kind: manhole_cover\n", "", 2, "missing required key 'applies_to'"),
+        ("    when: tilt_deg > 15", "    when: tilt_dg > 15", 5,
+         "unknown metric 'tilt_dg' for manhole_cover (did you mean 'tilt_deg'?)"),
+        ("    when: tilt_deg > 15", "    when: fill_pct > 15", 5, "unknown metric 'fill_pct' for manhole_cover"),
+        ("    when: tilt_deg > 15", '    when: tilt_deg > "high"', 5, "cannot compare text with '>'"),
+        ("    when: tilt_deg > 15", "    when: rate(10m, tilt_deg) > 1", 5, "must be a metric name"),
+        ("    when: tilt_deg > 15", "    when: avg(tilt_deg) > 1", 5, "avg takes 2 argument(s)"),
+        ("    when: tilt_deg > 15", "    when: absent(-5)", 5, "positive duration"),
+        ("      kind: manhole_cover", "      kind: lamp_post", 5, "unknown device kind 'lamp_post'"),
     ],
 )
 def test_bad_rule_is_refused_with_its_line(tmp_path, old, new, line, message):
@@ -85,3 +93,12 @@ def test_rules_check_command(tmp_path):
     assert failed.stderr.startswith(f"{bad}:5: ")
     missing = subprocess.run(edge_command() + ["rules", "check", str(tmp_path / "nope.yaml")], capture_output=True, text=True)
     assert missing.returncode == 1 and "no such file" in missing.stderr
+
+
+def test_every_error_is_reported_not_only_the_first(tmp_path):
+    text = GOOD + GOOD.replace("rules:\n", "").replace("cover_tilted", "second").replace("tilt_deg > 15", "tilt > 15")
+    text = text.replace("    for: 10s", "    for: 10 parsecs", 1)
+    path = write(tmp_path, text)
+    with pytest.raises(RuleFileError) as caught:
+        load_rules([path])
+    assert [(p.line, p.message.split(":")[0]) for p in caught.value.problems] == [(6, "rule 'cover_tilted'"), (14, "rule 'second'")]

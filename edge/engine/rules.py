@@ -126,10 +126,6 @@ class RuleSpec(_Model):
         return value
 
 
-class RuleFileModel(_Model):
-    rules: list[RuleSpec]
-
-
 def check_condition(text: str) -> expr.Node:
     """Parse a condition and check its function calls; raises ValueError with a readable message."""
     try:
@@ -241,19 +237,20 @@ def load_rule_file(path: Path) -> list[Rule]:
         line = mark.line + 1 if mark is not None else 1
         problem = getattr(error, "problem", None) or str(error)
         raise RuleFileError([Problem(shown, line, f"not valid YAML: {problem}")]) from None
-    if not isinstance(data, dict) or "rules" not in data:
+    if not isinstance(data, dict) or not isinstance(data.get("rules"), list):
         raise RuleFileError([Problem(shown, 1, "a rule file must have a top-level 'rules:' list")])
-    try:
-        model = RuleFileModel.model_validate(data)
-    except ValidationError as error:
-        problems = [
-            Problem(shown, _line_for(lines, tuple(e["loc"])), _describe_pydantic_error(e, data))
-            for e in error.errors()
-        ]
-        raise RuleFileError(problems) from None
+    extra = [key for key in data if key != "rules"]
+    problems = [Problem(shown, lines.get((key,), 1), f"unknown top-level key {key!r}") for key in extra]
     rules = []
-    problems = []
-    for index, spec in enumerate(model.rules):
+    for index, item in enumerate(data["rules"]):
+        try:
+            spec = RuleSpec.model_validate(item)
+        except ValidationError as error:
+            for e in error.errors():
+                loc = ("rules", index) + tuple(e["loc"])
+                e = dict(e, loc=loc)
+                problems.append(Problem(shown, _line_for(lines, loc), _describe_pydantic_error(e, data)))
+            continue
         when = expr.parse(spec.when)
         clear = expr.parse(spec.clear_when) if spec.clear_when else expr.Unary("not", when)
         for key, node in (("when", when), ("clear_when", clear if spec.clear_when else None)):
@@ -309,3 +306,15 @@ def load_rules(paths: list[Path]) -> list[Rule]:
     if problems:
         raise RuleFileError(problems)
     return rules
+
+
+def fingerprint(paths: list[Path]) -> tuple:
+    """Changes when a rule file under ``paths`` is added, removed or modified."""
+    entries = []
+    for path in rule_files([p for p in paths if p.exists()]):
+        try:
+            stat = path.stat()
+        except OSError:
+            continue
+        entries.append((str(path), stat.st_mtime_ns, stat.st_size))
+    return tuple(entries)
