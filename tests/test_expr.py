@@ -83,13 +83,14 @@ _nodes = st.recursive(
 @given(node=_nodes, values=st.lists(_values, min_size=3, max_size=3), depth=st.one_of(st.just(math.nan), st.floats(1, 300)))
 def test_kernel_evaluates_like_the_reference(node, values, depth):
     program = _Compiler({name: i for i, name in enumerate(METRICS)}, {"depth_cm": 0}, TextCodes([])).compile(node)
-    code = np.array([op for op, _ in program], dtype=np.int32)
-    args = np.array([arg for _, arg in program], dtype=np.float64)
+    code = np.array([[[op for op, _, _ in program]]], dtype=np.int32)
+    args = np.array([[[arg for _, arg, _ in program]]], dtype=np.float64)
+    aux = np.array([[[extra for _, _, extra in program]]], dtype=np.float64)
     stack = np.zeros(stack_depth(program) + 1)
     i32, f64 = np.zeros(0, np.int32), np.zeros(0, np.float64)
     got = kernel_evaluate(
-        code, args, len(program), 0, 0, 0.0, np.array([values]), np.zeros((1, 3)), np.array([[depth]]), stack,
-        f64, i32, i32, f64, np.zeros(0, np.int64), i32, 0.0,
+        code, args, aux, 0, 0, len(program), 0, 0.0, np.array([values]), np.zeros((1, 3)), np.array([[depth]]), stack,
+        f64, i32, i32, f64, np.zeros((1, 0), np.int64), 0.0,
     )
     metrics = {name: value for name, value in zip(METRICS, values) if not math.isnan(value)}
     params = {} if math.isnan(depth) else {"depth_cm": depth}

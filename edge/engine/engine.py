@@ -94,13 +94,13 @@ class Engine:
         n_dev, n_met, n_rules = len(registry), len(p.metric_names), len(rules)
         self.latest = np.full((n_dev, n_met), np.nan)
         self.latest_ts = np.full((n_dev, n_met), -np.inf)
-        self.since = np.full((n_rules, n_dev, 2), np.nan)
-        self.active = np.zeros((n_rules, n_dev), dtype=np.bool_)
+        self.since = np.full((n_dev, n_rules, 2), np.nan)  # device-major: one device's state lies together
+        self.active = np.zeros((n_dev, n_rules), dtype=np.bool_)
         self.state = np.full(p.state_size, np.nan)
         for k, instance in enumerate(p.instances):
             if instance.function == "zscore":  # n = 0
-                rows = self._rows(k)
-                rows[:, 0] = 0.0
+                offsets = p.inst_off[:, k]
+                self.state[offsets[offsets >= 0]] = 0.0
         capacity = max(1024, 4 * n_rules)
         self._out_rule = np.zeros(capacity, dtype=np.int32)
         self._out_dev = np.zeros(capacity, dtype=np.int32)
@@ -112,13 +112,11 @@ class Engine:
         self.evaluations = 0
         self._rule_index = {rule.name: r for r, rule in enumerate(rules)}
 
-    def _rows(self, k: int) -> np.ndarray:
-        """The state rows of instance ``k``, one per device its rule applies to (a view)."""
+    def _state_index(self, k: int) -> np.ndarray:
+        """Indexes into the state array of instance ``k``: one row per device (-1 rows where it does not apply)."""
         p = self.program
-        count = int((p.dev_pos[p.inst_rule[k]] >= 0).sum())
-        width = int(p.inst_width[k])
-        start = int(p.inst_base[k])
-        return self.state[start:start + count * width].reshape(count, width)
+        offsets = p.inst_off[:, k]
+        return np.where(offsets[:, None] >= 0, offsets[:, None] + np.arange(p.inst_width[k]), -1)
 
     def builder(self) -> BatchBuilder:
         return BatchBuilder(self.program)
@@ -133,8 +131,8 @@ class Engine:
         """Resume after a restart: an order that is open makes its rule active for the device."""
         r = self._rule_index.get(rule_name)
         device = self.registry.get(device_id)
-        if r is not None and device is not None and self.program.dev_pos[r, device.index] >= 0:
-            self.active[r, device.index] = True
+        if r is not None and device is not None and self.program.applies[device.index, r]:
+            self.active[device.index, r] = True
 
     def process(self, batch: ReadingBatch, force: bool = False) -> list[Transition]:
         transitions: list[Transition] = []
@@ -145,9 +143,9 @@ class Engine:
             n_out, start, late = kernels.run_batch(
                 batch.dev, batch.met, batch.ts, batch.val, start,
                 self.latest, self.latest_ts, p.params,
-                p.code, p.args, p.length, p.hold, p.dev_pos, p.rule_metrics,
+                p.code, p.args, p.aux, p.length, p.hold, p.applies, p.rule_metrics,
                 self.since, self.active,
-                self.state, p.inst_func, p.inst_metric, p.inst_param, p.inst_base, p.inst_width, p.inst_rule,
+                self.state, p.inst_func, p.inst_metric, p.inst_param, p.inst_off,
                 p.metric_inst_ptr, p.metric_inst, self.origin,
                 self._out_rule, self._out_dev, self._out_kind, self._out_ts, self._out_vals,
                 self._stack,
@@ -167,9 +165,9 @@ class Engine:
             n_out, start = kernels.tick(
                 now, start,
                 self.latest, self.latest_ts, p.params,
-                p.code, p.args, p.length, p.hold, p.dev_pos, p.rule_metrics, p.timed,
+                p.code, p.args, p.aux, p.length, p.hold, p.applies, p.rule_metrics, p.timed,
                 self.since, self.active,
-                self.state, p.inst_func, p.inst_metric, p.inst_param, p.inst_base, p.inst_width,
+                self.state, p.inst_func, p.inst_metric, p.inst_param, p.inst_off,
                 self.origin,
                 self._out_rule, self._out_dev, self._out_kind, self._out_ts, self._out_vals,
                 self._stack,
@@ -219,12 +217,16 @@ class Engine:
             o = old_rules.get(rule.name)
             if o is None or old.rules[o].spec != rule.spec:
                 continue
-            self.since[r] = old.since[o]
-            self.active[r] = old.active[o]
+            self.since[:, r] = old.since[:, o]
+            self.active[:, r] = old.active[:, o]
             mine = [k for k, i in enumerate(self.program.instances) if i.rule == r]
             theirs = [k for k, i in enumerate(old.program.instances) if i.rule == o]
             for k_new, k_old in zip(mine, theirs):
-                self._rows(k_new)[:] = old._rows(k_old)
+                if self.program.inst_width[k_new] == 0:
+                    continue
+                new_index, old_index = self._state_index(k_new), old._state_index(k_old)
+                rows = new_index[:, 0] >= 0
+                self.state[new_index[rows]] = old.state[old_index[rows]]
             kept.append(rule.name)
         return kept
 

@@ -23,21 +23,26 @@ from edge.engine.functions import (
     F_STUCK, F_ZSCORE, STUCK_MIN_READINGS, ZSCORE_WARMUP,
 )
 from edge.engine.program import (
-    OP_ADD, OP_AND, OP_CALL, OP_CONST, OP_DIV, OP_EQ, OP_GE, OP_GT, OP_LE, OP_LT, OP_METRIC,
-    OP_MUL, OP_NE, OP_NEG, OP_NOT, OP_OR, OP_PARAM, OP_SUB,
+    OP_ADD, OP_AND, OP_BOOL, OP_CALL, OP_CONST, OP_DIV, OP_EQ, OP_GE, OP_GT, OP_JF, OP_JT, OP_LE, OP_LT,
+    OP_METRIC, OP_MUL, OP_NE, OP_NEG, OP_NOT, OP_PARAM, OP_SUB,
 )
 
 OPEN, CLEAR = 1, 2
 
+# No NRT: these kernels never allocate, and with it every call that passes arrays pays
+# atomic reference counting on each of them, which measured 30x slower on small rules.
+kernel = njit(cache=True, _nrt=False)
 
-@njit(cache=True)
+
+@kernel
 def _truthy(x):
-    return x == x and x != 0.0
+    # (numba compiles a value-producing `and` slowly; `&` on booleans is a plain instruction)
+    return (x == x) & (x != 0.0)
 
 
 # --- function state ---------------------------------------------------------------------
 
-@njit(cache=True)
+@kernel
 def update_instance(func, state, row, param, ts, x):
     """Learn one fresh reading ``x`` at device time ``ts`` into an instance's state row."""
     if func <= F_STUCK:  # windowed: one bucket per 1/BUCKETS of the window
@@ -88,7 +93,7 @@ def update_instance(func, state, row, param, ts, x):
         state[row] = x
 
 
-@njit(cache=True)
+@kernel
 def instance_value(func, state, row, param, t, latest_value, latest_time, last_message):
     """An instance's value at time ``t``."""
     if func == F_ABSENT:
@@ -118,7 +123,7 @@ def instance_value(func, state, row, param, t, latest_value, latest_time, last_m
     if func == F_COUNT:
         return count
     if func == F_STUCK:
-        ok = count >= STUCK_MIN_READINGS and high == low and latest_time - first_ts >= param / 2
+        ok = (count >= STUCK_MIN_READINGS) & (high == low) & (latest_time - first_ts >= param / 2)
         return 1.0 if ok else 0.0
     if count == 0.0:
         return math.nan
@@ -138,31 +143,63 @@ def instance_value(func, state, row, param, t, latest_value, latest_time, last_m
 
 # --- conditions -------------------------------------------------------------------------
 
-@njit(cache=True)
-def evaluate(code, args, length, d, pos, t, latest, latest_ts, params, stack,
-             state, inst_func, inst_metric, inst_param, inst_base, inst_width, origin):
-    """Run one postfix program for device ``d`` at time ``t``; returns True or False."""
+@kernel
+def evaluate(code, args, aux, r, w, length, d, t, latest, latest_ts, params, stack,
+             state, inst_func, inst_metric, inst_param, inst_off, origin):
+    """Run program ``w`` (0 opens, 1 clears) of rule ``r`` for device ``d`` at time ``t``; True or False."""
     top = -1
-    for i in range(length):
-        op = code[i]
-        if op == OP_CONST:
+    i = 0
+    while i < length:
+        op = code[r, w, i]
+        if op >= 22:  # fused: metric <cmp> constant
+            a = latest[d, int(args[r, w, i])]
+            b = aux[r, w, i]
+            if op == 22:
+                hit = a < b
+            elif op == 23:
+                hit = a <= b
+            elif op == 24:
+                hit = a > b
+            elif op == 25:
+                hit = a >= b
+            elif op == 26:
+                hit = a == b
+            else:
+                hit = (a == a) & (a != b)
             top += 1
-            stack[top] = args[i]
+            stack[top] = 1.0 if hit else 0.0
+        elif op == OP_JF:
+            if not _truthy(stack[top]):
+                stack[top] = 0.0
+                i = int(args[r, w, i])
+                continue
+            top -= 1
+        elif op == OP_JT:
+            if _truthy(stack[top]):
+                stack[top] = 1.0
+                i = int(args[r, w, i])
+                continue
+            top -= 1
+        elif op == OP_BOOL:
+            stack[top] = 1.0 if _truthy(stack[top]) else 0.0
+        elif op == OP_CONST:
+            top += 1
+            stack[top] = args[r, w, i]
         elif op == OP_METRIC:
             top += 1
-            stack[top] = latest[d, int(args[i])]
+            stack[top] = latest[d, int(args[r, w, i])]
         elif op == OP_PARAM:
             top += 1
-            stack[top] = params[d, int(args[i])]
+            stack[top] = params[d, int(args[r, w, i])]
         elif op == OP_CALL:
-            k = int(args[i])
+            k = int(args[r, w, i])
             m = inst_metric[k]
-            row = inst_base[k] + pos * inst_width[k]
             last_message = latest_ts[d, 0] if latest_ts[d, 0] > -math.inf else origin
             value_now = latest[d, m] if m >= 0 else math.nan
             time_now = latest_ts[d, m] if m >= 0 else math.nan
             top += 1
-            stack[top] = instance_value(inst_func[k], state, row, inst_param[k], t, value_now, time_now, last_message)
+            stack[top] = instance_value(inst_func[k], state, inst_off[d, k], inst_param[k], t, value_now, time_now,
+                                        last_message)
         elif op == OP_NEG:
             stack[top] = -stack[top]
         elif op == OP_NOT:
@@ -172,54 +209,57 @@ def evaluate(code, args, length, d, pos, t, latest, latest_ts, params, stack,
             top -= 1
             a = stack[top]
             if op == OP_ADD:
-                r = a + b
+                v = a + b
             elif op == OP_SUB:
-                r = a - b
+                v = a - b
             elif op == OP_MUL:
-                r = a * b
+                v = a * b
             elif op == OP_DIV:
-                r = a / b if b != 0.0 else math.nan
+                v = a / b if b != 0.0 else math.nan
             elif op == OP_LT:
-                r = 1.0 if a < b else 0.0
+                v = 1.0 if a < b else 0.0
             elif op == OP_LE:
-                r = 1.0 if a <= b else 0.0
+                v = 1.0 if a <= b else 0.0
             elif op == OP_GT:
-                r = 1.0 if a > b else 0.0
+                v = 1.0 if a > b else 0.0
             elif op == OP_GE:
-                r = 1.0 if a >= b else 0.0
+                v = 1.0 if a >= b else 0.0
             elif op == OP_EQ:
-                r = 1.0 if a == b else 0.0
+                v = 1.0 if a == b else 0.0
             elif op == OP_NE:
-                r = 1.0 if (a == a and b == b and a != b) else 0.0
+                v = 1.0 if ((a == a) & (b == b) & (a != b)) else 0.0
             elif op == OP_AND:
-                r = 1.0 if (_truthy(a) and _truthy(b)) else 0.0
+                v = 1.0 if (_truthy(a) & _truthy(b)) else 0.0
             else:  # OP_OR
-                r = 1.0 if (_truthy(a) or _truthy(b)) else 0.0
-            stack[top] = r
-    return top >= 0 and _truthy(stack[0])
+                v = 1.0 if (_truthy(a) | _truthy(b)) else 0.0
+            stack[top] = v
+        i += 1
+    if top < 0:
+        return False
+    return _truthy(stack[0])
 
 
-@njit(cache=True)
-def step_rule(r, d, pos, t, code, args, length, hold, since, active, latest, latest_ts, params, stack,
-              state, inst_func, inst_metric, inst_param, inst_base, inst_width, origin):
+@kernel
+def step_rule(r, d, t, code, args, aux, length, hold, since, active, latest, latest_ts, params, stack,
+              state, inst_func, inst_metric, inst_param, inst_off, origin):
     """Advance rule ``r`` for device ``d`` at time ``t``; returns OPEN, CLEAR or 0."""
-    which = 1 if active[r, d] else 0
-    holds = evaluate(code[r, which], args[r, which], length[r, which], d, pos, t, latest, latest_ts, params,
-                     stack, state, inst_func, inst_metric, inst_param, inst_base, inst_width, origin)
+    which = 1 if active[d, r] else 0
+    holds = evaluate(code, args, aux, r, which, length[r, which], d, t, latest, latest_ts,
+                     params, stack, state, inst_func, inst_metric, inst_param, inst_off, origin)
     if not holds:
-        since[r, d, which] = math.nan
+        since[d, r, which] = math.nan
         return 0
-    if math.isnan(since[r, d, which]):
-        since[r, d, which] = t
-    if t - since[r, d, which] >= hold[r, which]:
-        active[r, d] = which == 0
-        since[r, d, 0] = math.nan
-        since[r, d, 1] = math.nan
+    if math.isnan(since[d, r, which]):
+        since[d, r, which] = t
+    if t - since[d, r, which] >= hold[r, which]:
+        active[d, r] = which == 0
+        since[d, r, 0] = math.nan
+        since[d, r, 1] = math.nan
         return CLEAR if which == 1 else OPEN
     return 0
 
 
-@njit(cache=True)
+@kernel
 def _emit(n_out, r, d, kind, t, latest, rule_metrics, out_rule, out_dev, out_kind, out_ts, out_vals):
     out_rule[n_out] = r
     out_dev[n_out] = d
@@ -230,13 +270,13 @@ def _emit(n_out, r, d, kind, t, latest, rule_metrics, out_rule, out_dev, out_kin
         out_vals[n_out, k] = latest[d, mk] if mk >= 0 else math.nan
 
 
-@njit(cache=True)
+@kernel
 def run_batch(
     dev, met, ts, val, start,
     latest, latest_ts, params,
-    code, args, length, hold, dev_pos, rule_metrics,
+    code, args, aux, length, hold, applies, rule_metrics,
     since, active,
-    state, inst_func, inst_metric, inst_param, inst_base, inst_width, inst_rule, metric_inst_ptr, metric_inst,
+    state, inst_func, inst_metric, inst_param, inst_off, metric_inst_ptr, metric_inst,
     origin,
     out_rule, out_dev, out_kind, out_ts, out_vals,
     stack,
@@ -263,12 +303,14 @@ def run_batch(
             fresh = True
             for j in range(metric_inst_ptr[m], metric_inst_ptr[m + 1]):
                 k = metric_inst[j]
-                pos = dev_pos[inst_rule[k], d]
-                if pos >= 0:
-                    update_instance(inst_func[k], state, inst_base[k] + pos * inst_width[k], inst_param[k], t, val[i])
+                row = inst_off[d, k]
+                if row >= 0:
+                    update_instance(inst_func[k], state, row, inst_param[k], t, val[i])
         else:
             late += 1
-        same_message = i + 1 < n and dev[i + 1] == d and ts[i + 1] == t and met[i + 1] != 0
+        same_message = False
+        if i + 1 < n:
+            same_message = (dev[i + 1] == d) & (ts[i + 1] == t) & (met[i + 1] != 0)
         i += 1
         if same_message:
             continue
@@ -276,11 +318,10 @@ def run_batch(
             continue
         fresh = False
         for r in range(n_rules):
-            pos = dev_pos[r, d]
-            if pos < 0:
+            if not applies[d, r]:
                 continue
-            kind = step_rule(r, d, pos, t, code, args, length, hold, since, active, latest, latest_ts, params,
-                             stack, state, inst_func, inst_metric, inst_param, inst_base, inst_width, origin)
+            kind = step_rule(r, d, t, code, args, aux, length, hold, since, active, latest, latest_ts, params,
+                             stack, state, inst_func, inst_metric, inst_param, inst_off, origin)
             if kind != 0:
                 _emit(n_out, r, d, kind, t, latest, rule_metrics, out_rule, out_dev, out_kind, out_ts, out_vals)
                 n_out += 1
@@ -289,20 +330,20 @@ def run_batch(
     return n_out, i, late
 
 
-@njit(cache=True)
+@kernel
 def tick(
     now, start_device,
     latest, latest_ts, params,
-    code, args, length, hold, dev_pos, rule_metrics, timed,
+    code, args, aux, length, hold, applies, rule_metrics, timed,
     since, active,
-    state, inst_func, inst_metric, inst_param, inst_base, inst_width,
+    state, inst_func, inst_metric, inst_param, inst_off,
     origin,
     out_rule, out_dev, out_kind, out_ts, out_vals,
     stack,
 ):
     """Evaluate time-dependent and waiting rules at gateway time ``now``; returns (written, next device)."""
     n_rules = code.shape[0]
-    n_dev = dev_pos.shape[1]
+    n_dev = applies.shape[0]
     capacity = out_rule.shape[0]
     n_out = 0
     d = start_device
@@ -312,14 +353,13 @@ def tick(
         else:
             t = now
         for r in range(n_rules):
-            pos = dev_pos[r, d]
-            if pos < 0:
+            if not applies[d, r]:
                 continue
-            which = 1 if active[r, d] else 0
-            if not timed[r] and math.isnan(since[r, d, which]):
+            which = 1 if active[d, r] else 0
+            if not timed[r] and math.isnan(since[d, r, which]):
                 continue
-            kind = step_rule(r, d, pos, t, code, args, length, hold, since, active, latest, latest_ts, params,
-                             stack, state, inst_func, inst_metric, inst_param, inst_base, inst_width, origin)
+            kind = step_rule(r, d, t, code, args, aux, length, hold, since, active, latest, latest_ts, params,
+                             stack, state, inst_func, inst_metric, inst_param, inst_off, origin)
             if kind != 0:
                 _emit(n_out, r, d, kind, t, latest, rule_metrics, out_rule, out_dev, out_kind, out_ts, out_vals)
                 n_out += 1

@@ -27,6 +27,10 @@ OP_ADD, OP_SUB, OP_MUL, OP_DIV = 6, 7, 8, 9
 OP_LT, OP_LE, OP_GT, OP_GE, OP_EQ, OP_NE = 10, 11, 12, 13, 14, 15
 OP_AND, OP_OR = 16, 17
 OP_CALL = 18  # argument: the function instance
+OP_JF, OP_JT, OP_BOOL = 19, 20, 21  # short-circuit and/or: jump to the argument, keeping 0 / 1
+# Fused "metric <cmp> constant", the commonest shape: argument = metric, aux = constant.
+OP_MLT, OP_MLE, OP_MGT, OP_MGE, OP_MEQ, OP_MNE = 22, 23, 24, 25, 26, 27
+FUSED = {"<": OP_MLT, "<=": OP_MLE, ">": OP_MGT, ">=": OP_MGE, "==": OP_MEQ, "!=": OP_MNE}
 
 BINARY_OPCODES = {
     "+": OP_ADD, "-": OP_SUB, "*": OP_MUL, "/": OP_DIV,
@@ -73,9 +77,10 @@ class Program:
     texts: TextCodes
     code: np.ndarray  # int32 [rules, 2, length]: row 0 opens, row 1 clears
     args: np.ndarray  # float64 [rules, 2, length]
+    aux: np.ndarray  # float64 [rules, 2, length]: the constant of a fused comparison
     length: np.ndarray  # int32 [rules, 2]
     hold: np.ndarray  # float64 [rules, 2]: `for` and `clear_for`, seconds
-    dev_pos: np.ndarray  # int32 [rules, devices]: the device's row among those the rule applies to, or -1
+    applies: np.ndarray  # bool [devices, rules]
     rule_metrics: np.ndarray  # int32 [rules, k]: metrics each rule reads, -1 padded
     timed: np.ndarray  # bool [rules]: the condition can change with time alone (functions)
     params: np.ndarray  # float64 [devices, params]
@@ -84,7 +89,7 @@ class Program:
     inst_metric: np.ndarray  # int32 [instances]
     inst_param: np.ndarray  # float64 [instances]
     inst_rule: np.ndarray  # int32 [instances]
-    inst_base: np.ndarray  # int64 [instances]: offset of the instance's rows in the state array
+    inst_off: np.ndarray  # int64 [devices, instances]: where the device's state of the instance starts, or -1
     inst_width: np.ndarray  # int32 [instances]: floats per device
     metric_inst_ptr: np.ndarray  # int32 [metrics + 1]: instances reading metric m are
     metric_inst: np.ndarray  # int32: metric_inst[metric_inst_ptr[m]:metric_inst_ptr[m + 1]]
@@ -112,30 +117,41 @@ class _Compiler:
         self.instances: list[Instance] = []
         self.rule = 0
 
-    def compile(self, node: expr.Node) -> list[tuple[int, float]]:
-        out: list[tuple[int, float]] = []
+    def compile(self, node: expr.Node) -> list[tuple[int, float, float]]:
+        out: list[tuple[int, float, float]] = []
         self._emit(node, out)
         return out
 
-    def _emit(self, node: expr.Node, out: list[tuple[int, float]]) -> None:
+    def _emit(self, node: expr.Node, out: list[tuple[int, float, float]]) -> None:
         if isinstance(node, expr.Number):
-            out.append((OP_CONST, node.value))
+            out.append((OP_CONST, node.value, 0.0))
         elif isinstance(node, expr.String):
-            out.append((OP_CONST, self.texts.code(node.value)))
+            out.append((OP_CONST, self.texts.code(node.value), 0.0))
         elif isinstance(node, expr.Metric):
-            out.append((OP_METRIC, float(self.metric_index[node.name])))
+            out.append((OP_METRIC, float(self.metric_index[node.name]), 0.0))
         elif isinstance(node, expr.Param):
             if node.name not in self.param_index:
-                out.append((OP_CONST, float("nan")))
+                out.append((OP_CONST, float("nan"), 0.0))
             else:
-                out.append((OP_PARAM, float(self.param_index[node.name])))
+                out.append((OP_PARAM, float(self.param_index[node.name]), 0.0))
         elif isinstance(node, expr.Unary):
             self._emit(node.operand, out)
-            out.append((OP_NEG if node.op == "-" else OP_NOT, 0.0))
+            out.append((OP_NEG if node.op == "-" else OP_NOT, 0.0, 0.0))
+        elif isinstance(node, expr.Binary) and node.op in ("and", "or"):
+            self._emit(node.left, out)
+            jump = len(out)
+            out.append((OP_JF if node.op == "and" else OP_JT, 0.0, 0.0))
+            self._emit(node.right, out)
+            out.append((OP_BOOL, 0.0, 0.0))
+            out[jump] = (out[jump][0], float(len(out)), 0.0)
+        elif isinstance(node, expr.Binary) and node.op in FUSED and isinstance(node.left, expr.Metric) \
+                and isinstance(node.right, (expr.Number, expr.String)):
+            constant = node.right.value if isinstance(node.right, expr.Number) else self.texts.code(node.right.value)
+            out.append((FUSED[node.op], float(self.metric_index[node.left.name]), constant))
         elif isinstance(node, expr.Binary):
             self._emit(node.left, out)
             self._emit(node.right, out)
-            out.append((BINARY_OPCODES[node.op], 0.0))
+            out.append((BINARY_OPCODES[node.op], 0.0, 0.0))
         elif isinstance(node, expr.Call):
             function = FUNCTIONS[node.name]
             metric, param = -1, 0.0
@@ -145,18 +161,19 @@ class _Compiler:
                 else:
                     param = arg.value
             instance = Instance(self.rule, node.name, metric, param)
-            out.append((OP_CALL, float(len(self.instances))))
+            out.append((OP_CALL, float(len(self.instances)), 0.0))
             self.instances.append(instance)
         else:
             raise ValueError(f"cannot compile {node!r}")
 
 
-def stack_depth(program: list[tuple[int, float]]) -> int:
+def stack_depth(program: list[tuple[int, float, float]]) -> int:
+    """Deepest stack the program needs (a jump leaves the depth it would have had at its target)."""
     depth = deepest = 0
-    for opcode, _ in program:
-        if opcode in (OP_CONST, OP_METRIC, OP_PARAM, OP_CALL):
+    for opcode, _, _ in program:
+        if opcode in (OP_CONST, OP_METRIC, OP_PARAM, OP_CALL) or opcode in FUSED.values():
             depth += 1
-        elif opcode not in (OP_NEG, OP_NOT):
+        elif opcode not in (OP_NEG, OP_NOT, OP_BOOL):
             depth -= 1
         deepest = max(deepest, depth)
     return deepest
@@ -186,15 +203,17 @@ def compile_rules(rules: list[Rule], registry: Registry) -> Program:
     length = max([1] + [max(len(a), len(b)) for a, b in programs])
     code = np.zeros((n, 2, length), dtype=np.int32)
     args = np.zeros((n, 2, length), dtype=np.float64)
+    aux = np.zeros((n, 2, length), dtype=np.float64)
     lengths = np.zeros((n, 2), dtype=np.int32)
     stack = 1
     for r, pair in enumerate(programs):
         for which, program in enumerate(pair):
             lengths[r, which] = len(program)
             stack = max(stack, stack_depth(program))
-            for i, (opcode, arg) in enumerate(program):
+            for i, (opcode, arg, extra) in enumerate(program):
                 code[r, which, i] = opcode
                 args[r, which, i] = arg
+                aux[r, which, i] = extra
     hold = np.array([[rule.spec.for_, rule.spec.clear_for] for rule in rules], dtype=np.float64).reshape(n, 2)
 
     width = max([1] + [len(rule.metrics) for rule in rules])
@@ -203,24 +222,24 @@ def compile_rules(rules: list[Rule], registry: Registry) -> Program:
         for k, name in enumerate(rule.metrics):
             rule_metrics[r, k] = metric_index[name]
 
-    dev_pos = np.full((n, n_dev), -1, dtype=np.int32)
-    applicable = np.zeros(n, dtype=np.int64)
+    applies_to = np.zeros((n_dev, n), dtype=np.bool_)
     for r, rule in enumerate(rules):
         for device in registry.devices:
-            if applies(rule, device):
-                dev_pos[r, device.index] = applicable[r]
-                applicable[r] += 1
+            applies_to[device.index, r] = applies(rule, device)
 
     inst_func = np.array([FUNCTIONS[i.function].code for i in instances], dtype=np.int32)
     inst_metric = np.array([i.metric for i in instances], dtype=np.int32)
     inst_param = np.array([i.param for i in instances], dtype=np.float64)
     inst_rule = np.array([i.rule for i in instances], dtype=np.int32)
     inst_width = np.array([FUNCTIONS[i.function].width for i in instances], dtype=np.int32)
-    inst_base = np.zeros(len(instances), dtype=np.int64)
+    # Each device's function states lie together, so one device's message touches one region.
+    inst_off = np.full((n_dev, len(instances)), -1, dtype=np.int64)
     offset = 0
-    for k, instance in enumerate(instances):
-        inst_base[k] = offset
-        offset += int(inst_width[k]) * int(applicable[instance.rule])
+    for d in range(n_dev):
+        for k, instance in enumerate(instances):
+            if applies_to[d, instance.rule]:
+                inst_off[d, k] = offset
+                offset += int(inst_width[k])
     by_metric: list[list[int]] = [[] for _ in metric_names]
     for k, instance in enumerate(instances):
         if instance.metric >= 0:
@@ -236,8 +255,8 @@ def compile_rules(rules: list[Rule], registry: Registry) -> Program:
         for name, value in device.params.items():
             params[device.index, param_index[name]] = value
     return Program(
-        metric_names, text_metrics, texts, code, args, lengths, hold, dev_pos, rule_metrics, timed, params,
-        instances, inst_func, inst_metric, inst_param, inst_rule, inst_base, inst_width,
+        metric_names, text_metrics, texts, code, args, aux, lengths, hold, applies_to, rule_metrics, timed, params,
+        instances, inst_func, inst_metric, inst_param, inst_rule, inst_off, inst_width,
         metric_inst_ptr, metric_inst, offset, stack,
     )
 
