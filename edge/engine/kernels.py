@@ -32,9 +32,10 @@ OPEN, CLEAR = 1, 2
 # No NRT: these kernels never allocate, and with it every call that passes arrays pays
 # atomic reference counting on each of them, which measured 30x slower on small rules.
 kernel = njit(cache=True, _nrt=False)
+inlined = njit(cache=True, _nrt=False, inline="always")  # helpers of the hot loop
 
 
-@kernel
+@inlined
 def _truthy(x):
     # (numba compiles a value-producing `and` slowly; `&` on booleans is a plain instruction)
     return (x == x) & (x != 0.0)
@@ -42,12 +43,13 @@ def _truthy(x):
 
 # --- function state ---------------------------------------------------------------------
 
-@kernel
+@inlined
 def update_instance(func, state, row, param, ts, x):
     """Learn one fresh reading ``x`` at device time ``ts`` into an instance's state row."""
     if func <= F_STUCK:  # windowed: one bucket per 1/BUCKETS of the window
-        k = math.floor(ts / (param / BUCKETS))
-        at = row + int(k % BUCKETS) * BUCKET_SLOTS
+        slot = int(math.floor(ts * BUCKETS / param))
+        k = float(slot)
+        at = row + (slot % BUCKETS) * BUCKET_SLOTS
         if state[at] != k:
             state[at] = k
             state[at + 1] = 0.0
@@ -93,7 +95,7 @@ def update_instance(func, state, row, param, ts, x):
         state[row] = x
 
 
-@kernel
+@inlined
 def instance_value(func, state, row, param, t, latest_value, latest_time, last_message):
     """An instance's value at time ``t``."""
     if func == F_ABSENT:
@@ -102,7 +104,7 @@ def instance_value(func, state, row, param, t, latest_value, latest_time, last_m
         return state[row + 4]
     if func == F_CHANGED:
         return 1.0 if state[row + 1] == t else 0.0
-    top = math.floor(t / (param / BUCKETS))
+    top = math.floor(t * BUCKETS / param)
     count = 0.0
     total = 0.0
     low = math.inf
@@ -143,7 +145,7 @@ def instance_value(func, state, row, param, t, latest_value, latest_time, last_m
 
 # --- conditions -------------------------------------------------------------------------
 
-@kernel
+@inlined
 def evaluate(code, args, aux, r, w, length, d, t, latest, latest_ts, params, stack,
              state, inst_func, inst_metric, inst_param, inst_off, origin):
     """Run program ``w`` (0 opens, 1 clears) of rule ``r`` for device ``d`` at time ``t``; True or False."""
@@ -239,7 +241,7 @@ def evaluate(code, args, aux, r, w, length, d, t, latest, latest_ts, params, sta
     return _truthy(stack[0])
 
 
-@kernel
+@inlined
 def step_rule(r, d, t, code, args, aux, length, hold, since, active, latest, latest_ts, params, stack,
               state, inst_func, inst_metric, inst_param, inst_off, origin):
     """Advance rule ``r`` for device ``d`` at time ``t``; returns OPEN, CLEAR or 0."""
@@ -259,7 +261,7 @@ def step_rule(r, d, t, code, args, aux, length, hold, since, active, latest, lat
     return 0
 
 
-@kernel
+@inlined
 def _emit(n_out, r, d, kind, t, latest, rule_metrics, out_rule, out_dev, out_kind, out_ts, out_vals):
     out_rule[n_out] = r
     out_dev[n_out] = d

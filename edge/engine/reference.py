@@ -59,9 +59,8 @@ def _zscore(readings: list[tuple[float, float]], halflife: float) -> float:
 
 def window(readings: list[tuple[float, float]], t: float, length: float) -> list[tuple[float, float]]:
     """The readings in the window ending at ``t``: the BUCKETS slots of length/BUCKETS up to t's."""
-    width = length / BUCKETS
-    top = math.floor(t / width)
-    return [(ts, x) for ts, x in readings if top - BUCKETS < math.floor(ts / width) <= top]
+    top = math.floor(t * BUCKETS / length)
+    return [(ts, x) for ts, x in readings if top - BUCKETS < math.floor(ts * BUCKETS / length) <= top]
 
 
 class ReferenceEngine:
