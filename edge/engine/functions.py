@@ -14,12 +14,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 BUCKETS = 8
-BUCKET_SLOTS = 7  # id, count, sum, min, max, first_ts, first_value
-WINDOW_WIDTH = BUCKETS * BUCKET_SLOTS
 
 # Function codes, as the kernels see them.
 F_AVG, F_MIN, F_MAX, F_DELTA, F_RATE, F_COUNT, F_STUCK = 1, 2, 3, 4, 5, 6, 7
 F_ZSCORE, F_CHANGED, F_ABSENT, F_ANOMALY = 8, 9, 10, 11
+
+# A windowed function keeps, per slot, the slot's number and only the fields it needs
+# (the engine is memory-bound with many devices, so every float counts):
+#   avg: count, sum · min: min · max: max · count: count · delta, rate: first time, first value
+#   stuck: count, min, max, first time
+SLOT_SIZE = {F_AVG: 3, F_MIN: 2, F_MAX: 2, F_DELTA: 3, F_RATE: 3, F_COUNT: 2, F_STUCK: 5}
 
 ZSCORE_WARMUP = 5  # readings before zscore gives a value
 STUCK_MIN_READINGS = 3
@@ -39,20 +43,20 @@ class Function:
 FUNCTIONS: dict[str, Function] = {
     f.name: f
     for f in (
-        Function("avg", F_AVG, ("metric", "duration"), WINDOW_WIDTH,
+        Function("avg", F_AVG, ("metric", "duration"), BUCKETS * SLOT_SIZE[F_AVG],
                  "average of the metric's readings in the window", "avg(water_cm, 10m) < 40"),
-        Function("min", F_MIN, ("metric", "duration"), WINDOW_WIDTH,
+        Function("min", F_MIN, ("metric", "duration"), BUCKETS * SLOT_SIZE[F_MIN],
                  "lowest reading in the window", "min(battery_v, 1h) < 3.3"),
-        Function("max", F_MAX, ("metric", "duration"), WINDOW_WIDTH,
+        Function("max", F_MAX, ("metric", "duration"), BUCKETS * SLOT_SIZE[F_MAX],
                  "highest reading in the window", "max(tilt_deg, 5m) > 15"),
-        Function("delta", F_DELTA, ("metric", "duration"), WINDOW_WIDTH,
+        Function("delta", F_DELTA, ("metric", "duration"), BUCKETS * SLOT_SIZE[F_DELTA],
                  "latest reading minus the earliest one in the window", "delta(water_cm, 30m) < -50"),
-        Function("rate", F_RATE, ("metric", "duration"), WINDOW_WIDTH,
+        Function("rate", F_RATE, ("metric", "duration"), BUCKETS * SLOT_SIZE[F_RATE],
                  "change per minute between the earliest and the latest reading in the window",
                  "rate(temp_c, 10m) > 1"),
-        Function("count", F_COUNT, ("metric", "duration"), WINDOW_WIDTH,
+        Function("count", F_COUNT, ("metric", "duration"), BUCKETS * SLOT_SIZE[F_COUNT],
                  "how many readings of the metric came in the window", "count(tilt_deg, 1h) > 30"),
-        Function("stuck", F_STUCK, ("metric", "duration"), WINDOW_WIDTH,
+        Function("stuck", F_STUCK, ("metric", "duration"), BUCKETS * SLOT_SIZE[F_STUCK],
                  f"1 when every reading in the window is the same, with at least {STUCK_MIN_READINGS} "
                  "readings spanning at least half the window (a flat-lined sensor)", "stuck(water_cm, 6h)"),
         Function("zscore", F_ZSCORE, ("metric", "duration"), 5,

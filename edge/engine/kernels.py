@@ -19,7 +19,7 @@ import numpy as np
 from numba import njit
 
 from edge.engine.functions import (
-    BUCKET_SLOTS, BUCKETS, F_ABSENT, F_AVG, F_CHANGED, F_COUNT, F_DELTA, F_MAX, F_MIN, F_RATE,
+    BUCKETS, F_ABSENT, F_AVG, F_CHANGED, F_COUNT, F_DELTA, F_MAX, F_MIN, F_RATE,
     F_STUCK, F_ZSCORE, STUCK_MIN_READINGS, ZSCORE_WARMUP,
 )
 from edge.engine.program import (
@@ -44,26 +44,56 @@ def _truthy(x):
 # --- function state ---------------------------------------------------------------------
 
 @inlined
+def slot_size(func):
+    """Floats per window slot of a windowed function (see functions.SLOT_SIZE)."""
+    if func == F_AVG or func == F_DELTA or func == F_RATE:
+        return 3
+    if func == F_STUCK:
+        return 5
+    return 2
+
+
+@inlined
 def update_instance(func, state, row, param, ts, x):
     """Learn one fresh reading ``x`` at device time ``ts`` into an instance's state row."""
-    if func <= F_STUCK:  # windowed: one bucket per 1/BUCKETS of the window
-        slot = int(math.floor(ts * BUCKETS / param))
-        k = float(slot)
-        at = row + (slot % BUCKETS) * BUCKET_SLOTS
-        if state[at] != k:
-            state[at] = k
-            state[at + 1] = 0.0
-            state[at + 2] = 0.0
-            state[at + 3] = math.inf
-            state[at + 4] = -math.inf
-            state[at + 5] = ts
-            state[at + 6] = x
-        state[at + 1] += 1.0
-        state[at + 2] += x
-        if x < state[at + 3]:
-            state[at + 3] = x
-        if x > state[at + 4]:
-            state[at + 4] = x
+    if func <= F_STUCK:  # windowed: one slot per 1/BUCKETS of the window
+        number = int(math.floor(ts * BUCKETS / param))
+        size = slot_size(func)
+        at = row + (number % BUCKETS) * size
+        fresh = state[at] != float(number)
+        if fresh:
+            state[at] = float(number)
+        if func == F_AVG:
+            if fresh:
+                state[at + 1] = 0.0
+                state[at + 2] = 0.0
+            state[at + 1] += 1.0
+            state[at + 2] += x
+        elif func == F_MIN:
+            if fresh or x < state[at + 1]:
+                state[at + 1] = x
+        elif func == F_MAX:
+            if fresh or x > state[at + 1]:
+                state[at + 1] = x
+        elif func == F_COUNT:
+            if fresh:
+                state[at + 1] = 0.0
+            state[at + 1] += 1.0
+        elif func == F_DELTA or func == F_RATE:
+            if fresh:
+                state[at + 1] = ts
+                state[at + 2] = x
+        else:  # F_STUCK
+            if fresh:
+                state[at + 1] = 0.0
+                state[at + 2] = x
+                state[at + 3] = x
+                state[at + 4] = ts
+            state[at + 1] += 1.0
+            if x < state[at + 2]:
+                state[at + 2] = x
+            if x > state[at + 3]:
+                state[at + 3] = x
     elif func == F_ZSCORE:  # n, mean, var, last_ts, z of the latest reading
         n = state[row]
         mean = state[row + 1]
@@ -105,6 +135,7 @@ def instance_value(func, state, row, param, t, latest_value, latest_time, last_m
     if func == F_CHANGED:
         return 1.0 if state[row + 1] == t else 0.0
     top = math.floor(t * BUCKETS / param)
+    size = slot_size(func)
     count = 0.0
     total = 0.0
     low = math.inf
@@ -112,16 +143,33 @@ def instance_value(func, state, row, param, t, latest_value, latest_time, last_m
     first_ts = math.inf
     first_value = math.nan
     for b in range(BUCKETS):
-        at = row + b * BUCKET_SLOTS
+        at = row + b * size
         k = state[at]
-        if k == k and top - BUCKETS < k <= top:
+        if not (k == k):
+            continue
+        if k <= top - BUCKETS or k > top:
+            continue
+        if func == F_AVG:
             count += state[at + 1]
             total += state[at + 2]
-            low = min(low, state[at + 3])
-            high = max(high, state[at + 4])
-            if state[at + 5] < first_ts:
-                first_ts = state[at + 5]
-                first_value = state[at + 6]
+        elif func == F_MIN:
+            count += 1.0
+            low = min(low, state[at + 1])
+        elif func == F_MAX:
+            count += 1.0
+            high = max(high, state[at + 1])
+        elif func == F_COUNT:
+            count += state[at + 1]
+        elif func == F_DELTA or func == F_RATE:
+            count += 1.0
+            if state[at + 1] < first_ts:
+                first_ts = state[at + 1]
+                first_value = state[at + 2]
+        else:  # F_STUCK
+            count += state[at + 1]
+            low = min(low, state[at + 2])
+            high = max(high, state[at + 3])
+            first_ts = min(first_ts, state[at + 4])
     if func == F_COUNT:
         return count
     if func == F_STUCK:
