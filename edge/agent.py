@@ -20,7 +20,8 @@ from edge.engine.rules import fingerprint
 from edge.ingest.decode import DecodeError, decode_telemetry, derive
 from edge.ingest.mqtt import MqttSubscriber, RawMessage
 from edge.orders import OrderBook
-from edge.outbox import open_database, transaction
+from edge.outbox import Outbox, open_database, transaction
+from edge.outbox.telemetry import TelemetrySummaries
 from edge.registry import Registry
 from uplink.sender import Sender
 from uplink.transport_http import HttpTransport
@@ -38,6 +39,8 @@ class Stats:
     orders_cleared: int = 0
     orders_reopened: int = 0
     batches: int = 0
+    evicted: Counter = field(default_factory=Counter)
+    telemetry_summaries: int = 0
     rule_reloads: int = 0
     rule_errors: int = 0
     last_rule_error: str = ""
@@ -62,12 +65,16 @@ class Agent:
         )
         self.sender = Sender(
             config.database_path,
-            HttpTransport(config.uplink.url, config.gateway.id, config.uplink.token, config.uplink.timeout),
+            HttpTransport(config.uplink.url, config.gateway.id, config.uplink.token, config.uplink.timeout,
+                          str(config.uplink.ca_file) if config.uplink.ca_file else None),
             self.stop_event,
             self._uplink_wake,
             batch_size=config.uplink.batch_size,
             retry_max=config.uplink.retry_max,
+            gateway_id=config.gateway.id,
+            downlink_interval=config.uplink.downlink_interval,
         )
+        self.summaries = TelemetrySummaries(config.outbox.telemetry_interval)
 
     @property
     def uplinked(self) -> int:
@@ -107,6 +114,7 @@ class Agent:
                 now = time.time()
                 if now >= next_tick:
                     self._record(book.apply(self.engine.tick(now)))
+                    self._housekeeping(db, now)
                     next_tick = now + self.config.engine.tick
                 if now >= next_rule_check or self._reload_requested.is_set():
                     self._maybe_reload(book, forced=self._reload_requested.is_set())
@@ -120,6 +128,19 @@ class Agent:
             uplink.join(timeout=self.config.uplink.timeout + 5)
             db.conn.close()
             log.info("gateway %s stopped", self.config.gateway.id)
+
+    def _housekeeping(self, db, now: float) -> None:
+        """Queue the finished interval's telemetry summaries, and keep the file within its budget."""
+        outbox = Outbox(db)
+        due = self.summaries.due(now)
+        if due:
+            with transaction(db):
+                for device, interval, body in due:
+                    outbox.put_telemetry(device, interval, body)
+            self.stats.telemetry_summaries += len(due)
+            self._uplink_wake.set()
+        for eviction in outbox.enforce_budget(self.config.outbox.max_bytes, self.config.outbox.evict_orders):
+            self.stats.evicted[eviction.step] += eviction.rows
 
     def _maybe_reload(self, book: OrderBook, forced: bool) -> bool:
         """Swap in changed rule files if they are valid; otherwise keep the running rules."""
@@ -187,6 +208,7 @@ class Agent:
                 continue
             values = derive(device, message.values)
             self.stats.readings += len(values)
+            self.summaries.add(device.id, message.ts, values, raw.received_at)
             builder.add(device.index, message.ts, values, raw.received_at)
         self.stats.messages += len(batch)
         transitions = self.engine.process(builder.build())

@@ -72,6 +72,8 @@ class UplinkSection(_Section):
     token: str = Field("", description="Bearer token; or set EDGE_UPLINK_TOKEN.")
     batch_size: int = Field(100, ge=1, le=10000, description="Revisions per request.")
     timeout: float = Field(10.0, gt=0, description="Seconds to wait for the platform's answer.")
+    ca_file: Path | None = Field(None, description="CA certificate(s) to check the platform's TLS certificate; default: the system's.")
+    downlink_interval: float = Field(5.0, ge=0, description="Seconds between fetches of the platform's decisions; 0 turns the downlink off.")
     retry_max: float = Field(60.0, gt=0, description="Longest wait between retries, seconds.")
 
     @field_validator("url")
@@ -90,6 +92,12 @@ class EngineSection(_Section):
     tick: float = Field(1.0, gt=0, le=60, description="Seconds between evaluations of rules that change with time alone.")
 
 
+class OutboxSection(_Section):
+    max_bytes: int = Field(256 * 1024 * 1024, ge=1024 * 1024, description="Disk budget of gateway.db (bytes in use); beyond it rows are evicted as documented.")
+    evict_orders: bool = Field(False, description="Evict unsent order revisions too when nothing else is left (default: never).")
+    telemetry_interval: float = Field(300.0, gt=0, description="Seconds per telemetry summary of each device.")
+
+
 class GatewayConfig(_Section):
     gateway: GatewaySection
     registry: RegistrySection
@@ -97,6 +105,7 @@ class GatewayConfig(_Section):
     mqtt: MqttSection = MqttSection()
     uplink: UplinkSection
     engine: EngineSection = EngineSection()
+    outbox: OutboxSection = OutboxSection()
 
     @property
     def database_path(self) -> Path:
@@ -151,6 +160,8 @@ def load_config(path: Path) -> GatewayConfig:
     config.gateway.data_dir = (base / config.gateway.data_dir).resolve()
     config.registry.path = (base / config.registry.path).resolve()
     config.rules.paths = [(base / p).resolve() for p in config.rules.paths]
+    if config.uplink.ca_file is not None:
+        config.uplink.ca_file = (base / config.uplink.ca_file).resolve()
     config.uplink.token = os.environ.get("EDGE_UPLINK_TOKEN", config.uplink.token)
     config.mqtt.password = os.environ.get("EDGE_MQTT_PASSWORD", config.mqtt.password)
     if not config.mqtt.client_id:

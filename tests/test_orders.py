@@ -38,7 +38,7 @@ def test_lifecycle_opens_once_and_revises_each_change(setup):
     assert (cleared.revision, reopened.revision) == (2, 3)
     assert book.count() == 1
     pending = Outbox(db).pending(10)
-    assert [(p.order_id, p.revision, p.body["state"]) for p in pending] == [
+    assert [(p.key, p.revision, p.body["state"]) for p in pending] == [
         (opened.order_id, 1, "opened"), (opened.order_id, 2, "cleared"), (opened.order_id, 3, "opened"),
     ]
     body = pending[0].body

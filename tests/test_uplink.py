@@ -119,12 +119,12 @@ def test_nothing_is_marked_sent_without_an_acknowledgement(tmp_path, in_process_
 def test_receiver_requires_its_token_and_refuses_bad_batches(tmp_path):
     receiver = start_receiver(tmp_path / "r.db", "--token", "s3cret")
     try:
-        assert requests.post(f"{receiver.url}/api/v1/revisions", json={"gateway": "g", "revisions": []}, timeout=5).status_code == 401
+        assert requests.post(f"{receiver.url}/api/v1/uplink", json={"gateway": "g", "revisions": []}, timeout=5).status_code == 401
         auth = {"Authorization": "Bearer s3cret"}
-        bad = requests.post(f"{receiver.url}/api/v1/revisions", json={"gateway": "g", "revisions": [{"order_id": "x"}]},
+        bad = requests.post(f"{receiver.url}/api/v1/uplink", json={"gateway": "g", "revisions": [{"order_id": "x"}]},
                             headers=auth, timeout=5)
         assert bad.status_code == 400 and "revision must be an integer" in bad.json()["error"]
-        not_json = requests.post(f"{receiver.url}/api/v1/revisions", data=b"{", headers=auth, timeout=5)
+        not_json = requests.post(f"{receiver.url}/api/v1/uplink", data=b"{", headers=auth, timeout=5)
         assert not_json.status_code == 400
 
         keys = fill_outbox(tmp_path / "gateway.db", orders=2, revisions=1)
@@ -133,7 +133,7 @@ def test_receiver_requires_its_token_and_refuses_bad_batches(tmp_path):
         stop.set()
         thread.join(10)
         stats = requests.get(f"{receiver.url}/api/v1/stats", headers=auth, timeout=5).json()
-        assert stats == {"orders": 2, "revisions": 2, "duplicates": 0}
+        assert stats == {"orders": 2, "revisions": 2, "duplicates": 0, "telemetry": 0}
     finally:
         receiver.process.terminate()
         receiver.process.wait(10)

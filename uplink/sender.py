@@ -13,14 +13,15 @@ import time
 from pathlib import Path
 from typing import Protocol
 
-from edge.outbox import Outbox, open_database
+from edge.orders.book import OrderBook, OrderError
+from edge.outbox import Outbox, open_database, transaction
 from uplink.transport_http import TransportError
 
 log = logging.getLogger(__name__)
 
 
 class Transport(Protocol):
-    def send(self, revisions: list[dict]) -> set[tuple[str, int]]: ...
+    def send(self, revisions: list[dict], telemetry: list[dict]) -> set[tuple[str, int]]: ...
     def close(self) -> None: ...
 
 
@@ -33,6 +34,8 @@ class Sender:
         wake: threading.Event,
         batch_size: int = 100,
         retry_max: float = 60.0,
+        gateway_id: str = "",
+        downlink_interval: float = 0.0,
     ):
         self.database_path = database_path
         self.transport = transport
@@ -40,24 +43,58 @@ class Sender:
         self.wake = wake
         self.batch_size = batch_size
         self.retry_max = retry_max
-        self.uplinked = 0  # revisions acknowledged by the platform
+        self.uplinked = 0  # rows acknowledged by the platform
         self.errors = 0
         self.last_error = ""
+        self.gateway_id = gateway_id
+        self.downlink_interval = downlink_interval  # 0: no downlink
+        self.downlink_applied = 0
+        self.downlink_refused: dict[str, int] = {}
+        self._next_downlink = 0.0
+
+    def _downlink(self, db, book: OrderBook) -> None:
+        """Fetch the platform's decisions since the saved cursor and apply them, each exactly once."""
+        if not self.downlink_interval or time.monotonic() < self._next_downlink:
+            return
+        self._next_downlink = time.monotonic() + self.downlink_interval
+        row = db.execute("SELECT value FROM cursors WHERE name = 'downlink'").fetchone()
+        after = row[0] if row else 0
+        try:
+            changes = self.transport.changes(after)
+        except TransportError as error:
+            log.warning("downlink failed: %s", error)
+            return
+        for change in changes:
+            cursor = ("downlink", int(change["seq"]))
+            try:
+                book.apply_platform_state(str(change["order_id"]), str(change["state"]), cursor=cursor)
+                self.downlink_applied += 1
+                log.info("platform set order %s to %s", change["order_id"], change["state"])
+            except OrderError as error:
+                self.downlink_refused[error.reason] = self.downlink_refused.get(error.reason, 0) + 1
+                with transaction(db):
+                    db.execute("INSERT OR REPLACE INTO cursors (name, value) VALUES (?, ?)", list(cursor))
+                log.error("refused the platform's change %s: %s", change.get("seq"), error)
 
     def run(self) -> None:
-        outbox = Outbox(open_database(self.database_path))
+        db = open_database(self.database_path)
+        outbox = Outbox(db)
+        book = OrderBook(db, self.gateway_id)
         failures = 0
         try:
             while True:
+                self._downlink(db, book)
                 batch = outbox.pending(self.batch_size)
                 if not batch:
                     if self.stop.is_set():
                         return
-                    self.wake.wait(0.5)
+                    self.wake.wait(min(0.5, self.downlink_interval or 0.5))
                     self.wake.clear()
                     continue
+                revisions = [p.body for p in batch if p.kind == "order"]
+                telemetry = [p.body for p in batch if p.kind == "telemetry"]
                 try:
-                    acknowledged = self.transport.send([p.body for p in batch])
+                    acknowledged = self.transport.send(revisions, telemetry)
                 except TransportError as error:
                     failures += 1
                     self.errors += 1
@@ -68,7 +105,7 @@ class Sender:
                         return
                     continue
                 failures = 0
-                wanted = {(p.order_id, p.revision) for p in batch}
+                wanted = {(p.key, p.revision) for p in batch}
                 self.uplinked += outbox.mark_sent(sorted(wanted & acknowledged))
                 if not wanted <= acknowledged:
                     log.warning("platform left %d of %d revisions unacknowledged", len(wanted - acknowledged), len(wanted))

@@ -1,5 +1,5 @@
 """Work orders: one per real problem, with revisions for every change."""
 
-from edge.orders.book import Change, OrderBook
+from edge.orders.book import Change, OrderBook, OrderError
 
-__all__ = ["Change", "OrderBook"]
+__all__ = ["Change", "OrderBook", "OrderError"]

@@ -18,7 +18,24 @@ import sqlite_utils
 from edge.engine.engine import Transition
 from edge.outbox import Outbox, transaction
 
-LIVE_STATES = ("opened", "cleared")
+LIVE_STATES = ("opened", "cleared", "accepted", "dispatched", "resolved")
+
+# What the central platform may do to an order in each state (closed and rejected are final).
+PLATFORM_TRANSITIONS = {
+    "opened": ("accepted", "rejected", "closed"),
+    "cleared": ("accepted", "rejected", "closed"),
+    "accepted": ("dispatched", "resolved", "rejected", "closed"),
+    "dispatched": ("resolved", "closed"),
+    "resolved": ("dispatched", "closed"),
+}
+
+
+class OrderError(Exception):
+    """A change the gateway refuses; ``reason`` is unknown_order or illegal_transition."""
+
+    def __init__(self, reason: str, message: str):
+        super().__init__(message)
+        self.reason = reason
 
 ORDER_COLUMNS = (
     "id", "rule", "device", "kind", "category", "severity", "title", "grid", "zone", "team",
@@ -146,6 +163,32 @@ class OrderBook:
         }
         self.outbox.put(order["id"], order["revision"], body)
         return Change(order["id"], order["revision"], order["state"], change)
+
+    def apply_platform_state(self, order_id: str, state: str, now: float | None = None,
+                             cursor: tuple[str, int] | None = None) -> Change:
+        """Apply the platform's decision (accepted, dispatched, resolved, closed, rejected) as a new revision.
+
+        ``cursor`` (name, value) is saved in the same transaction, so a decision is applied
+        exactly once even across a crash. A refused decision still moves the cursor.
+        """
+        now = time.time() if now is None else now
+        with transaction(self.db):
+            if cursor is not None:
+                self.db.execute("INSERT OR REPLACE INTO cursors (name, value) VALUES (?, ?)", list(cursor))
+            row = self.db.execute(
+                f"SELECT {', '.join(ORDER_COLUMNS)} FROM orders WHERE id = ?", [order_id]
+            ).fetchone()
+            if row is None:
+                raise OrderError("unknown_order", f"no order {order_id!r} on gateway {self.gateway_id}")
+            order = dict(zip(ORDER_COLUMNS, row))
+            allowed = PLATFORM_TRANSITIONS.get(order["state"], ())
+            if state not in allowed:
+                raise OrderError(
+                    "illegal_transition",
+                    f"order {order_id} is {order['state']}; it cannot become {state!r} "
+                    f"(allowed: {', '.join(allowed) or 'nothing, it is final'})",
+                )
+            return self._update(order, now, state=state, change=state, evidence=[], seen=order["last_seen_at"])
 
     def live_orders(self) -> list[tuple[str, str, str]]:
         """(rule, device, state) of every order that is not closed or rejected."""

@@ -60,6 +60,19 @@ MIGRATIONS: list[str] = [
         detail TEXT NOT NULL
     );
     """,
+    # 2: telemetry summaries share the outbox (kind), and every eviction is recorded.
+    """
+    ALTER TABLE outbox ADD COLUMN kind TEXT NOT NULL DEFAULT 'order';
+    CREATE TABLE evictions (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        at REAL NOT NULL,
+        step TEXT NOT NULL,
+        rows INTEGER NOT NULL,
+        used_bytes_before INTEGER NOT NULL,
+        used_bytes_after INTEGER NOT NULL
+    );
+    CREATE TABLE cursors (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+    """,
 ]
 
 

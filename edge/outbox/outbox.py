@@ -1,12 +1,23 @@
-"""The outbox: order revisions waiting for the central platform's acknowledgement.
+"""The outbox: order revisions and telemetry summaries waiting for the platform's acknowledgement.
 
-A revision is written in the same transaction as the order change that made it, so no
-change can exist without its revision waiting to go out. A row is marked sent only when
-the platform has acknowledged it; nothing unacknowledged is ever deleted.
+An order revision is written in the same transaction as the order change that made it, so
+no change can exist without its revision waiting to go out. A row is marked sent only when
+the platform has acknowledged it. Order revisions go before telemetry; within a kind, the
+oldest first, so the revisions of one order leave in order.
+
+Nothing unacknowledged is deleted, except by ``enforce_budget`` when the file outgrows its
+disk budget, in this order, each step logged and recorded in the ``evictions`` table:
+
+1. acknowledged rows, oldest first (already delivered; each order's state stays in ``orders``);
+2. unsent telemetry summaries, oldest first, keeping the newest summary of each device;
+3. the newest telemetry summaries too;
+4. unsent order revisions, oldest first: only when ``evict_orders`` is set (default: never;
+   the file then grows past its budget rather than lose an order).
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass
 
@@ -15,15 +26,28 @@ import sqlite_utils
 
 from edge.outbox.database import transaction
 
+log = logging.getLogger(__name__)
+
 PRIORITY_ORDER = 0  # lower goes first
+PRIORITY_TELEMETRY = 10
+EVICTION_CHUNK = 500
 
 
 @dataclass(frozen=True)
 class Pending:
     seq: int
-    order_id: str
-    revision: int
+    kind: str  # "order" or "telemetry"
+    key: str  # the order id, or telemetry/<device>
+    revision: int  # the order's revision, or the telemetry interval's number
     body: dict
+
+
+@dataclass(frozen=True)
+class Eviction:
+    step: str
+    rows: int
+    used_before: int
+    used_after: int
 
 
 class Outbox:
@@ -31,38 +55,97 @@ class Outbox:
         self.db = db
 
     def put(self, order_id: str, revision: int, body: dict, priority: int = PRIORITY_ORDER) -> None:
-        """Queue one revision; call inside the transaction that changed the order."""
+        """Queue one order revision; call inside the transaction that changed the order."""
         self.db.execute(
-            "INSERT OR IGNORE INTO outbox (priority, order_id, revision, body, created_at) VALUES (?, ?, ?, ?, ?)",
+            "INSERT OR IGNORE INTO outbox (priority, kind, order_id, revision, body, created_at) "
+            "VALUES (?, 'order', ?, ?, ?, ?)",
             [priority, order_id, revision, orjson.dumps(body).decode(), time.time()],
         )
 
+    def put_telemetry(self, device: str, interval: int, body: dict) -> None:
+        """Queue one device's telemetry summary for one interval."""
+        self.db.execute(
+            "INSERT OR REPLACE INTO outbox (priority, kind, order_id, revision, body, created_at) "
+            "VALUES (?, 'telemetry', ?, ?, ?, ?)",
+            [PRIORITY_TELEMETRY, f"telemetry/{device}", interval, orjson.dumps(body).decode(), time.time()],
+        )
+
     def pending(self, limit: int) -> list[Pending]:
-        """The oldest unacknowledged revisions, highest priority first, in the order they were made."""
+        """The oldest unacknowledged rows, orders before telemetry, in the order they were made."""
         rows = self.db.execute(
-            "SELECT seq, order_id, revision, body FROM outbox WHERE sent_at IS NULL "
+            "SELECT seq, kind, order_id, revision, body FROM outbox WHERE sent_at IS NULL "
             "ORDER BY priority, seq LIMIT ?",
             [limit],
         ).fetchall()
-        return [Pending(seq, order_id, revision, orjson.loads(body)) for seq, order_id, revision, body in rows]
+        return [Pending(seq, kind, key, revision, orjson.loads(body)) for seq, kind, key, revision, body in rows]
 
     def mark_sent(self, acknowledged: list[tuple[str, int]]) -> int:
-        """Mark acknowledged (order id, revision) pairs sent, in one transaction; returns how many."""
+        """Mark acknowledged (key, revision) pairs sent, in one transaction; returns how many."""
         if not acknowledged:
             return 0
         now = time.time()
         count = 0
         with transaction(self.db) as conn:
-            for order_id, revision in acknowledged:
+            for key, revision in acknowledged:
                 cursor = conn.execute(
                     "UPDATE outbox SET sent_at = ? WHERE order_id = ? AND revision = ? AND sent_at IS NULL",
-                    [now, order_id, revision],
+                    [now, key, revision],
                 )
                 count += cursor.rowcount
         return count
 
-    def depth(self) -> int:
-        return self.db.execute("SELECT count(*) FROM outbox WHERE sent_at IS NULL").fetchone()[0]
+    def depth(self, kind: str | None = None) -> int:
+        if kind is None:
+            return self.db.execute("SELECT count(*) FROM outbox WHERE sent_at IS NULL").fetchone()[0]
+        return self.db.execute("SELECT count(*) FROM outbox WHERE sent_at IS NULL AND kind = ?", [kind]).fetchone()[0]
+
+    def oldest_unsent_age(self, now: float | None = None) -> float | None:
+        row = self.db.execute("SELECT min(created_at) FROM outbox WHERE sent_at IS NULL").fetchone()
+        return None if row[0] is None else (now or time.time()) - row[0]
 
     def sent_count(self) -> int:
         return self.db.execute("SELECT count(*) FROM outbox WHERE sent_at IS NOT NULL").fetchone()[0]
+
+    def used_bytes(self) -> int:
+        """Bytes of the file in use (pages not on the free list); freed pages are reused before it grows."""
+        page_size = self.db.execute("PRAGMA page_size").fetchone()[0]
+        pages = self.db.execute("PRAGMA page_count").fetchone()[0]
+        free = self.db.execute("PRAGMA freelist_count").fetchone()[0]
+        return (pages - free) * page_size
+
+    def enforce_budget(self, max_bytes: int, evict_orders: bool = False) -> list[Eviction]:
+        """Evict, step by step as documented above, until the file is within ``max_bytes``."""
+        steps = [
+            ("acknowledged", "sent_at IS NOT NULL"),
+            ("telemetry_old", "sent_at IS NULL AND kind = 'telemetry' AND seq NOT IN "
+                              "(SELECT max(seq) FROM outbox WHERE kind = 'telemetry' GROUP BY order_id)"),
+            ("telemetry_latest", "sent_at IS NULL AND kind = 'telemetry'"),
+        ]
+        if evict_orders:
+            steps.append(("order_revisions", "sent_at IS NULL AND kind = 'order'"))
+        done: list[Eviction] = []
+        for step, where in steps:
+            before = self.used_bytes()
+            if before <= max_bytes:
+                break
+            evicted = 0
+            while self.used_bytes() > max_bytes:
+                with transaction(self.db) as conn:
+                    cursor = conn.execute(
+                        f"DELETE FROM outbox WHERE seq IN (SELECT seq FROM outbox WHERE {where} ORDER BY seq LIMIT ?)",
+                        [EVICTION_CHUNK],
+                    )
+                if cursor.rowcount == 0:
+                    break
+                evicted += cursor.rowcount
+            if evicted:
+                after = self.used_bytes()
+                with transaction(self.db) as conn:
+                    conn.execute(
+                        "INSERT INTO evictions (at, step, rows, used_bytes_before, used_bytes_after) VALUES (?, ?, ?, ?, ?)",
+                        [time.time(), step, evicted, before, after],
+                    )
+                log.warning("disk budget %d bytes exceeded: evicted %d row(s) (%s), %d -> %d bytes in use",
+                            max_bytes, evicted, step, before, after)
+                done.append(Eviction(step, evicted, before, after))
+        return done
