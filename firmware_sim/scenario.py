@@ -189,6 +189,9 @@ class FaultSpec(_Model):
             raise ValueError(f"fault {self.kind} needs a device, devices or a fraction")
         return self
 
+    def targets(self) -> list[str]:
+        return ([self.device] if self.device else []) + list(self.devices)
+
 
 class Thresholds(_Model):
     """Where the ground truth draws the line for events that come from the physics, not injection."""

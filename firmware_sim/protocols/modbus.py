@@ -1,0 +1,311 @@
+"""RS-485 sensors speaking Modbus RTU, served on a serial line (a pseudo-terminal in tests).
+
+The simulator is the slave side of the bus: every Modbus device of the scenario answers at
+its own unit id (1..247, in registry order). The gateway (master) polls with function 03
+(read holding registers) or 04 (read input registers); both read the same map. Frames are
+RTU: unit, function, data, CRC-16/Modbus (low byte first). A frame with a bad CRC, or for
+another unit, gets no answer, as on a real bus; an unknown function gets exception 01, an
+address outside the map exception 02, a count of 0 or over 125 exception 03.
+
+Register map, one 16-bit register each, big-endian, scaled integers:
+
+Manhole cover (model MC-200R)::
+
+    0  tilt_deg      0.1 degree            uint16
+    1  open          0 / 1                 uint16
+    2  water_cm      0.1 cm                uint16
+    3  ch4_lel_pct   0.1 % LEL             uint16
+    4  h2s_ppm       0.1 ppm               uint16
+    5  temp_c        0.1 degree C          int16
+    6  battery_v     mV                    uint16
+    7  status        bit 0: in alarm
+    8  time (high)   seconds since the epoch of the measurement, uint32 in registers 8-9
+    9  time (low)
+
+Bin (model SB-120R)::
+
+    0  distance_cm   0.1 cm                uint16
+    1  temp_c        0.1 degree C          int16
+    2  tilt_deg      0.1 degree            uint16
+    3  battery_v     mV                    uint16
+    4  status        bit 0: in alarm
+    5  time (high)   seconds since the epoch, uint32 in registers 5-6
+    6  time (low)
+
+Registers of a device that has not measured yet read 0xFFFF ("no reading").
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import struct
+import termios
+import threading
+import time
+import tty
+from dataclasses import dataclass
+
+MAX_COUNT = 125
+NO_READING = 0xFFFF
+
+
+@dataclass(frozen=True)
+class Reg:
+    metric: str
+    scale: float
+    signed: bool = False
+
+
+REGISTER_MAPS: dict[str, tuple[Reg, ...]] = {
+    "manhole_cover": (
+        Reg("tilt_deg", 10), Reg("open", 1), Reg("water_cm", 10), Reg("ch4_lel_pct", 10), Reg("h2s_ppm", 10),
+        Reg("temp_c", 10, signed=True), Reg("battery_v", 1000), Reg("_status", 1), Reg("_time_hi", 1), Reg("_time_lo", 1),
+    ),
+    "bin": (
+        Reg("distance_cm", 10), Reg("temp_c", 10, signed=True), Reg("tilt_deg", 10), Reg("battery_v", 1000),
+        Reg("_status", 1), Reg("_time_hi", 1), Reg("_time_lo", 1),
+    ),
+}
+
+
+class ModbusError(Exception):
+    """A Modbus exchange that failed; ``reason`` is ``timeout``, ``crc``, ``exception`` or ``bad_reply``."""
+
+    def __init__(self, reason: str, detail: str, code: int | None = None):
+        super().__init__(f"{reason}: {detail}")
+        self.reason, self.detail, self.code = reason, detail, code
+
+
+def _crc_table() -> list[int]:
+    table = []
+    for byte in range(256):
+        crc = byte
+        for _ in range(8):
+            crc = (crc >> 1) ^ 0xA001 if crc & 1 else crc >> 1
+        table.append(crc)
+    return table
+
+
+_TABLE = _crc_table()
+
+
+def crc16(data: bytes) -> int:
+    crc = 0xFFFF
+    for byte in data:
+        crc = (crc >> 8) ^ _TABLE[(crc ^ byte) & 0xFF]
+    return crc
+
+
+def with_crc(body: bytes) -> bytes:
+    return body + struct.pack("<H", crc16(body))
+
+
+def check_crc(frame: bytes) -> bool:
+    return len(frame) >= 4 and struct.unpack("<H", frame[-2:])[0] == crc16(frame[:-2])
+
+
+def to_registers(kind: str, readings: dict[str, float], t: float, alarm: bool) -> list[int]:
+    regs = []
+    seconds = int(t)
+    for reg in REGISTER_MAPS[kind]:
+        if reg.metric == "_status":
+            regs.append(1 if alarm else 0)
+        elif reg.metric == "_time_hi":
+            regs.append((seconds >> 16) & 0xFFFF)
+        elif reg.metric == "_time_lo":
+            regs.append(seconds & 0xFFFF)
+        elif reg.metric not in readings:
+            regs.append(NO_READING)
+        else:
+            raw = round(float(readings[reg.metric]) * reg.scale)
+            if reg.signed:
+                raw = max(-0x8000, min(0x7FFE, raw)) & 0xFFFF
+            else:
+                raw = max(0, min(0xFFFE, raw))
+            regs.append(raw)
+    return regs
+
+
+def from_registers(kind: str, regs: list[int]) -> tuple[float | None, dict[str, float]]:
+    """Readings and measurement time from a device's whole register map (what the gateway decodes)."""
+    readings: dict[str, float] = {}
+    hi = lo = None
+    for reg, raw in zip(REGISTER_MAPS[kind], regs):
+        if reg.metric == "_time_hi":
+            hi = raw
+        elif reg.metric == "_time_lo":
+            lo = raw
+        elif reg.metric.startswith("_") or raw == NO_READING:
+            continue
+        else:
+            value = raw - 0x10000 if reg.signed and raw >= 0x8000 else raw
+            readings[reg.metric] = value / reg.scale
+    ts = float((hi << 16) | lo) if hi is not None and lo is not None and hi != NO_READING else None
+    return ts, readings
+
+
+class RegisterBank:
+    """The registers of every device on the bus, by unit id; the simulation writes, the server reads."""
+
+    def __init__(self) -> None:
+        self.units: dict[int, list[int]] = {}
+        self.kinds: dict[int, str] = {}
+        self.lock = threading.Lock()
+
+    def add(self, unit: int, kind: str) -> None:
+        if not 1 <= unit <= 247:
+            raise ValueError(f"Modbus unit id {unit} is outside 1..247")
+        self.kinds[unit] = kind
+        self.units[unit] = [NO_READING] * len(REGISTER_MAPS[kind])
+
+    def update(self, unit: int, readings: dict[str, float], t: float, alarm: bool) -> list[int]:
+        regs = to_registers(self.kinds[unit], readings, t, alarm)
+        with self.lock:
+            self.units[unit] = regs
+        return regs
+
+    def read(self, unit: int, address: int, count: int) -> list[int] | None:
+        with self.lock:
+            regs = self.units.get(unit)
+            if regs is None or address + count > len(regs):
+                return None
+            return regs[address: address + count]
+
+
+def answer(bank: RegisterBank, frame: bytes) -> bytes | None:
+    """The slave's reply to one request frame, or None when a real slave stays silent."""
+    if len(frame) < 4 or not check_crc(frame):
+        return None
+    unit, function = frame[0], frame[1]
+    if unit not in bank.units:
+        return None
+    if function not in (3, 4):
+        return with_crc(bytes([unit, function | 0x80, 1]))
+    if len(frame) != 8:
+        return with_crc(bytes([unit, function | 0x80, 3]))
+    address, count = struct.unpack(">HH", frame[2:6])
+    if not 1 <= count <= MAX_COUNT:
+        return with_crc(bytes([unit, function | 0x80, 3]))
+    regs = bank.read(unit, address, count)
+    if regs is None:
+        return with_crc(bytes([unit, function | 0x80, 2]))
+    return with_crc(bytes([unit, function, 2 * count]) + struct.pack(f">{count}H", *regs))
+
+
+class PtyLine:
+    """A pseudo-terminal: the simulator holds the master end, the gateway opens ``path`` with pyserial."""
+
+    def __init__(self) -> None:
+        self.master, self.slave = os.openpty()
+        tty.setraw(self.slave, termios.TCSANOW)
+        self.path = os.ttyname(self.slave)
+
+    def read(self, timeout: float) -> bytes:
+        ready, _, _ = select.select([self.master], [], [], timeout)
+        if not ready:
+            return b""
+        try:
+            return os.read(self.master, 256)
+        except OSError:  # the other end is closed for now
+            time.sleep(timeout)
+            return b""
+
+    def write(self, data: bytes) -> None:
+        os.write(self.master, data)
+
+    def close(self) -> None:
+        for fd in (self.master, self.slave):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
+
+class SerialLine:
+    """A real serial port (a USB RS-485 adapter), through pyserial."""
+
+    def __init__(self, port: str, baudrate: int = 9600) -> None:
+        import serial
+
+        self.port = serial.Serial(port, baudrate=baudrate, timeout=0.05)
+        self.path = port
+
+    def read(self, timeout: float) -> bytes:
+        self.port.timeout = timeout
+        return self.port.read(256)
+
+    def write(self, data: bytes) -> None:
+        self.port.write(data)
+
+    def close(self) -> None:
+        self.port.close()
+
+
+class RtuServer:
+    """Answers Modbus RTU requests on a line from a background thread until ``stop()``.
+
+    A frame ends at a silence of ``gap`` seconds (RTU's 3.5 characters), or as soon as the
+    8 bytes of a read request with a good CRC are in.
+    """
+
+    def __init__(self, bank: RegisterBank, line, gap: float = 0.01):
+        self.bank, self.line, self.gap = bank, line, gap
+        self.requests = self.replies = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._serve, name="modbus-rtu", daemon=True)
+
+    @property
+    def path(self) -> str:
+        return self.line.path
+
+    def start(self) -> "RtuServer":
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+        self.line.close()
+
+    def _serve(self) -> None:
+        buffer = b""
+        while not self._stop.is_set():
+            chunk = self.line.read(self.gap if buffer else 0.2)
+            if chunk:
+                buffer += chunk
+                if not (len(buffer) == 8 and buffer[1] in (3, 4) and check_crc(buffer)):
+                    continue
+            if not buffer:
+                continue
+            frame, buffer = buffer, b""
+            self.requests += 1
+            reply = answer(self.bank, frame)
+            if reply is not None:
+                self.line.write(reply)
+                self.replies += 1
+
+
+def read_registers(port, unit: int, address: int, count: int, function: int = 4, timeout: float = 1.0) -> list[int]:
+    """The master's side: one read request over a pyserial port; raises ModbusError."""
+    port.reset_input_buffer()
+    port.write(with_crc(struct.pack(">BBHH", unit, function, address, count)))
+    deadline = time.monotonic() + timeout
+    reply = b""
+    expected = 5 + 2 * count
+    while time.monotonic() < deadline:
+        port.timeout = max(0.001, deadline - time.monotonic())
+        reply += port.read(expected - len(reply) if len(reply) < 3 or not reply[1] & 0x80 else 5 - len(reply))
+        if len(reply) >= 2 and reply[1] & 0x80 and len(reply) >= 5:
+            break
+        if len(reply) >= expected:
+            break
+    if len(reply) < 5:
+        raise ModbusError("timeout", f"unit {unit} did not answer in {timeout:g}s")
+    if not check_crc(reply):
+        raise ModbusError("crc", f"reply from unit {unit} has a bad CRC: {reply.hex(' ')}")
+    if reply[1] & 0x80:
+        raise ModbusError("exception", f"unit {unit} answered exception {reply[2]}", code=reply[2])
+    if reply[0] != unit or reply[1] != function or reply[2] != 2 * count:
+        raise ModbusError("bad_reply", f"unexpected reply {reply.hex(' ')}")
+    return list(struct.unpack(f">{count}H", reply[3:3 + 2 * count]))

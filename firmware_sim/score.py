@@ -1,0 +1,189 @@
+"""Scoring: how many real events became orders, compared with the ground truth.
+
+An order *finds* an event when it is for the same device, its rule is one the event
+expects, and it opened between the event's start (less ``early`` seconds) and its end plus
+``grace`` seconds (an event still going on has no end). Orders are taken in the order they
+opened; each finds the earliest event it fits that no order found yet. An order that fits
+only events already found is a *duplicate* (one real problem, two orders); an order that
+fits none is a *false order* (noted with any fault or flicker on its device at the time).
+An event that expects orders and got none is *missed*. The detection delay of a found event
+is its first order's ``opened_at`` minus the event's start, in device time.
+
+Orders come from the reference receiver's HTTP API (``GET /api/v1/revisions``) or its SQLite
+file; every revision is read, so an order that cleared and reopened is counted once, with its
+reopenings reported apart.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import sqlite3
+import statistics
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import orjson
+
+from firmware_sim.truth import TruthEvent
+
+
+class ScoreError(Exception):
+    pass
+
+
+@dataclass
+class Order:
+    order_id: str
+    device: str
+    rule: str
+    category: str
+    opened_at: float
+    reopened: int = 0
+    revisions: int = 1
+
+
+def _ts(text: str) -> float:
+    return dt.datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+
+
+def orders_from_revisions(revisions: list[dict]) -> list[Order]:
+    orders: dict[str, Order] = {}
+    for body in revisions:
+        try:
+            order_id = body["order_id"]
+            order = orders.get(order_id)
+            if order is None:
+                order = orders[order_id] = Order(order_id, body["device"], body["rule"], body.get("category", ""),
+                                                 _ts(body["opened_at"]), revisions=0)
+            order.revisions += 1
+            if body.get("change") == "reopened":
+                order.reopened += 1
+        except (KeyError, TypeError, ValueError) as error:
+            raise ScoreError(f"an order revision without device, rule or opened_at: {error}: {body!r:.200}") from None
+    return sorted(orders.values(), key=lambda o: (o.opened_at, o.order_id))
+
+
+def revisions_from_db(path: Path) -> list[dict]:
+    if not path.exists():
+        raise ScoreError(f"{path}: no such receiver database")
+    try:
+        with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as conn:
+            rows = conn.execute("SELECT body FROM revisions ORDER BY received_at, order_id, revision").fetchall()
+    except sqlite3.Error as error:
+        raise ScoreError(f"{path}: cannot read the receiver's revisions: {error}") from None
+    return [orjson.loads(body) for (body,) in rows]
+
+
+def revisions_from_http(url: str, token: str = "", timeout: float = 10.0) -> list[dict]:
+    import requests
+
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    try:
+        response = requests.get(f"{url.rstrip('/')}/api/v1/revisions", headers=headers, timeout=timeout)
+    except requests.RequestException as error:
+        raise ScoreError(f"cannot reach the receiver at {url}: {error}") from None
+    if response.status_code != 200:
+        raise ScoreError(f"the receiver at {url} answered {response.status_code}: {response.text[:200]}")
+    return response.json()["revisions"]
+
+
+@dataclass
+class Score:
+    expected: int
+    found: int
+    missed: list[TruthEvent]
+    false_orders: list[tuple[Order, list[str]]]
+    duplicates: list[tuple[Order, str]]
+    reopened: int
+    delays: dict[str, float]
+    by_kind: dict[str, dict[str, int]] = field(default_factory=dict)
+
+    @property
+    def delay_median(self) -> float | None:
+        return statistics.median(self.delays.values()) if self.delays else None
+
+    @property
+    def delay_worst(self) -> float | None:
+        return max(self.delays.values()) if self.delays else None
+
+    def as_dict(self) -> dict:
+        return {
+            "events": self.expected, "found": self.found, "missed": len(self.missed),
+            "false_orders": len(self.false_orders), "duplicates": len(self.duplicates), "reopened": self.reopened,
+            "delay_median_s": self.delay_median, "delay_worst_s": self.delay_worst,
+            "by_kind": self.by_kind,
+            "missed_events": [e.as_dict() for e in self.missed],
+            "false_order_list": [{"order_id": o.order_id, "device": o.device, "rule": o.rule,
+                                  "opened_at": o.opened_at, "during": during} for o, during in self.false_orders],
+            "duplicate_list": [{"order_id": o.order_id, "device": o.device, "rule": o.rule, "event": event}
+                               for o, event in self.duplicates],
+            "delays": self.delays,
+        }
+
+    def text(self) -> str:
+        def seconds(value: float | None) -> str:
+            return "-" if value is None else f"{value:.1f}s"
+
+        lines = [
+            f"events expecting an order  {self.expected}",
+            f"found                      {self.found}",
+            f"missed                     {len(self.missed)}",
+            f"false orders               {len(self.false_orders)}",
+            f"duplicates                 {len(self.duplicates)}",
+            f"reopened                   {self.reopened}",
+            f"detection delay median     {seconds(self.delay_median)}",
+            f"detection delay worst      {seconds(self.delay_worst)}",
+        ]
+        if self.by_kind:
+            lines.append("by kind (found/expected)   " + ", ".join(
+                f"{kind} {c['found']}/{c['expected']}" for kind, c in sorted(self.by_kind.items())))
+        for event in self.missed[:20]:
+            lines.append(f"  missed {event.id} {event.kind} on {event.device} at {event.start:.0f} (expects {', '.join(event.expect)})")
+        for order, during in self.false_orders[:20]:
+            note = f" during {', '.join(during)}" if during else ""
+            lines.append(f"  false  {order.order_id} {order.rule} on {order.device} at {order.opened_at:.0f}{note}")
+        for order, event in self.duplicates[:20]:
+            lines.append(f"  duplicate {order.order_id} {order.rule} on {order.device} for {event}")
+        return "\n".join(lines)
+
+
+def score(truth: list[TruthEvent], orders: list[Order], grace: float = 600.0, early: float = 1.0) -> Score:
+    expecting = [e for e in truth if e.expect]
+    by_device: dict[str, list[TruthEvent]] = {}
+    for event in expecting:
+        by_device.setdefault(event.device, []).append(event)
+    first_order: dict[str, Order] = {}
+    false_orders: list[tuple[Order, list[str]]] = []
+    duplicates: list[tuple[Order, str]] = []
+    reopened = 0
+    for order in orders:
+        fits = [
+            e for e in by_device.get(order.device, [])
+            if order.rule in e.expect and e.start - early <= order.opened_at
+            and (e.end is None or order.opened_at <= e.end + grace)
+        ]
+        fresh = [e for e in fits if e.id not in first_order]
+        if fresh:
+            event = min(fresh, key=lambda e: e.start)
+            first_order[event.id] = order
+            reopened += order.reopened
+        elif fits:
+            event = max(fits, key=lambda e: e.start)
+            duplicates.append((order, event.id))
+        else:
+            during = [
+                f"{e.kind} ({e.id})" for e in truth
+                if e.device == order.device and not e.expect and e.start - early <= order.opened_at
+                and (e.end is None or order.opened_at <= e.end + grace)
+            ]
+            false_orders.append((order, during))
+    delays = {e.id: round(first_order[e.id].opened_at - e.start, 3) for e in expecting if e.id in first_order}
+    by_kind: dict[str, dict[str, int]] = {}
+    for event in expecting:
+        counts = by_kind.setdefault(event.kind, {"expected": 0, "found": 0})
+        counts["expected"] += 1
+        counts["found"] += event.id in first_order
+    return Score(
+        expected=len(expecting), found=len(first_order), missed=[e for e in expecting if e.id not in first_order],
+        false_orders=false_orders, duplicates=duplicates, reopened=reopened, delays=delays, by_kind=by_kind,
+    )
