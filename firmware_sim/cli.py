@@ -205,27 +205,44 @@ def registry_command(path: Path, output: Path) -> None:
 @click.option("--receiver", default=None, help="The receiver's URL (GET /api/v1/revisions).")
 @click.option("--db", "db_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Or the receiver's SQLite file.")
+@click.option("--replay", "replay_path", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="Or recorded readings (readings.jsonl): score the orders RULES would open on them, no gateway needed.")
+@click.option("--rules", "rules_path", type=click.Path(exists=True, path_type=Path), default=None,
+              help="With --replay: the rule files (default: the project's rules/).")
+@click.option("--registry", "registry_path", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="With --replay: the registry (default: registry.csv next to the truth file).")
 @click.option("--token", default=None, help="Bearer token of the receiver (default: $EDGE_UPLINK_TOKEN).")
 @click.option("--grace", default="10m", show_default=True,
               help="How long after an event's end an order still counts for it (device time).")
+@click.option("--early", default="10m", show_default=True,
+              help="How long before an event's start an order still counts for it (a reading's noise crossing a "
+                   "threshold a little early).")
 @click.option("--json", "as_json", is_flag=True, help="Print the score as JSON.")
-def score_command(truth_path: Path, receiver: str | None, db_path: Path | None, token: str | None, grace: str,
+def score_command(truth_path: Path, receiver: str | None, db_path: Path | None, replay_path: Path | None,
+                  rules_path: Path | None, registry_path: Path | None, token: str | None, grace: str, early: str,
                   as_json: bool) -> None:
     """Compare a run's ground truth with the orders the receiver got: found, missed, false, duplicates, delay."""
     from firmware_sim.scenario import parse_duration
-    from firmware_sim.score import ScoreError, orders_from_revisions, revisions_from_db, revisions_from_http, score
+    from edge.paths import default_rules
+    from firmware_sim.score import (
+        ScoreError, orders_from_replay, orders_from_revisions, revisions_from_db, revisions_from_http, score,
+    )
     from firmware_sim.truth import read_truth
 
-    if (receiver is None) == (db_path is None):
-        raise click.UsageError("give one of --receiver URL or --db FILE")
+    if sum(x is not None for x in (receiver, db_path, replay_path)) != 1:
+        raise click.UsageError("give one of --receiver URL, --db FILE or --replay READINGS")
     try:
         grace_s = parse_duration(grace)
         truth = read_truth(truth_path)
-        if receiver is not None:
-            revisions = revisions_from_http(receiver, token if token is not None else os.environ.get("EDGE_UPLINK_TOKEN", ""))
+        if replay_path is not None:
+            orders = orders_from_replay(rules_path or default_rules(), replay_path,
+                                        registry_path or truth_path.parent / "registry.csv")
+        elif receiver is not None:
+            token = token if token is not None else os.environ.get("EDGE_UPLINK_TOKEN", "")
+            orders = orders_from_revisions(revisions_from_http(receiver, token))
         else:
-            revisions = revisions_from_db(db_path)
-        result = score(truth, orders_from_revisions(revisions), grace=grace_s)
+            orders = orders_from_revisions(revisions_from_db(db_path))
+        result = score(truth, orders, grace=grace_s, early=parse_duration(early))
     except (ScoreError, ValueError) as error:
         raise click.ClickException(str(error)) from None
     if as_json:

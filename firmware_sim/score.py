@@ -63,6 +63,22 @@ def orders_from_revisions(revisions: list[dict]) -> list[Order]:
     return sorted(orders.values(), key=lambda o: (o.opened_at, o.order_id))
 
 
+def orders_from_replay(rules_path: Path, readings: Path, registry: Path) -> list[Order]:
+    """The orders ``edge rules test`` says the rules would open on recorded readings: one per episode."""
+    from edge.engine import RuleFileError, load_rules
+    from edge.engine.replay import ReplayError, read_messages, replay
+    from edge.registry import Registry, RegistryError
+
+    try:
+        result = replay(load_rules([rules_path]), Registry.load(registry), read_messages(readings))
+    except (RuleFileError, ReplayError, RegistryError) as error:
+        raise ScoreError(str(error)) from None
+    return sorted(
+        (Order(f"replay-{n}", e.device, e.rule, "", e.opened_at) for n, e in enumerate(result.episodes, start=1)),
+        key=lambda o: (o.opened_at, o.order_id),
+    )
+
+
 def revisions_from_db(path: Path) -> list[dict]:
     if not path.exists():
         raise ScoreError(f"{path}: no such receiver database")
@@ -147,7 +163,7 @@ class Score:
         return "\n".join(lines)
 
 
-def score(truth: list[TruthEvent], orders: list[Order], grace: float = 600.0, early: float = 1.0) -> Score:
+def score(truth: list[TruthEvent], orders: list[Order], grace: float = 600.0, early: float = 600.0) -> Score:
     expecting = [e for e in truth if e.expect]
     by_device: dict[str, list[TruthEvent]] = {}
     for event in expecting:
@@ -177,7 +193,7 @@ def score(truth: list[TruthEvent], orders: list[Order], grace: float = 600.0, ea
                 and (e.end is None or order.opened_at <= e.end + grace)
             ]
             false_orders.append((order, during))
-    delays = {e.id: round(first_order[e.id].opened_at - e.start, 3) for e in expecting if e.id in first_order}
+    delays = {e.id: round(max(0.0, first_order[e.id].opened_at - e.start), 3) for e in expecting if e.id in first_order}
     by_kind: dict[str, dict[str, int]] = {}
     for event in expecting:
         counts = by_kind.setdefault(event.kind, {"expected": 0, "found": 0})
