@@ -19,7 +19,7 @@ MOSQUITTO_CONF = """\
 # Private broker of the street-side edge gateway (demo / tests).
 listener {port} 127.0.0.1
 allow_anonymous true
-persistence false
+{persistence}
 max_queued_messages 1000000
 max_inflight_messages 1000
 log_dest stderr
@@ -90,14 +90,17 @@ def mosquitto_path() -> str | None:
     )
 
 
-def start_mosquitto(workdir: Path, port: int | None = None) -> Broker:
+def start_mosquitto(workdir: Path, port: int | None = None, persistent: bool = False) -> Broker:
+    """Mosquitto on 127.0.0.1; ``persistent`` keeps sessions and queued messages across its restarts."""
     binary = mosquitto_path()
     if binary is None:
         raise BrokerError("mosquitto is not installed (Debian: apt-get install mosquitto)")
     port = port or free_port()
     workdir.mkdir(parents=True, exist_ok=True)
     conf = workdir / "mosquitto.conf"
-    conf.write_text(MOSQUITTO_CONF.format(port=port))
+    persistence = (f"persistence true\npersistence_location {workdir}/\nautosave_interval 1"
+                   if persistent else "persistence false")
+    conf.write_text(MOSQUITTO_CONF.format(port=port, persistence=persistence))
     log_path = workdir / "mosquitto.log"
     with log_path.open("ab") as log:
         process = subprocess.Popen([binary, "-c", str(conf)], stdout=log, stderr=subprocess.STDOUT)
