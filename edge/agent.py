@@ -25,6 +25,7 @@ from edge.outbox.telemetry import TelemetrySummaries
 from edge.registry import Registry
 from uplink.sender import Sender
 from uplink.transport_http import HttpTransport
+from uplink.transport_mqtt import MqttTransport
 
 log = logging.getLogger(__name__)
 
@@ -63,16 +64,23 @@ class Agent:
             config.mqtt.host, config.mqtt.port, config.mqtt.client_id, config.mqtt.topics, config.mqtt.qos,
             self.inbox, self.stop_event, config.mqtt.username, config.mqtt.password,
         )
+        ca_file = str(config.uplink.ca_file) if config.uplink.ca_file else None
+        if config.uplink.mode == "mqtt":
+            transport = MqttTransport(config.uplink.url, config.gateway.id, config.uplink.username,
+                                      config.uplink.token, config.uplink.timeout, ca_file)
+        else:
+            transport = HttpTransport(config.uplink.url, config.gateway.id, config.uplink.token,
+                                      config.uplink.timeout, ca_file)
         self.sender = Sender(
             config.database_path,
-            HttpTransport(config.uplink.url, config.gateway.id, config.uplink.token, config.uplink.timeout,
-                          str(config.uplink.ca_file) if config.uplink.ca_file else None),
+            transport,
             self.stop_event,
             self._uplink_wake,
             batch_size=config.uplink.batch_size,
             retry_max=config.uplink.retry_max,
             gateway_id=config.gateway.id,
             downlink_interval=config.uplink.downlink_interval,
+            rules_paths=config.rules.paths,
         )
         self.summaries = TelemetrySummaries(config.outbox.telemetry_interval)
 

@@ -12,7 +12,9 @@ import sys
 from pathlib import Path
 from urllib.parse import urlparse
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -68,21 +70,24 @@ class MqttSection(_Section):
 
 
 class UplinkSection(_Section):
-    url: str = Field(description="Base URL of the central platform, e.g. http://127.0.0.1:8080.")
-    token: str = Field("", description="Bearer token; or set EDGE_UPLINK_TOKEN.")
+    mode: Literal["http", "mqtt"] = Field("http", description="http: POST batches to the platform; mqtt: publish with QoS 1 to its broker.")
+    url: str = Field(description="The central platform: http(s)://host:port, or mqtt(s)://host:port in mqtt mode.")
+    token: str = Field("", description="Bearer token (http), or the MQTT password (mqtt); or set EDGE_UPLINK_TOKEN.")
+    username: str = Field("", description="MQTT user name (mqtt mode).")
     batch_size: int = Field(100, ge=1, le=10000, description="Revisions per request.")
     timeout: float = Field(10.0, gt=0, description="Seconds to wait for the platform's answer.")
     ca_file: Path | None = Field(None, description="CA certificate(s) to check the platform's TLS certificate; default: the system's.")
     downlink_interval: float = Field(5.0, ge=0, description="Seconds between fetches of the platform's decisions; 0 turns the downlink off.")
     retry_max: float = Field(60.0, gt=0, description="Longest wait between retries, seconds.")
 
-    @field_validator("url")
-    @classmethod
-    def _http_url(cls, value: str) -> str:
-        parsed = urlparse(value)
-        if parsed.scheme not in ("http", "https") or not parsed.hostname:
-            raise ValueError(f"expected http(s)://host:port, got {value!r}")
-        return value.rstrip("/")
+    @model_validator(mode="after")
+    def _url_fits_mode(self) -> "UplinkSection":
+        parsed = urlparse(self.url)
+        schemes = ("http", "https") if self.mode == "http" else ("mqtt", "mqtts")
+        if parsed.scheme not in schemes or not parsed.hostname:
+            raise ValueError(f"url: expected {schemes[0]}(s)://host:port in {self.mode} mode, got {self.url!r}")
+        self.url = self.url.rstrip("/")
+        return self
 
 
 class EngineSection(_Section):
@@ -146,8 +151,11 @@ def load_config(path: Path) -> GatewayConfig:
         problems = []
         for e in error.errors():
             loc = tuple(e["loc"])
-            where = ".".join(str(p) for p in loc)
             message = e["msg"].removeprefix("Value error, ")
+            key, _, rest = message.partition(": ")
+            if rest and re.fullmatch(r"[a-z_]+", key):  # a check across a section's keys names its key
+                loc, message = loc + (key,), rest
+            where = ".".join(str(p) for p in loc)
             if e["type"] == "extra_forbidden":
                 message = f"unknown key {where!r}"
             elif e["type"] == "missing":

@@ -7,6 +7,7 @@ import threading
 import time
 
 import orjson
+import requests
 import paho.mqtt.client as mqtt
 
 from conftest import RULES, wait_until, write_gateway_config
@@ -62,6 +63,39 @@ def test_reload_keeps_state_of_unchanged_rules_and_refuses_a_bad_file(tmp_path, 
         assert agent.stats.rule_reloads == 1
     finally:
         client.loop_stop()
+        agent.stop()
+        thread.join(30)
+        server.shutdown()
+        store.close()
+
+
+def test_rule_files_from_the_platform_are_validated_before_they_apply(tmp_path, mosquitto):
+    rules = tmp_path / "rules"
+    rules.mkdir()
+    shutil.copy(RULES / "manhole_covers.yaml", rules)
+    store = ReceiverStore(tmp_path / "receiver.db")
+    server = ReceiverServer("127.0.0.1", 0, store)
+    server.start_background()
+    config = write_gateway_config(tmp_path, mosquitto.url, server.url, rules=rules.as_posix(), id="gw-rules")
+    config.write_text(config.read_text().replace("[mqtt]", "watch_interval = 0.1\n\n[mqtt]")
+                      .replace("[uplink]", "[uplink]\ndownlink_interval = 0.1"))
+    agent = Agent(load_config(config))
+    thread = threading.Thread(target=agent.run, daemon=True)
+    thread.start()
+    try:
+        assert agent.ready.wait(60)
+        good = (RULES / "bins.yaml").read_text()
+        assert requests.put(f"{server.url}/api/v1/gateways/gw-rules/rules/bins.yaml", data=good, timeout=5).ok
+        assert wait_until(lambda: agent.stats.rule_reloads == 1, 10)
+        assert (rules / "bins.yaml").read_text() == good
+        assert "bin_full" in {rule.name for rule in agent.rules}
+
+        bad = good.replace("fill_pct >= 85", "fill_pct >= >= 85")
+        assert requests.put(f"{server.url}/api/v1/gateways/gw-rules/rules/bins.yaml", data=bad, timeout=5).ok
+        assert wait_until(lambda: agent.sender.downlink_refused.get("rule_file") == 1, 10)
+        assert (rules / "bins.yaml").read_text() == good  # the bad file never reached the rules folder
+        assert agent.stats.rule_reloads == 1 and agent.stats.rule_errors == 0
+    finally:
         agent.stop()
         thread.join(30)
         server.shutdown()

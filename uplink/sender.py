@@ -7,12 +7,17 @@ revisions again; the platform drops duplicates by (order id, revision).
 from __future__ import annotations
 
 import logging
+import os
 import random
+import re
+import shutil
+import tempfile
 import threading
 import time
 from pathlib import Path
 from typing import Protocol
 
+from edge.engine.rules import RuleFileError, load_rules, rule_files
 from edge.orders.book import OrderBook, OrderError
 from edge.outbox import Outbox, open_database, transaction
 from uplink.transport_http import TransportError
@@ -36,6 +41,7 @@ class Sender:
         retry_max: float = 60.0,
         gateway_id: str = "",
         downlink_interval: float = 0.0,
+        rules_paths: list[Path] | None = None,
     ):
         self.database_path = database_path
         self.transport = transport
@@ -51,6 +57,8 @@ class Sender:
         self.downlink_applied = 0
         self.downlink_refused: dict[str, int] = {}
         self._next_downlink = 0.0
+        self.rules_paths = rules_paths or []
+        self.rule_files_applied = 0
 
     def _downlink(self, db, book: OrderBook) -> None:
         """Fetch the platform's decisions since the saved cursor and apply them, each exactly once."""
@@ -66,6 +74,11 @@ class Sender:
             return
         for change in changes:
             cursor = ("downlink", int(change["seq"]))
+            if change.get("type") == "rules":
+                self._apply_rule_file(change)
+                with transaction(db):
+                    db.execute("INSERT OR REPLACE INTO cursors (name, value) VALUES (?, ?)", list(cursor))
+                continue
             try:
                 book.apply_platform_state(str(change["order_id"]), str(change["state"]), cursor=cursor)
                 self.downlink_applied += 1
@@ -75,6 +88,37 @@ class Sender:
                 with transaction(db):
                     db.execute("INSERT OR REPLACE INTO cursors (name, value) VALUES (?, ?)", list(cursor))
                 log.error("refused the platform's change %s: %s", change.get("seq"), error)
+
+    def _apply_rule_file(self, change: dict) -> bool:
+        """Validate a rule file from the platform with the rules beside it; write it only if all are valid.
+
+        The running agent notices the new file and reloads, as for a file an engineer copied in.
+        """
+        name = str(change.get("file", ""))
+        folder = next((p for p in self.rules_paths if p.is_dir()), None)
+        if folder is None or not re.fullmatch(r"[A-Za-z0-9_.-]+\.ya?ml", name):
+            self.downlink_refused["rule_file"] = self.downlink_refused.get("rule_file", 0) + 1
+            log.error("refused rule file %r from the platform: no rules folder to put it in, or a bad name", name)
+            return False
+        with tempfile.TemporaryDirectory() as tmp:
+            trial = Path(tmp)
+            for existing in rule_files([folder]):
+                if existing.name != name:
+                    shutil.copy(existing, trial / existing.name)
+            (trial / name).write_text(str(change.get("content", "")), encoding="utf-8")
+            try:
+                load_rules([trial])
+            except RuleFileError as error:
+                self.downlink_refused["rule_file"] = self.downlink_refused.get("rule_file", 0) + 1
+                for problem in error.problems:
+                    log.error("refused rule file %s from the platform: %s", name, problem)
+                return False
+        staged = folder / f".{name}.incoming"
+        staged.write_text(str(change.get("content", "")), encoding="utf-8")
+        os.replace(staged, folder / name)
+        self.rule_files_applied += 1
+        log.info("rule file %s from the platform written to %s", name, folder)
+        return True
 
     def run(self) -> None:
         db = open_database(self.database_path)

@@ -25,8 +25,11 @@ def _interrupt(signum, frame) -> None:
               help="SQLite file the received orders are kept in.")
 @click.option("--token", default=lambda: os.environ.get("RECEIVER_TOKEN", ""),
               help="Bearer token gateways must send (default: $RECEIVER_TOKEN; empty: no auth).")
+@click.option("--mqtt", "mqtt_url", default=None, metavar="URL",
+              help="Also take orders over MQTT from this broker (mqtt://host:port), topics edge/+/orders/+ "
+                   "and edge/+/telemetry/+, and publish decisions to edge/<gateway>/changes.")
 @click.option("--debug", is_flag=True, help="Log every request.")
-def main(host: str, port: int, db_path: Path, token: str, debug: bool) -> None:
+def main(host: str, port: int, db_path: Path, token: str, mqtt_url: str | None, debug: bool) -> None:
     """Reference central platform: stores work-order revisions uplinked by gateways.
 
     Drops a duplicate by (order id, revision) and acknowledges it all the same, so a
@@ -35,6 +38,12 @@ def main(host: str, port: int, db_path: Path, token: str, debug: bool) -> None:
     logging.basicConfig(level=logging.DEBUG if debug else logging.INFO, format="%(asctime)s receiver %(levelname)s %(message)s")
     store = ReceiverStore(db_path)
     server = ReceiverServer(host, port, store, token)
+    listener = None
+    if mqtt_url:
+        from uplink.receiver.mqtt_listener import MqttListener
+
+        listener = MqttListener(mqtt_url, store)
+        server.on_change = listener.publish_change
     signal.signal(signal.SIGTERM, _interrupt)
     click.echo(f"receiver listening on {server.url} (database {db_path})", err=False)
     try:
@@ -42,6 +51,8 @@ def main(host: str, port: int, db_path: Path, token: str, debug: bool) -> None:
     except KeyboardInterrupt:
         pass
     finally:
+        if listener is not None:
+            listener.close()
         server.server_close()
         store.close()
 

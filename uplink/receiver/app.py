@@ -69,6 +69,12 @@ OPENAPI = {
             "parameters": [{"name": "gateway", "in": "path", "required": True, "schema": {"type": "string"}},
                            {"name": "after", "in": "query", "schema": {"type": "integer", "default": 0}}],
             "responses": {"200": {"description": "Changes"}}}},
+        "/api/v1/gateways/{gateway}/rules/{file}": {"put": {
+            "summary": "A new rule file for a gateway (YAML body); the gateway validates it before applying it",
+            "parameters": [{"name": "gateway", "in": "path", "required": True, "schema": {"type": "string"}},
+                           {"name": "file", "in": "path", "required": True, "schema": {"type": "string"}}],
+            "requestBody": {"required": True, "content": {"application/yaml": {"schema": {"type": "string"}}}},
+            "responses": {"200": {"description": "Queued for the gateway"}}}},
         "/healthz": {"get": {"summary": "Liveness", "security": [], "responses": {"200": {"description": "ok"}}}},
     },
 }
@@ -197,6 +203,28 @@ class _Handler(BaseHTTPRequestHandler):
         else:
             self._send(HTTPStatus.NOT_FOUND, {"error": f"no such resource: {path}"})
 
+    def do_PUT(self) -> None:  # noqa: N802 - stdlib name
+        path = urlparse(self.path).path
+        if not self._authorised():
+            return
+        match = re.fullmatch(r"/api/v1/gateways/([^/]+)/rules/([A-Za-z0-9_.-]+\.ya?ml)", path)
+        if match is None:
+            self._send(HTTPStatus.NOT_FOUND, {"error": f"no such resource: {path} (PUT /api/v1/gateways/GW/rules/NAME.yaml)"})
+            return
+        length = int(self.headers.get("Content-Length", "0") or 0)
+        if length > 1024 * 1024:
+            self._send(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, {"error": "a rule file is at most 1 MiB"})
+            return
+        try:
+            content = self.rfile.read(length).decode("utf-8")
+        except UnicodeDecodeError:
+            self._send(HTTPStatus.BAD_REQUEST, {"error": "a rule file must be UTF-8 text"})
+            return
+        change = self.server.store.add_rule_file(match.group(1), match.group(2), content)
+        if self.server.on_change is not None:
+            self.server.on_change(change["gateway"], change)
+        self._send(HTTPStatus.OK, {"seq": change["seq"], "file": change["file"]})
+
     def do_POST(self) -> None:  # noqa: N802 - stdlib name
         path = urlparse(self.path).path
         if not self._authorised():
@@ -225,6 +253,8 @@ class _Handler(BaseHTTPRequestHandler):
             if change is None:
                 self._send(HTTPStatus.NOT_FOUND, {"error": f"no order {order_id!r}"})
             else:
+                if self.server.on_change is not None:
+                    self.server.on_change(change["gateway"], change)
                 self._send(HTTPStatus.OK, change)
             return
         if path != "/api/v1/uplink":
@@ -250,6 +280,7 @@ class ReceiverServer(ThreadingHTTPServer):
         super().__init__((host, port), _Handler)
         self.store = store
         self.token = token
+        self.on_change = None  # called with (gateway, change) when the platform decides; the MQTT side sets it
 
     @property
     def url(self) -> str:

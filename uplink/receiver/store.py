@@ -33,7 +33,8 @@ class ReceiverStore:
             )
         if "changes" not in self.db.table_names():
             self.db["changes"].create(
-                {"seq": int, "gateway": str, "order_id": str, "state": str, "note": str, "at": float}, pk="seq",
+                {"seq": int, "gateway": str, "type": str, "order_id": str, "state": str, "note": str,
+                 "content": str, "at": float}, pk="seq",
             )
 
     def add(self, gateway: str, revisions: list[dict], telemetry: list[dict] | None = None
@@ -106,19 +107,35 @@ class ReceiverStore:
         with self.lock:
             conn = self.db.conn
             cursor = conn.execute(
-                "INSERT INTO changes (gateway, order_id, state, note, at) VALUES (?, ?, ?, ?, ?)",
+                "INSERT INTO changes (gateway, type, order_id, state, note, content, at) VALUES (?, 'order', ?, ?, ?, '', ?)",
                 [gateway, order_id, state, note, time.time()],
             )
             seq = cursor.lastrowid
-        return {"seq": seq, "order_id": order_id, "state": state, "note": note}
+        return {"seq": seq, "type": "order", "gateway": gateway, "order_id": order_id, "state": state, "note": note}
+
+    def add_rule_file(self, gateway: str, name: str, content: str) -> dict:
+        """A new rule file for a gateway, which validates it before it applies it."""
+        with self.lock:
+            cursor = self.db.conn.execute(
+                "INSERT INTO changes (gateway, type, order_id, state, note, content, at) VALUES (?, 'rules', '', '', ?, ?, ?)",
+                [gateway, name, content, time.time()],
+            )
+        return {"seq": cursor.lastrowid, "type": "rules", "gateway": gateway, "file": name, "content": content}
 
     def changes(self, gateway: str, after: int, limit: int = 500) -> list[dict]:
         with self.lock:
             rows = self.db.execute(
-                "SELECT seq, order_id, state, note, at FROM changes WHERE gateway = ? AND seq > ? ORDER BY seq LIMIT ?",
+                "SELECT seq, type, order_id, state, note, content, at FROM changes WHERE gateway = ? AND seq > ? "
+                "ORDER BY seq LIMIT ?",
                 [gateway, after, limit],
             ).fetchall()
-        return [{"seq": seq, "order_id": o, "state": st, "note": n, "at": at} for seq, o, st, n, at in rows]
+        out = []
+        for seq, kind, order_id, state, note, content, at in rows:
+            if kind == "rules":
+                out.append({"seq": seq, "type": "rules", "file": note, "content": content, "at": at})
+            else:
+                out.append({"seq": seq, "type": "order", "order_id": order_id, "state": state, "note": note, "at": at})
+        return out
 
     def telemetry(self) -> list[dict]:
         with self.lock:
