@@ -70,8 +70,6 @@ def street(broker: str, registry_path: Path | None, seconds: float, interval: fl
         scenario = legacy_scenario(registry_path or default_registry(), [Event.parse(e) for e in events],
                                    seconds, interval, alarm_interval, seed)
         stop = _stop_on_sigterm()
-        from firmware_sim.simulation import Simulation  # noqa: F401  (validates the events before connecting)
-
         click.echo(f"simulating {registry_path or default_registry()} on {broker} for {seconds:g}s", err=True)
         result = run_scenario(scenario, broker=broker, stop=stop)
     except (ValueError, RegistryError, ScenarioError) as error:
