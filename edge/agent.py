@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from edge.config import GatewayConfig
 from edge.engine import Engine, RuleFileError, load_rules
 from edge.engine.rules import fingerprint
-from edge.ingest.decode import DecodeError, decode_telemetry, derive
+from edge.ingest.decode import DecodeError, check_kinds, decode_telemetry, derive
 from edge.ingest.mqtt import MqttSubscriber, RawMessage
 from edge.orders import OrderBook
 from edge.outbox import Outbox, open_database, transaction
@@ -213,6 +213,12 @@ class Agent:
             device = self.registry.get(message.device_id)
             if device is None:
                 self.stats.unknown_devices[message.device_id] += 1
+                continue
+            try:
+                check_kinds(device, message.values)
+            except DecodeError as error:
+                self.stats.quarantined[error.reason] += 1
+                quarantine.append((raw.received_at, raw.topic, raw.payload, error.reason, error.detail))
                 continue
             values = derive(device, message.values)
             self.stats.readings += len(values)

@@ -22,7 +22,8 @@ from uplink.receiver import ReceiverServer, ReceiverStore
     [
         ("devices/MH-0001/telemetry", b"{not json", "malformed_json"),
         ("devices/MH-0001/telemetry", b"[1, 2]", "wrong_type"),
-        ("devices/MH-0001/telemetry", b'{"ts": 5, "readings": {"tilt_deg": "high"}}', "wrong_type"),
+        ("devices/MH-0001/telemetry", b'{"ts": 5, "readings": {"tilt_deg": [1]}}', "wrong_type"),
+        ("devices/CAM-0001/telemetry", b'{"ts": 5, "readings": {"label": "' + b"x" * 65 + b'"}}', "wrong_type"),
         ("devices/MH-0001/telemetry", b'{"readings": {"tilt_deg": 1}}', "bad_timestamp"),
         ("devices/MH-0001/telemetry", b'{"device": "MH-0002", "ts": 5, "readings": {}}', "device_mismatch"),
         ("devices/MH-0001/status", b'{"ts": 5, "readings": {}}', "bad_topic"),
@@ -35,9 +36,11 @@ def test_decoder_refuses_bad_payloads_with_a_reason(topic, payload, reason):
     assert caught.value.reason == reason
 
 
-def test_decoder_reads_numbers_and_booleans():
+def test_decoder_reads_numbers_booleans_and_text():
     message = decode_telemetry("devices/MH-0001/telemetry", b'{"ts": 5.5, "readings": {"tilt_deg": 3, "open": true}}')
     assert (message.device_id, message.ts, message.values) == ("MH-0001", 5.5, {"tilt_deg": 3.0, "open": 1.0})
+    camera = decode_telemetry("devices/CAM-0001/telemetry", b'{"ts": 5, "readings": {"label": "car", "score": 0.9}}')
+    assert camera.values == {"label": "car", "score": 0.9}
 
 
 def test_bad_and_unknown_messages_do_not_stop_a_real_alarm(tmp_path, mosquitto):
@@ -60,11 +63,12 @@ def test_bad_and_unknown_messages_do_not_stop_a_real_alarm(tmp_path, mosquitto):
         publish("devices/MH-0005/telemetry", b"{broken")
         publish("devices/MH-0005/telemetry", orjson.dumps({"device": "MH-0006", "ts": now, "readings": {}}))
         publish("devices/XX-9999/telemetry", orjson.dumps({"ts": now, "readings": {"tilt_deg": 80}}))
+        publish("devices/MH-0005/telemetry", orjson.dumps({"ts": now, "readings": {"tilt_deg": "high"}}))
         for step in range(12):
             publish("devices/MH-0005/telemetry", orjson.dumps({"ts": now + step, "readings": {"tilt_deg": 33.0}}))
 
         assert wait_until(lambda: store.stats()["orders"] == 1, 20)
-        assert agent.stats.quarantined == {"malformed_json": 1, "device_mismatch": 1}
+        assert agent.stats.quarantined == {"malformed_json": 1, "device_mismatch": 1, "wrong_type": 1}
         assert agent.stats.unknown_devices == {"XX-9999": 1}
         (order,) = store.orders()
         assert order["device"] == "MH-0005"
@@ -77,4 +81,4 @@ def test_bad_and_unknown_messages_do_not_stop_a_real_alarm(tmp_path, mosquitto):
     with sqlite3.connect(tmp_path / "data" / "gateway.db") as conn:
         rows = conn.execute("SELECT topic, payload, reason FROM quarantine ORDER BY id").fetchall()
     assert rows[0] == ("devices/MH-0005/telemetry", b"{broken", "malformed_json")
-    assert rows[1][2] == "device_mismatch"
+    assert [row[2] for row in rows] == ["malformed_json", "device_mismatch", "wrong_type"]

@@ -4,8 +4,8 @@ Topic ``devices/<device id>/telemetry``, payload::
 
     {"device": "MH-0003", "ts": 1763830000.25, "readings": {"tilt_deg": 1.5, "open": 0}}
 
-``ts`` is the device's clock, in seconds since the Unix epoch. Values are numbers; a
-boolean is taken as 1 or 0. A payload that breaks these rules raises ``DecodeError`` with
+``ts`` is the device's clock, in seconds since the Unix epoch. Values are numbers (a
+boolean is taken as 1 or 0), or short text for a camera's label and zone. A payload that breaks these rules raises ``DecodeError`` with
 a short reason code, and the caller quarantines it.
 """
 
@@ -16,9 +16,11 @@ from dataclasses import dataclass
 
 import orjson
 
+from edge.kinds import KIND_METRICS
 from edge.registry import Device
 
 MAX_PAYLOAD_BYTES = 64 * 1024
+MAX_TEXT = 64
 
 
 class DecodeError(ValueError):
@@ -65,14 +67,31 @@ def decode_telemetry(topic: str, payload: bytes) -> Message:
     readings = data.get("readings")
     if not isinstance(readings, dict):
         raise DecodeError("wrong_type", "'readings' must be an object of metric: number")
-    values: dict[str, float] = {}
+    values: dict[str, float | str] = {}
     for name, value in readings.items():
         if isinstance(value, bool):
             value = 1.0 if value else 0.0
+        if isinstance(value, str):
+            if len(value) > MAX_TEXT:
+                raise DecodeError("wrong_type", f"reading {name!r} is text longer than {MAX_TEXT} characters")
+            values[name] = value
+            continue
         if not isinstance(value, (int, float)) or not math.isfinite(value):
-            raise DecodeError("wrong_type", f"reading {name!r} is {value!r}, not a number")
+            raise DecodeError("wrong_type", f"reading {name!r} is {value!r}, not a number or text")
         values[name] = float(value)
     return Message(topic_device, float(ts), values)
+
+
+def check_kinds(device: Device, values: dict[str, float | str]) -> None:
+    """A reading's type must be its metric's type for the device's kind (text only where text belongs)."""
+    catalogue = KIND_METRICS.get(device.kind, {})
+    for name, value in values.items():
+        info = catalogue.get(name)
+        if info is None:
+            continue
+        if (info.type == "text") != isinstance(value, str):
+            want = "text" if info.type == "text" else "a number"
+            raise DecodeError("wrong_type", f"{device.kind} reading {name!r} must be {want}, got {value!r}")
 
 
 def derive(device: Device, values: dict[str, float]) -> dict[str, float]:

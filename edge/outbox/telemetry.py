@@ -31,7 +31,7 @@ class TelemetrySummaries:
             entry = metrics.get(name)
             if entry is None:
                 metrics[name] = [value, value, value, 1]
-            elif isinstance(value, str):
+            elif isinstance(value, str) or isinstance(entry[1], str):
                 entry[0] = value
                 entry[3] += 1
             else:
@@ -61,7 +61,7 @@ class TelemetrySummaries:
                 "end": _iso(start + self.interval),
                 "last_seen": _iso(self.last_seen[device]),
                 "metrics": {
-                    name: ({"last": e[0], "count": e[3]} if isinstance(e[0], str)
+                    name: ({"last": e[0], "count": e[3]} if isinstance(e[0], str) or isinstance(e[1], str)
                            else {"last": e[0], "min": e[1], "max": e[2], "count": e[3]})
                     for name, e in metrics.items()
                 },
