@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import subprocess
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -134,6 +135,39 @@ def test_receiver_requires_its_token_and_refuses_bad_batches(tmp_path):
         thread.join(10)
         stats = requests.get(f"{receiver.url}/api/v1/stats", headers=auth, timeout=5).json()
         assert stats == {"orders": 2, "revisions": 2, "duplicates": 0, "telemetry": 0}
+    finally:
+        receiver.process.terminate()
+        receiver.process.wait(10)
+
+
+def test_tls_with_a_ca_file(tmp_path):
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(cert),
+                    "-days", "1", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],
+                   check=True, capture_output=True)
+    receiver = start_receiver(tmp_path / "r.db", "--tls-cert", str(cert), "--tls-key", str(key), "--token", "t0k")
+    try:
+        assert receiver.url.startswith("https://")
+        fill_outbox(tmp_path / "untrusted.db", orders=1, revisions=1)
+        stop, wake = threading.Event(), threading.Event()
+        untrusting = Sender(tmp_path / "untrusted.db", HttpTransport(receiver.url, "gw", "t0k", timeout=5), stop, wake,
+                            retry_max=0.2)
+        thread = threading.Thread(target=untrusting.run, daemon=True)
+        thread.start()
+        assert wait_until(lambda: untrusting.errors >= 2, 20)
+        stop.set()
+        thread.join(10)
+        assert "SSL" in untrusting.last_error and untrusting.uplinked == 0
+
+        keys = fill_outbox(tmp_path / "gateway.db", orders=3, revisions=1)
+        stop, wake = threading.Event(), threading.Event()
+        trusting = Sender(tmp_path / "gateway.db", HttpTransport(receiver.url, "gw", "t0k", timeout=5, ca_file=str(cert)),
+                          stop, wake)
+        thread = threading.Thread(target=trusting.run, daemon=True)
+        thread.start()
+        assert wait_until(lambda: trusting.uplinked == len(keys), 20)
+        stop.set()
+        thread.join(10)
     finally:
         receiver.process.terminate()
         receiver.process.wait(10)

@@ -29,7 +29,8 @@ class HttpTransport:
         self.gateway_id = gateway_id
         self.timeout = timeout
         self.session = requests.Session()
-        self.session.verify = ca_file if ca_file else True
+        # Passed with every request: requests lets REQUESTS_CA_BUNDLE override a session's verify.
+        self.verify: str | bool = ca_file if ca_file else True
         if token:
             self.session.headers["Authorization"] = f"Bearer {token}"
 
@@ -42,7 +43,7 @@ class HttpTransport:
             response = self.session.post(
                 self.endpoint,
                 json={"gateway": self.gateway_id, "revisions": revisions, "telemetry": telemetry or []},
-                timeout=self.timeout,
+                timeout=self.timeout, verify=self.verify,
             )
         except requests.RequestException as error:
             raise TransportError(f"{self.endpoint}: {type(error).__name__}: {error}") from None
@@ -62,7 +63,7 @@ class HttpTransport:
         try:
             response = self.session.get(
                 f"{self.base}/api/v1/gateways/{self.gateway_id}/changes",
-                params={"after": after}, timeout=self.timeout,
+                params={"after": after}, timeout=self.timeout, verify=self.verify,
             )
         except requests.RequestException as error:
             raise TransportError(f"downlink: {type(error).__name__}: {error}") from None

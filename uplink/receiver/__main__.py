@@ -28,8 +28,12 @@ def _interrupt(signum, frame) -> None:
 @click.option("--mqtt", "mqtt_url", default=None, metavar="URL",
               help="Also take orders over MQTT from this broker (mqtt://host:port), topics edge/+/orders/+ "
                    "and edge/+/telemetry/+, and publish decisions to edge/<gateway>/changes.")
+@click.option("--tls-cert", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="Serve HTTPS with this certificate (PEM); the key in --tls-key or in the same file.")
+@click.option("--tls-key", type=click.Path(exists=True, dir_okay=False), default=None, help="Private key (PEM) of --tls-cert.")
 @click.option("--debug", is_flag=True, help="Log every request.")
-def main(host: str, port: int, db_path: Path, token: str, mqtt_url: str | None, debug: bool) -> None:
+def main(host: str, port: int, db_path: Path, token: str, mqtt_url: str | None, tls_cert: str | None,
+         tls_key: str | None, debug: bool) -> None:
     """Reference central platform: stores work-order revisions uplinked by gateways.
 
     Drops a duplicate by (order id, revision) and acknowledges it all the same, so a
@@ -37,7 +41,7 @@ def main(host: str, port: int, db_path: Path, token: str, mqtt_url: str | None, 
     """
     logging.basicConfig(level=logging.DEBUG if debug else logging.INFO, format="%(asctime)s receiver %(levelname)s %(message)s")
     store = ReceiverStore(db_path)
-    server = ReceiverServer(host, port, store, token)
+    server = ReceiverServer(host, port, store, token, tls_cert, tls_key)
     listener = None
     if mqtt_url:
         from uplink.receiver.mqtt_listener import MqttListener

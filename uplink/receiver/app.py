@@ -11,6 +11,7 @@ import hmac
 import html
 import logging
 import re
+import ssl
 import threading
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -276,16 +277,23 @@ class _Handler(BaseHTTPRequestHandler):
 class ReceiverServer(ThreadingHTTPServer):
     daemon_threads = True
 
-    def __init__(self, host: str, port: int, store: ReceiverStore, token: str = ""):
+    def __init__(self, host: str, port: int, store: ReceiverStore, token: str = "",
+                 tls_cert: str | None = None, tls_key: str | None = None):
         super().__init__((host, port), _Handler)
         self.store = store
         self.token = token
+        self.scheme = "http"
+        if tls_cert:
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            context.load_cert_chain(tls_cert, tls_key)
+            self.socket = context.wrap_socket(self.socket, server_side=True)
+            self.scheme = "https"
         self.on_change = None  # called with (gateway, change) when the platform decides; the MQTT side sets it
 
     @property
     def url(self) -> str:
         host, port = self.server_address[:2]
-        return f"http://{host}:{port}"
+        return f"{self.scheme}://{host}:{port}"
 
     def start_background(self) -> threading.Thread:
         thread = threading.Thread(target=self.serve_forever, name="receiver", daemon=True)
