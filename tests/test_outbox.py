@@ -128,3 +128,25 @@ def test_platform_decisions_flow_back_and_bad_ones_are_refused(tmp_path):
     db = open_database(tmp_path / "gateway.db")
     assert db.execute("SELECT value FROM cursors WHERE name = 'downlink'").fetchone()[0] == 3
     db.conn.close()
+
+
+def test_a_new_order_does_not_wait_behind_a_backlog(tmp_path):
+    db = open_database(tmp_path / "gateway.db")
+    outbox = Outbox(db)
+    with transaction(db):
+        for o in range(300):
+            for r in (1, 2):
+                outbox.put(f"old{o}", r, {"order_id": f"old{o}", "revision": r})
+        outbox.put("new", 1, {"order_id": "new", "revision": 1})
+        outbox.put("new", 2, {"order_id": "new", "revision": 2})
+    first = outbox.pending(50)
+    assert len(first) == 50 and ("new", 1) in {(p.key, p.revision) for p in first}
+    assert ("new", 2) not in {(p.key, p.revision) for p in first}  # its later revisions keep their place
+    seen: dict[str, int] = {}
+    while batch := outbox.pending(50):  # drained batch by batch, every order's revisions still in order
+        for p in batch:
+            assert p.revision == seen.get(p.key, 0) + 1
+            seen[p.key] = p.revision
+        outbox.mark_sent([(p.key, p.revision) for p in batch])
+    assert len(seen) == 301
+    db.conn.close()

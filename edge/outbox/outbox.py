@@ -70,13 +70,26 @@ class Outbox:
             [PRIORITY_TELEMETRY, f"telemetry/{device}", interval, orjson.dumps(body).decode(), time.time()],
         )
 
-    def pending(self, limit: int) -> list[Pending]:
-        """The oldest unacknowledged rows, orders before telemetry, in the order they were made."""
+    def pending(self, limit: int, fresh: int = 10) -> list[Pending]:
+        """The oldest unacknowledged rows, orders before telemetry, in the order they were made.
+
+        Up to ``fresh`` of the places go to the newest new orders (revision 1), so a problem
+        that starts while a long backlog drains is not kept waiting behind it. A first
+        revision has nothing before it, so every order's revisions still leave in order.
+        """
         rows = self.db.execute(
             "SELECT seq, kind, order_id, revision, body FROM outbox WHERE sent_at IS NULL "
             "ORDER BY priority, seq LIMIT ?",
             [limit],
         ).fetchall()
+        if len(rows) == limit and fresh > 0:
+            newest = self.db.execute(
+                "SELECT seq, kind, order_id, revision, body FROM outbox WHERE sent_at IS NULL AND kind = 'order' "
+                "AND revision = 1 AND seq > ? ORDER BY seq DESC LIMIT ?",
+                [rows[-1][0], min(fresh, limit - 1)],
+            ).fetchall()
+            if newest:
+                rows = rows[: limit - len(newest)] + sorted(newest)
         return [Pending(seq, kind, key, revision, orjson.loads(body)) for seq, kind, key, revision, body in rows]
 
     def mark_sent(self, acknowledged: list[tuple[str, int]]) -> int:
