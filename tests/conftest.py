@@ -5,8 +5,10 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import threading
 import time
 import uuid
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -120,3 +122,57 @@ def clean_env() -> dict:
     env = dict(os.environ)
     env.pop("EDGE_UPLINK_TOKEN", None)
     return env
+
+
+class Misbehaving(ThreadingHTTPServer):
+    """In front of the receiver, misbehaving per request as ``plan`` says: 'fail' (500), 'hang'
+    (answer nothing until the client gives up), 'close' (drop the connection), 'lose_ack' (the
+    receiver stores the batch, the gateway gets a 500), then 'pass'."""
+
+    daemon_threads = True
+
+    def __init__(self, target: str, plan: list[str], hang: float = 3.0):
+        self.target, self.plan, self.seen = target, list(plan), []
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args):
+                pass
+
+            def do_GET(handler):  # noqa: N802 - the downlink passes through
+                answer = requests.get(self.target + handler.path, timeout=5)
+                handler.send_response(answer.status_code)
+                handler.send_header("Content-Length", str(len(answer.content)))
+                handler.end_headers()
+                handler.wfile.write(answer.content)
+
+            def do_POST(handler):  # noqa: N802
+                body = handler.rfile.read(int(handler.headers["Content-Length"]))
+                step = self.plan.pop(0) if self.plan else "pass"
+                self.seen.append(step)
+                if step == "hang":
+                    time.sleep(hang)
+                    handler.close_connection = True
+                    return
+                if step == "close":
+                    handler.close_connection = True
+                    return
+                status, payload = 500, b'{"error": "injected"}'
+                if step != "fail":
+                    headers = {"Content-Type": "application/json",
+                               "Authorization": handler.headers.get("Authorization", "")}
+                    answer = requests.post(self.target + handler.path, data=body, headers=headers, timeout=30)
+                    if step == "pass":
+                        status, payload = answer.status_code, answer.content
+                handler.send_response(status)
+                handler.send_header("Content-Length", str(len(payload)))
+                handler.end_headers()
+                handler.wfile.write(payload)
+
+        super().__init__(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.serve_forever, daemon=True).start()
+
+    @property
+    def url(self):
+        return f"http://127.0.0.1:{self.server_address[1]}"

@@ -4,53 +4,15 @@ from __future__ import annotations
 
 import subprocess
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 import requests
 
-from conftest import start_receiver, wait_until
+from conftest import Misbehaving, start_receiver, wait_until
 from edge.outbox import Outbox, open_database, transaction
 from uplink.receiver import ReceiverServer, ReceiverStore
 from uplink.sender import Sender
 from uplink.transport_http import HttpTransport
-
-
-class FlakyFront(ThreadingHTTPServer):
-    """Sits before the receiver. ``plan`` says per request: 'fail' (500, receiver not told),
-    'lose_ack' (receiver stores it, the gateway gets a 500), or 'pass'."""
-
-    daemon_threads = True
-
-    def __init__(self, target: str, plan: list[str]):
-        self.target, self.plan, self.seen = target, list(plan), []
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args):
-                pass
-
-            def do_POST(handler):  # noqa: N802
-                body = handler.rfile.read(int(handler.headers["Content-Length"]))
-                step = self.plan.pop(0) if self.plan else "pass"
-                self.seen.append(step)
-                status, payload = 500, b'{"error": "injected"}'
-                if step != "fail":
-                    answer = requests.post(self.target + handler.path, data=body, headers={
-                        "Content-Type": "application/json", "Authorization": handler.headers.get("Authorization", "")},
-                        timeout=5)
-                    if step == "pass":
-                        status, payload = answer.status_code, answer.content
-                handler.send_response(status)
-                handler.send_header("Content-Length", str(len(payload)))
-                handler.end_headers()
-                handler.wfile.write(payload)
-
-        super().__init__(("127.0.0.1", 0), Handler)
-        threading.Thread(target=self.serve_forever, daemon=True).start()
-
-    @property
-    def url(self):
-        return f"http://127.0.0.1:{self.server_address[1]}"
 
 
 def fill_outbox(path, orders: int, revisions: int) -> list[tuple[str, int]]:
@@ -86,7 +48,7 @@ def in_process_receiver(tmp_path):
 
 def test_failures_and_lost_acknowledgements_lose_nothing_and_duplicate_nothing(tmp_path, in_process_receiver):
     keys = fill_outbox(tmp_path / "gateway.db", orders=10, revisions=2)
-    front = FlakyFront(in_process_receiver.url, ["fail", "lose_ack", "pass", "fail", "lose_ack", "lose_ack"])
+    front = Misbehaving(in_process_receiver.url, ["fail", "lose_ack", "pass", "fail", "lose_ack", "lose_ack"])
     sender, stop, thread = run_sender(tmp_path / "gateway.db", front.url)
     db = open_database(tmp_path / "gateway.db")
     assert wait_until(lambda: Outbox(db).depth() == 0, 30)
@@ -107,7 +69,7 @@ def test_failures_and_lost_acknowledgements_lose_nothing_and_duplicate_nothing(t
 
 def test_nothing_is_marked_sent_without_an_acknowledgement(tmp_path, in_process_receiver):
     fill_outbox(tmp_path / "gateway.db", orders=3, revisions=1)
-    front = FlakyFront(in_process_receiver.url, ["fail"] * 1000)
+    front = Misbehaving(in_process_receiver.url, ["fail"] * 1000)
     sender, stop, thread = run_sender(tmp_path / "gateway.db", front.url)
     assert wait_until(lambda: len(front.seen) >= 3, 20)
     stop.set()
