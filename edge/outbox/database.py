@@ -73,6 +73,20 @@ MIGRATIONS: list[str] = [
     );
     CREATE TABLE cursors (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
     """,
+    # 3: every order change as a timeline entry, and how often an order was escalated.
+    """
+    ALTER TABLE orders ADD COLUMN escalations INTEGER NOT NULL DEFAULT 0;
+    CREATE TABLE order_events (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        order_id TEXT NOT NULL,
+        revision INTEGER NOT NULL,
+        at REAL NOT NULL,
+        change TEXT NOT NULL,
+        state TEXT NOT NULL,
+        severity TEXT NOT NULL
+    );
+    CREATE INDEX order_events_by_order ON order_events (order_id, revision);
+    """,
 ]
 
 
