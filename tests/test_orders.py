@@ -9,6 +9,7 @@ import pytest
 from conftest import REGISTRY, RULES
 from edge.engine import Engine, Evidence, Transition, load_rules
 from edge.orders import OrderBook
+from edge.orders.book import ORDER_COLUMNS
 from edge.outbox import Outbox, open_database
 from edge.registry import Registry
 
@@ -51,10 +52,8 @@ def test_a_second_live_order_for_the_same_problem_is_impossible(setup):
     registry, rules, db, path = setup
     OrderBook(db, "gw-1").apply([transition("open", rules, registry)])
     with sqlite3.connect(path) as conn, pytest.raises(sqlite3.IntegrityError):
-        conn.execute(
-            "INSERT INTO orders SELECT 'other', rule, device, kind, category, severity, title, grid, zone, team, "
-            "address, lat, lon, 'opened', 1, opened_at, updated_at, last_seen_at, evidence FROM orders"
-        )
+        columns = ", ".join(ORDER_COLUMNS)
+        conn.execute(f"INSERT INTO orders ({columns}) SELECT 'other', {columns.split(', ', 1)[1]} FROM orders")
 
 
 def test_restart_resumes_open_orders_so_they_can_clear(setup):
