@@ -6,10 +6,11 @@ import sqlite3
 
 import pytest
 
-from conftest import REGISTRY, RULES
+from conftest import REGISTRY, ROOT, RULES
 from edge.engine import Engine, Evidence, Transition, load_rules
 from edge.orders import OrderBook
 from edge.orders.book import ORDER_COLUMNS
+from edge.orders.categories import Categories, CategoryError
 from edge.outbox import Outbox, open_database
 from edge.registry import Registry
 
@@ -84,3 +85,50 @@ def test_schema_is_migrated_not_recreated(setup):
     assert again.execute("PRAGMA user_version").fetchone()[0] >= 1
     assert again.execute("SELECT count(*) FROM orders").fetchone()[0] == 1
     again.conn.close()
+
+
+CATEGORIES = ROOT / "config" / "categories.csv"
+
+
+def test_categories_escalation_and_timeline(setup):
+    registry, rules, db, _ = setup
+    book = OrderBook(db, "gw-1", Categories.load(CATEGORIES))
+    (opened,) = book.apply([transition("open", rules, registry, ts=1000.0)])  # manhole_cover_displaced: 15 min
+    assert book.escalate(now=1000.0 + 14 * 60) == []
+    (first,) = book.escalate(now=1000.0 + 15 * 60)
+    assert book.escalate(now=1000.0 + 20 * 60) == []  # the next one comes a whole limit later
+    (second,) = book.escalate(now=1000.0 + 30 * 60)
+    assert (first.change, first.revision, second.revision) == ("escalated", 2, 3)
+    book.apply_platform_state(opened.order_id, "accepted", now=1000.0 + 31 * 60)
+    assert book.escalate(now=1000.0 + 60 * 60) == []  # accepted orders are not escalated
+    assert [(e["revision"], e["change"], e["state"], e["severity"]) for e in book.timeline(opened.order_id)] == [
+        (1, "opened", "opened", "critical"), (2, "escalated", "opened", "critical"),
+        (3, "escalated", "opened", "critical"), (4, "accepted", "accepted", "critical"),
+    ]
+    body = Outbox(db).pending(10)[0].body
+    assert (body["category"], body["category_code"], body["category_name"]) == (
+        "manhole_cover_displaced", "B010101", "Manhole cover missing, displaced or damaged")
+    assert [o["id"] for o in book.orders(state="accepted", grid="G01")] == [opened.order_id]
+    assert book.orders(state="opened") == [] and book.orders(grid="G02") == []
+
+
+def test_escalation_raises_severity_one_level_at_a_time(setup):
+    registry, rules, db, _ = setup
+    book = OrderBook(db, "gw-1", Categories.load(CATEGORIES))
+    full = Transition("open", rules["bin_full"], registry.get("BIN-0001"), 0.0, (Evidence("fill_pct", 90.0),))
+    book.apply([full])  # minor, bin_overflow: 2 h to accept
+    severities = [book.escalate(now=hours * 3600.0) and book.orders()[0]["severity"] for hours in (2, 4, 6)]
+    assert severities == ["major", "critical", "critical"]
+
+
+def test_every_rule_category_is_in_the_table():
+    table = Categories.load(CATEGORIES)
+    for rule in load_rules([RULES]):
+        assert rule.spec.order.category in table, rule.name
+
+
+def test_a_bad_category_table_names_its_line(tmp_path):
+    bad = tmp_path / "c.csv"
+    bad.write_text("key,code,name,class,accept_within,group_window\nx,1,X,thing,1h,\n")
+    with pytest.raises(CategoryError, match=r"c\.csv:2: class must be component or event"):
+        Categories.load(bad)

@@ -16,6 +16,7 @@ import orjson
 import sqlite_utils
 
 from edge.engine.engine import Transition
+from edge.orders.categories import Categories, escalated
 from edge.outbox import Outbox, transaction
 
 LIVE_STATES = ("opened", "cleared", "accepted", "dispatched", "resolved")
@@ -40,7 +41,9 @@ class OrderError(Exception):
 ORDER_COLUMNS = (
     "id", "rule", "device", "kind", "category", "severity", "title", "grid", "zone", "team",
     "address", "lat", "lon", "state", "revision", "opened_at", "updated_at", "last_seen_at", "evidence",
+    "escalations",
 )
+WAITING_STATES = ("opened", "cleared")  # not yet accepted by the platform
 
 
 @dataclass(frozen=True)
@@ -68,10 +71,11 @@ def render_title(transition: Transition) -> str:
 
 
 class OrderBook:
-    def __init__(self, db: sqlite_utils.Database, gateway_id: str):
+    def __init__(self, db: sqlite_utils.Database, gateway_id: str, categories: Categories | None = None):
         self.db = db
         self.gateway_id = gateway_id
         self.outbox = Outbox(db)
+        self.categories = categories
 
     def apply(self, transitions: list[Transition], now: float | None = None) -> list[Change]:
         """Apply the engine's transitions in one durable transaction; returns the revisions made."""
@@ -110,7 +114,7 @@ class OrderBook:
                     "title": render_title(transition), "grid": device.grid, "zone": device.zone,
                     "team": device.team, "address": device.address, "lat": device.lat, "lon": device.lon,
                     "state": "opened", "revision": 1, "opened_at": transition.ts, "updated_at": now,
-                    "last_seen_at": transition.ts, "evidence": orjson.dumps(evidence).decode(),
+                    "last_seen_at": transition.ts, "evidence": orjson.dumps(evidence).decode(), "escalations": 0,
                 }
                 self.db.execute(
                     f"INSERT INTO orders ({', '.join(ORDER_COLUMNS)}) VALUES ({', '.join('?' * len(ORDER_COLUMNS))})",
@@ -126,20 +130,54 @@ class OrderBook:
             return None
         return self._update(order, now, state="cleared", change="cleared", evidence=evidence, seen=transition.ts)
 
-    def _update(self, order: dict, now: float, *, state: str, change: str, evidence: list, seen: float) -> Change:
+    def _update(self, order: dict, now: float, *, state: str, change: str, evidence: list, seen: float,
+                severity: str | None = None, escalations: int | None = None) -> Change:
         order = dict(order)
         merged = orjson.loads(order["evidence"]) + evidence
         order.update(
             state=state, revision=order["revision"] + 1, updated_at=now, last_seen_at=seen,
             evidence=orjson.dumps(merged[-20:]).decode(),
+            severity=severity or order["severity"],
+            escalations=order["escalations"] if escalations is None else escalations,
         )
         self.db.execute(
-            "UPDATE orders SET state = ?, revision = ?, updated_at = ?, last_seen_at = ?, evidence = ? WHERE id = ?",
-            [order["state"], order["revision"], order["updated_at"], order["last_seen_at"], order["evidence"], order["id"]],
+            "UPDATE orders SET state = ?, revision = ?, updated_at = ?, last_seen_at = ?, evidence = ?, severity = ?, "
+            "escalations = ? WHERE id = ?",
+            [order["state"], order["revision"], order["updated_at"], order["last_seen_at"], order["evidence"],
+             order["severity"], order["escalations"], order["id"]],
         )
         return self._revision(order, change)
 
+    def escalate(self, now: float | None = None) -> list[Change]:
+        """Escalate every order the platform has not accepted within its category's limit.
+
+        The k-th escalation comes k limits after the order opened: severity up one level
+        (at most critical) and a new revision, so the platform sees it again.
+        """
+        if self.categories is None:
+            return []
+        now = time.time() if now is None else now
+        changes = []
+        with transaction(self.db):
+            rows = self.db.execute(
+                f"SELECT {', '.join(ORDER_COLUMNS)} FROM orders WHERE state IN ({', '.join('?' * len(WAITING_STATES))})",
+                list(WAITING_STATES),
+            ).fetchall()
+            for row in rows:
+                order = dict(zip(ORDER_COLUMNS, row))
+                category = self.categories.get(order["category"])
+                if category is None or category.accept_within is None:
+                    continue
+                if now - order["opened_at"] < category.accept_within * (order["escalations"] + 1):
+                    continue
+                changes.append(self._update(
+                    order, now, state=order["state"], change="escalated", evidence=[], seen=order["last_seen_at"],
+                    severity=escalated(order["severity"]), escalations=order["escalations"] + 1,
+                ))
+        return changes
+
     def _revision(self, order: dict, change: str) -> Change:
+        category = self.categories.get(order["category"]) if self.categories else None
         body = {
             "order_id": order["id"],
             "revision": order["revision"],
@@ -149,6 +187,8 @@ class OrderBook:
             "device_kind": order["kind"],
             "rule": order["rule"],
             "category": order["category"],
+            "category_code": category.code if category else "",
+            "category_name": category.name if category else "",
             "severity": order["severity"],
             "title": order["title"],
             "grid": order["grid"],
@@ -162,7 +202,34 @@ class OrderBook:
             "evidence": orjson.loads(order["evidence"]),
         }
         self.outbox.put(order["id"], order["revision"], body)
+        self.db.execute(
+            "INSERT INTO order_events (order_id, revision, at, change, state, severity) VALUES (?, ?, ?, ?, ?, ?)",
+            [order["id"], order["revision"], order["updated_at"], change, order["state"], order["severity"]],
+        )
         return Change(order["id"], order["revision"], order["state"], change)
+
+    def orders(self, state: str | None = None, grid: str | None = None) -> list[dict]:
+        """Orders, newest first, optionally of one state and one grid."""
+        where, args = [], []
+        if state is not None:
+            where.append("state = ?")
+            args.append(state)
+        if grid is not None:
+            where.append("grid = ?")
+            args.append(grid)
+        clause = f"WHERE {' AND '.join(where)}" if where else ""
+        rows = self.db.execute(
+            f"SELECT {', '.join(ORDER_COLUMNS)} FROM orders {clause} ORDER BY opened_at DESC", args
+        ).fetchall()
+        return [dict(zip(ORDER_COLUMNS, row)) for row in rows]
+
+    def timeline(self, order_id: str) -> list[dict]:
+        """Every change of an order: revision, time, what changed, state and severity after it."""
+        rows = self.db.execute(
+            "SELECT revision, at, change, state, severity FROM order_events WHERE order_id = ? ORDER BY revision",
+            [order_id],
+        ).fetchall()
+        return [dict(zip(("revision", "at", "change", "state", "severity"), row)) for row in rows]
 
     def apply_platform_state(self, order_id: str, state: str, now: float | None = None,
                              cursor: tuple[str, int] | None = None) -> Change:
