@@ -46,7 +46,7 @@ def test_lifecycle_opens_once_and_revises_each_change(setup):
     body = pending[0].body
     assert body["title"] == "Manhole cover MH-0003 open or tilted at 16 Jiefang Rd"
     assert (body["grid"], body["zone"], body["team"], body["device_kind"]) == ("G01", "Z1", "team-grid-01", "manhole_cover")
-    assert body["evidence"] == [{"metric": "tilt_deg", "value": 30.0, "at": "1970-01-01T00:16:40.000Z", "condition": "tilt_deg > 15 or open == 1"}]
+    assert body["evidence"] == [{"device": "MH-0003", "metric": "tilt_deg", "value": 30.0, "at": "1970-01-01T00:16:40.000Z", "condition": "tilt_deg > 15 or open == 1"}]
 
 
 def test_a_second_live_order_for_the_same_problem_is_impossible(setup):
@@ -129,6 +129,65 @@ def test_every_rule_category_is_in_the_table():
 
 def test_a_bad_category_table_names_its_line(tmp_path):
     bad = tmp_path / "c.csv"
-    bad.write_text("key,code,name,class,accept_within,group_window\nx,1,X,thing,1h,\n")
+    bad.write_text("key,code,name,class,accept_within,group,group_window\nx,1,X,thing,1h,,\n")
     with pytest.raises(CategoryError, match=r"c\.csv:2: class must be component or event"):
         Categories.load(bad)
+
+
+def test_water_seen_by_covers_and_a_camera_in_one_grid_makes_one_order(setup):
+    registry, _, db, _ = setup
+    rules = {r.name: r for r in load_rules([RULES])}
+    book = OrderBook(db, "gw-1", Categories.load(CATEGORIES))
+
+    def water(device, ts, kind="open"):
+        return Transition(kind, rules["water_rising"], registry.get(device), ts, (Evidence("water_cm", 20.0),))
+
+    camera = Transition("open", rules["waterlogging"], registry.get("CAM-0001"), 1300.0,
+                        (Evidence("label", "waterlogging"), Evidence("score", 0.8)))
+    changes = book.apply([water("MH-0001", 1000.0), water("MH-0002", 1100.0), water("MH-0004", 1200.0), camera])
+    assert [c.change for c in changes] == ["opened", "grouped", "grouped", "grouped"]
+    assert len({c.order_id for c in changes}) == 1 and book.count() == 1
+    order_id = changes[0].order_id
+    assert [m[1] for m in book.members(order_id)] == ["MH-0001", "MH-0002", "MH-0004", "CAM-0001"]
+    evidence_devices = {e["device"] for e in Outbox(db).pending(10)[-1].body["evidence"]}
+    assert evidence_devices == {"MH-0001", "MH-0002", "MH-0004", "CAM-0001"}
+
+    other_grid = book.apply([water("MH-0010", 1250.0)])  # G02: its own order
+    assert other_grid[0].change == "opened" and other_grid[0].order_id != order_id
+    too_late = book.apply([water("MH-0005", 1000.0 + 31 * 60)])  # after the 30 min window: its own order
+    assert too_late[0].change == "opened"
+
+    # the order clears only when every problem in it has cleared
+    assert book.apply([water("MH-0001", 2000.0, "clear"), water("MH-0002", 2000.0, "clear"),
+                       water("MH-0004", 2000.0, "clear")]) == []
+    cleared = book.apply([Transition("clear", rules["waterlogging"], registry.get("CAM-0001"), 2100.0, ())])
+    assert [(c.order_id, c.change) for c in cleared] == [(order_id, "cleared")]
+    reopened = book.apply([water("MH-0002", 2200.0)])  # the same problem again: the same order
+    assert [(c.order_id, c.change) for c in reopened] == [(order_id, "reopened")]
+
+
+def test_a_file_from_the_first_version_is_migrated_with_its_open_orders(tmp_path):
+    import sqlite3
+
+    from edge.outbox.database import MIGRATIONS, _statements
+
+    path = tmp_path / "old.db"
+    conn = sqlite3.connect(path)
+    for statement in _statements(MIGRATIONS[0]):
+        conn.execute(statement)
+    conn.execute("PRAGMA user_version=1")
+    conn.execute(
+        "INSERT INTO orders VALUES ('gw-old-1', 'cover_tilted', 'MH-0003', 'manhole_cover', 'manhole_cover_displaced', "
+        "'critical', 't', 'G01', 'Z1', 'team', 'a', 0, 0, 'opened', 1, 1000, 1000, 1000, '[]')"
+    )
+    conn.commit()
+    conn.close()
+    db = open_database(path)
+    assert db.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS)
+    book = OrderBook(db, "gw-old")
+    assert book.members("gw-old-1") == [("cover_tilted", "MH-0003", "opened")]
+    registry = Registry.load(REGISTRY)
+    rules = {r.name: r for r in load_rules([RULES])}
+    (cleared,) = book.apply([transition("clear", rules, registry, ts=2000.0, value=1.0)])
+    assert (cleared.order_id, cleared.revision, cleared.change) == ("gw-old-1", 2, "cleared")
+    db.conn.close()

@@ -91,22 +91,56 @@ class OrderBook:
         return changes
 
     def _live(self, rule: str, device: str) -> dict | None:
+        """The live order that stands for this problem, alone or grouped with others."""
         row = self.db.execute(
-            f"SELECT {', '.join(ORDER_COLUMNS)} FROM orders WHERE rule = ? AND device = ? "
-            "AND state NOT IN ('closed', 'rejected')",
+            f"SELECT {', '.join('o.' + c for c in ORDER_COLUMNS)} FROM order_members m JOIN orders o ON o.id = m.order_id "
+            "WHERE m.rule = ? AND m.device = ? AND o.state NOT IN ('closed', 'rejected')",
             [rule, device],
+        ).fetchone()
+        return dict(zip(ORDER_COLUMNS, row)) if row else None
+
+    def _member_state(self, order_id: str, rule: str, device: str) -> str:
+        return self.db.execute(
+            "SELECT state FROM order_members WHERE order_id = ? AND rule = ? AND device = ?", [order_id, rule, device]
+        ).fetchone()[0]
+
+    def _set_member(self, order_id: str, rule: str, device: str, state: str, at: float) -> None:
+        self.db.execute(
+            "INSERT INTO order_members (order_id, rule, device, state, joined_at) VALUES (?, ?, ?, ?, ?) "
+            "ON CONFLICT (order_id, rule, device) DO UPDATE SET state = excluded.state",
+            [order_id, rule, device, state, at],
+        )
+
+    def _group_for(self, transition: Transition) -> dict | None:
+        """A live order this problem joins: same category group, same grid, opened within the group's window."""
+        if self.categories is None:
+            return None
+        category = self.categories.get(transition.rule.spec.order.category)
+        if category is None or not category.group or not category.group_window:
+            return None
+        keys = sorted(self.categories.in_group(category.group))
+        row = self.db.execute(
+            f"SELECT {', '.join(ORDER_COLUMNS)} FROM orders WHERE category IN ({', '.join('?' * len(keys))}) "
+            "AND grid = ? AND state NOT IN ('closed', 'rejected') AND opened_at >= ? ORDER BY opened_at DESC LIMIT 1",
+            keys + [transition.device.grid, transition.ts - category.group_window],
         ).fetchone()
         return dict(zip(ORDER_COLUMNS, row)) if row else None
 
     def _apply_one(self, transition: Transition, now: float) -> Change | None:
         rule, device = transition.rule, transition.device
         evidence = [
-            {"metric": e.metric, "value": e.value, "at": iso(transition.ts), "condition": rule.spec.when}
+            {"device": device.id, "metric": e.metric, "value": e.value, "at": iso(transition.ts),
+             "condition": rule.spec.when}
             for e in transition.evidence
         ]
         order = self._live(rule.name, device.id)
         if transition.kind == "open":
             if order is None:
+                group = self._group_for(transition)
+                if group is not None:  # one more device seeing the same problem in this grid
+                    self._set_member(group["id"], rule.name, device.id, "opened", transition.ts)
+                    state = "opened" if group["state"] in WAITING_STATES else group["state"]
+                    return self._update(group, now, state=state, change="grouped", evidence=evidence, seen=transition.ts)
                 order = {
                     "id": f"{self.gateway_id}-{uuid.uuid4().hex[:16]}",
                     "rule": rule.name, "device": device.id, "kind": device.kind,
@@ -120,15 +154,31 @@ class OrderBook:
                     f"INSERT INTO orders ({', '.join(ORDER_COLUMNS)}) VALUES ({', '.join('?' * len(ORDER_COLUMNS))})",
                     [order[c] for c in ORDER_COLUMNS],
                 )
+                self._set_member(order["id"], rule.name, device.id, "opened", transition.ts)
                 return self._revision(order, "opened")
-            if order["state"] == "cleared":
-                return self._update(order, now, state="opened", change="reopened", evidence=evidence, seen=transition.ts)
+            if self._member_state(order["id"], rule.name, device.id) == "cleared":
+                self._set_member(order["id"], rule.name, device.id, "opened", transition.ts)
+                if order["state"] == "cleared":
+                    return self._update(order, now, state="opened", change="reopened", evidence=evidence,
+                                        seen=transition.ts)
             # Already open: the same problem seen again (e.g. after a restart). Note it, no revision.
             self.db.execute("UPDATE orders SET last_seen_at = ? WHERE id = ?", [transition.ts, order["id"]])
             return None
-        if order is None or order["state"] != "opened":
+        if order is None or self._member_state(order["id"], rule.name, device.id) != "opened":
             return None
+        self._set_member(order["id"], rule.name, device.id, "cleared", transition.ts)
+        still_open = self.db.execute(
+            "SELECT count(*) FROM order_members WHERE order_id = ? AND state = 'opened'", [order["id"]]
+        ).fetchone()[0]
+        if still_open or order["state"] != "opened":
+            return None  # the order clears when every problem in it has cleared
         return self._update(order, now, state="cleared", change="cleared", evidence=evidence, seen=transition.ts)
+
+    def members(self, order_id: str) -> list[tuple[str, str, str]]:
+        """(rule, device, state) of every problem the order stands for."""
+        return [tuple(row) for row in self.db.execute(
+            "SELECT rule, device, state FROM order_members WHERE order_id = ? ORDER BY joined_at", [order_id]
+        ).fetchall()]
 
     def _update(self, order: dict, now: float, *, state: str, change: str, evidence: list, seen: float,
                 severity: str | None = None, escalations: int | None = None) -> Change:

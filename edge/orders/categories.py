@@ -2,8 +2,8 @@
 
 ``config/categories.csv``, one row per category::
 
-    key,code,name,class,accept_within,group_window
-    manhole_cover_displaced,B010101,Manhole cover missing or displaced,component,15m,
+    key,code,name,class,accept_within,group,group_window
+    manhole_cover_displaced,B010101,Manhole cover missing or displaced,component,15m,,
 
 - ``key``: what rule files write in ``order.category``;
 - ``code``: the platform's code, sent with every order. The shipped table is modelled on the
@@ -13,7 +13,10 @@
 - ``class``: ``component`` (a thing that is broken) or ``event`` (something happening);
 - ``accept_within``: how long the platform has to accept an order before the gateway
   escalates it (severity up one level, a new revision); empty: never escalated;
-- ``group_window``: reserved for grouping related alerts of one grid into one order.
+- ``group``, ``group_window``: categories with the same group name make one order per grid:
+  a problem of the group that starts within ``group_window`` of a live order of the group
+  in the same grid joins that order (with its evidence) instead of opening another. So three
+  covers and a camera seeing water in one street in a storm make one order, not four.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from pathlib import Path
 
 from edge.engine.expr import parse_duration
 
-COLUMNS = ("key", "code", "name", "class", "accept_within", "group_window")
+COLUMNS = ("key", "code", "name", "class", "accept_within", "group", "group_window")
 SEVERITIES = ("info", "minor", "major", "critical")
 
 
@@ -39,6 +42,7 @@ class Category:
     name: str
     kind: str
     accept_within: float | None
+    group: str
     group_window: float | None
 
 
@@ -54,6 +58,9 @@ class Categories:
 
     def keys(self) -> set[str]:
         return set(self.by_key)
+
+    def in_group(self, group: str) -> set[str]:
+        return {c.key for c in self.by_key.values() if group and c.group == group}
 
     @classmethod
     def load(cls, path: Path) -> "Categories":
@@ -81,7 +88,8 @@ class Categories:
                 group = parse_duration(row["group_window"]) if (row["group_window"] or "").strip() else None
             except ValueError as error:
                 raise CategoryError(f"{path}:{line}: {error}") from None
-            found.append(Category(key, (row["code"] or "").strip(), (row["name"] or "").strip(), kind, accept, group))
+            found.append(Category(key, (row["code"] or "").strip(), (row["name"] or "").strip(), kind, accept,
+                                  (row["group"] or "").strip(), group))
         return cls(found)
 
 

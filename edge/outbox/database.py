@@ -87,6 +87,20 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX order_events_by_order ON order_events (order_id, revision);
     """,
+    # 4: the problems (rule, device) an order stands for: one, or several grouped in a grid.
+    """
+    CREATE TABLE order_members (
+        order_id TEXT NOT NULL,
+        rule TEXT NOT NULL,
+        device TEXT NOT NULL,
+        state TEXT NOT NULL,
+        joined_at REAL NOT NULL,
+        PRIMARY KEY (order_id, rule, device)
+    );
+    CREATE INDEX order_members_by_problem ON order_members (rule, device);
+    INSERT INTO order_members (order_id, rule, device, state, joined_at)
+        SELECT id, rule, device, CASE WHEN state = 'cleared' THEN 'cleared' ELSE 'opened' END, opened_at FROM orders;
+    """,
 ]
 
 
