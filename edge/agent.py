@@ -20,6 +20,8 @@ from edge.engine.rules import fingerprint
 from edge.ingest.decode import DecodeError, check_kinds, decode_telemetry, derive
 from edge.ingest.mqtt import MqttSubscriber, RawMessage
 from edge.orders import OrderBook
+from edge.orders.categories import Categories
+from edge.paths import default_categories
 from edge.outbox import Outbox, open_database, transaction
 from edge.outbox.telemetry import TelemetrySummaries
 from edge.registry import Registry
@@ -39,6 +41,7 @@ class Stats:
     orders_opened: int = 0
     orders_cleared: int = 0
     orders_reopened: int = 0
+    other_changes: Counter = field(default_factory=Counter)  # grouped, escalated
     batches: int = 0
     evicted: Counter = field(default_factory=Counter)
     telemetry_summaries: int = 0
@@ -51,8 +54,9 @@ class Agent:
     def __init__(self, config: GatewayConfig):
         self.config = config
         self.registry = Registry.load(config.registry.path)
+        self.categories = Categories.load(config.orders.categories or default_categories())
         self._rules_fingerprint = fingerprint(config.rules.paths)
-        self.rules = load_rules(config.rules.paths)
+        self.rules = load_rules(config.rules.paths, self.categories.keys())
         self.engine = Engine(self.rules, self.registry)
         self._reload_requested = threading.Event()
         self.stats = Stats()
@@ -99,7 +103,7 @@ class Agent:
     def run(self) -> None:
         """Run until ``stop()``; returns after a clean shutdown."""
         db = open_database(self.config.database_path)
-        book = OrderBook(db, self.config.gateway.id)
+        book = OrderBook(db, self.config.gateway.id, self.categories)
         for rule, device, state in book.live_orders():
             if state == "opened":
                 self.engine.mark_active(rule, device)
@@ -122,6 +126,7 @@ class Agent:
                 now = time.time()
                 if now >= next_tick:
                     self._record(book.apply(self.engine.tick(now)))
+                    self._record(book.escalate(now))
                     self._housekeeping(db, now)
                     next_tick = now + self.config.engine.tick
                 if now >= next_rule_check or self._reload_requested.is_set():
@@ -158,7 +163,7 @@ class Agent:
             return False
         self._rules_fingerprint = current
         try:
-            rules = load_rules(self.config.rules.paths)
+            rules = load_rules(self.config.rules.paths, self.categories.keys())
         except RuleFileError as error:
             self.stats.rule_errors += 1
             self.stats.last_rule_error = str(error)
@@ -243,8 +248,10 @@ class Agent:
                 self.stats.orders_opened += 1
             elif change.change == "cleared":
                 self.stats.orders_cleared += 1
-            else:
+            elif change.change == "reopened":
                 self.stats.orders_reopened += 1
+            else:
+                self.stats.other_changes[change.change] += 1
             log.info("order %s revision %d: %s", change.order_id, change.revision, change.change)
         if changes:
             self._uplink_wake.set()

@@ -77,6 +77,7 @@ def run(config_path: Path, log_level: str) -> None:
     from edge.agent import Agent
     from edge.config import ConfigError, load_config
     from edge.engine import RuleFileError
+    from edge.orders.categories import CategoryError
     from edge.registry import RegistryError
 
     logging.basicConfig(
@@ -85,7 +86,7 @@ def run(config_path: Path, log_level: str) -> None:
     )
     try:
         agent = Agent(load_config(config_path))
-    except (ConfigError, RegistryError) as error:
+    except (ConfigError, RegistryError, CategoryError) as error:
         raise click.ClickException(str(error)) from None
     except RuleFileError as error:
         raise click.ClickException("the rules cannot be loaded:\n" + str(error)) from None
@@ -107,15 +108,25 @@ def rules() -> None:
 
 @rules.command("check")
 @click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
-def rules_check(paths: tuple[Path, ...]) -> None:
+@click.option("--categories", "categories_path", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="The category table the orders' categories must be in (default: config/categories.csv).")
+def rules_check(paths: tuple[Path, ...], categories_path: Path | None) -> None:
     """Validate rule files (or folders of *.yaml) without running them.
 
-    Prints every problem as file:line: message and exits 1 if there is any.
+    Checks the syntax, durations, functions, metrics of each device kind, types, and that
+    every order category is in the category table. Prints every problem as
+    file:line: message and exits 1 if there is any.
     """
     from edge.engine import RuleFileError, load_rules
+    from edge.orders.categories import Categories, CategoryError
+    from edge.paths import default_categories
 
     try:
-        loaded = load_rules(list(paths))
+        categories = Categories.load(categories_path or default_categories())
+    except CategoryError as error:
+        raise click.ClickException(str(error)) from None
+    try:
+        loaded = load_rules(list(paths), categories.keys())
     except RuleFileError as error:
         for problem in error.problems:
             click.echo(str(problem), err=True)
@@ -195,6 +206,82 @@ def rules_test(rules_path: Path, data: Path, other: Path | None, registry_path: 
     if difference is not None:
         for line in describe_difference(results[0][0], results[1][0], difference):
             click.echo(line)
+
+
+@main.group()
+def orders() -> None:
+    """Work orders kept on this gateway."""
+
+
+def _order_book(config_path: Path):
+    from edge.config import ConfigError, load_config
+    from edge.orders import OrderBook
+    from edge.orders.categories import Categories, CategoryError
+    from edge.outbox import open_database
+    from edge.paths import default_categories
+
+    try:
+        config = load_config(config_path)
+        categories = Categories.load(config.orders.categories or default_categories())
+    except (ConfigError, CategoryError) as error:
+        raise click.ClickException(str(error)) from None
+    if not config.database_path.exists():
+        raise click.ClickException(f"no gateway file at {config.database_path}: has the gateway run with this config?")
+    return OrderBook(open_database(config.database_path), config.gateway.id, categories)
+
+
+_CONFIG_OPTION = click.option("--config", "config_path", default="config/gateway.toml", show_default=True,
+                              type=click.Path(dir_okay=False, path_type=Path), help="The gateway's configuration file.")
+
+
+@orders.command("list")
+@_CONFIG_OPTION
+@click.option("--state", help="Only orders in this state (opened, cleared, accepted, dispatched, resolved, closed, rejected).")
+@click.option("--grid", help="Only orders of this grid.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def orders_list(config_path: Path, state: str | None, grid: str | None, as_json: bool) -> None:
+    """The gateway's orders, newest first."""
+    import orjson
+
+    from edge.orders.book import iso
+
+    book = _order_book(config_path)
+    found = book.orders(state=state, grid=grid)
+    if as_json:
+        click.echo(orjson.dumps(found, option=orjson.OPT_INDENT_2).decode())
+        return
+    if not found:
+        click.echo("no orders")
+    for o in found:
+        click.echo(f"{o['id']}  {iso(o['opened_at'])}  {o['state']:<10} {o['severity']:<8} {o['grid']:<5} "
+                   f"{o['rule']:<18} {o['device']:<9} r{o['revision']}  {o['title']}")
+
+
+@orders.command("show")
+@click.argument("order_id")
+@_CONFIG_OPTION
+def orders_show(order_id: str, config_path: Path) -> None:
+    """One order: what it is, the problems it stands for, its evidence and its timeline."""
+    import orjson
+
+    from edge.orders.book import iso
+
+    book = _order_book(config_path)
+    found = [o for o in book.orders() if o["id"] == order_id]
+    if not found:
+        raise click.ClickException(f"no order {order_id!r} on this gateway (edge orders list shows them)")
+    o = found[0]
+    click.echo(f"{o['id']}: {o['title']}")
+    click.echo(f"  state {o['state']}, severity {o['severity']}, revision {o['revision']}, escalated {o['escalations']}x")
+    click.echo(f"  category {o['category']}; grid {o['grid']}, zone {o['zone']}, team {o['team']}; {o['address']}")
+    click.echo("  problems: " + ", ".join(f"{rule} on {device} ({state})" for rule, device, state in book.members(order_id)))
+    click.echo("  evidence:")
+    for item in orjson.loads(o["evidence"]):
+        click.echo(f"    {item.get('at', '')}  {item.get('device', o['device'])}  {item['metric']} = {item['value']}"
+                   f"  ({item.get('condition', '')})")
+    click.echo("  timeline:")
+    for event in book.timeline(order_id):
+        click.echo(f"    r{event['revision']}  {iso(event['at'])}  {event['change']:<10} -> {event['state']}, {event['severity']}")
 
 
 if __name__ == "__main__":

@@ -103,6 +103,10 @@ class OutboxSection(_Section):
     telemetry_interval: float = Field(300.0, gt=0, description="Seconds per telemetry summary of each device.")
 
 
+class OrdersSection(_Section):
+    categories: Path | None = Field(None, description="The category table (CSV); default: the project's config/categories.csv.")
+
+
 class GatewayConfig(_Section):
     gateway: GatewaySection
     registry: RegistrySection
@@ -111,6 +115,7 @@ class GatewayConfig(_Section):
     uplink: UplinkSection
     engine: EngineSection = EngineSection()
     outbox: OutboxSection = OutboxSection()
+    orders: OrdersSection = OrdersSection()
 
     @property
     def database_path(self) -> Path:
@@ -168,6 +173,8 @@ def load_config(path: Path) -> GatewayConfig:
     config.gateway.data_dir = (base / config.gateway.data_dir).resolve()
     config.registry.path = (base / config.registry.path).resolve()
     config.rules.paths = [(base / p).resolve() for p in config.rules.paths]
+    if config.orders.categories is not None:
+        config.orders.categories = (base / config.orders.categories).resolve()
     if config.uplink.ca_file is not None:
         config.uplink.ca_file = (base / config.uplink.ca_file).resolve()
     config.uplink.token = os.environ.get("EDGE_UPLINK_TOKEN", config.uplink.token)

@@ -21,3 +21,7 @@ def default_rules() -> Path:
 
 def default_registry() -> Path:
     return project_root() / "config" / "devices.csv"
+
+
+def default_categories() -> Path:
+    return project_root() / "config" / "categories.csv"

@@ -191,3 +191,34 @@ def test_a_file_from_the_first_version_is_migrated_with_its_open_orders(tmp_path
     (cleared,) = book.apply([transition("clear", rules, registry, ts=2000.0, value=1.0)])
     assert (cleared.order_id, cleared.revision, cleared.change) == ("gw-old-1", 2, "cleared")
     db.conn.close()
+
+
+def test_orders_commands_and_category_check(tmp_path):
+    import subprocess
+
+    from conftest import edge_command, write_gateway_config
+
+    config = write_gateway_config(tmp_path, "mqtt://127.0.0.1:1", "http://127.0.0.1:2")
+    registry = Registry.load(REGISTRY)
+    rules = {r.name: r for r in load_rules([RULES])}
+    db = open_database(tmp_path / "data" / "gateway.db")
+    book = OrderBook(db, "gw-test", Categories.load(CATEGORIES))
+    (opened,) = book.apply([transition("open", rules, registry, ts=1000.0)])
+    book.apply_platform_state(opened.order_id, "accepted", now=1100.0)
+    db.conn.close()
+    listed = subprocess.run(edge_command() + ["orders", "list", "--config", str(config), "--state", "accepted"],
+                            capture_output=True, text=True, timeout=60)
+    assert listed.returncode == 0 and opened.order_id in listed.stdout and "cover_tilted" in listed.stdout
+    shown = subprocess.run(edge_command() + ["orders", "show", opened.order_id, "--config", str(config)],
+                           capture_output=True, text=True, timeout=60)
+    assert shown.returncode == 0
+    assert "r1" in shown.stdout and "accepted   -> accepted" in shown.stdout and "cover_tilted on MH-0003 (opened)" in shown.stdout
+    missing = subprocess.run(edge_command() + ["orders", "show", "nope", "--config", str(config)],
+                             capture_output=True, text=True, timeout=60)
+    assert missing.returncode == 1 and "no order 'nope'" in missing.stderr
+
+    bad_rules = tmp_path / "r.yaml"
+    bad_rules.write_text((RULES / "bins.yaml").read_text().replace("category: bin_overflow", "category: bin_overflw"))
+    check = subprocess.run(edge_command() + ["rules", "check", str(bad_rules)], capture_output=True, text=True, timeout=60)
+    assert check.returncode == 1
+    assert "category 'bin_overflw' is not in the category table (did you mean 'bin_overflow'?)" in check.stderr

@@ -279,8 +279,11 @@ def rule_files(paths: list[Path]) -> list[Path]:
     return found
 
 
-def load_rules(paths: list[Path]) -> list[Rule]:
-    """Load every rule file under ``paths``; raises RuleFileError listing all problems."""
+def load_rules(paths: list[Path], categories: set[str] | None = None) -> list[Rule]:
+    """Load every rule file under ``paths``; raises RuleFileError listing all problems.
+
+    With ``categories`` (the category table's keys), an order category not in it is a problem.
+    """
     problems: list[Problem] = []
     rules: list[Rule] = []
     files = rule_files([p for p in paths if p.exists()])
@@ -296,6 +299,12 @@ def load_rules(paths: list[Path]) -> list[Rule]:
             problems.extend(error.problems)
     seen: dict[str, Rule] = {}
     for rule in rules:
+        if categories is not None and rule.spec.order.category not in categories:
+            close = difflib.get_close_matches(rule.spec.order.category, sorted(categories), n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            problems.append(Problem(rule.source, rule.line,
+                                    f"rule {rule.name!r}: category {rule.spec.order.category!r} is not in the "
+                                    f"category table{hint}"))
         if rule.name in seen:
             first = seen[rule.name]
             problems.append(

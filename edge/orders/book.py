@@ -308,11 +308,15 @@ class OrderBook:
             return self._update(order, now, state=state, change=state, evidence=[], seen=order["last_seen_at"])
 
     def live_orders(self) -> list[tuple[str, str, str]]:
-        """(rule, device, state) of every order that is not closed or rejected."""
+        """(rule, device, state) of every problem an order that is not closed or rejected stands for.
+
+        The state is the problem's own: opened while its condition holds, cleared after.
+        """
         return [
             (row[0], row[1], row[2])
             for row in self.db.execute(
-                "SELECT rule, device, state FROM orders WHERE state NOT IN ('closed', 'rejected')"
+                "SELECT m.rule, m.device, m.state FROM order_members m JOIN orders o ON o.id = m.order_id "
+                "WHERE o.state NOT IN ('closed', 'rejected')"
             ).fetchall()
         ]
 
