@@ -103,7 +103,7 @@ class Agent:
     def run(self) -> None:
         """Run until ``stop()``; returns after a clean shutdown."""
         db = open_database(self.config.database_path)
-        book = OrderBook(db, self.config.gateway.id, self.categories)
+        book = OrderBook(db, self.config.gateway.id, self.categories, self.config.orders.reopen_within)
         for rule, device, state in book.live_orders():
             if state == "opened":
                 self.engine.mark_active(rule, device)

@@ -105,6 +105,7 @@ class OutboxSection(_Section):
 
 class OrdersSection(_Section):
     categories: Path | None = Field(None, description="The category table (CSV); default: the project's config/categories.csv.")
+    reopen_within: float = Field(3600.0, ge=0, description="A problem back within this many seconds after its order was closed reopens it; 0: always a new order.")
 
 
 class GatewayConfig(_Section):

@@ -222,3 +222,54 @@ def test_orders_commands_and_category_check(tmp_path):
     check = subprocess.run(edge_command() + ["rules", "check", str(bad_rules)], capture_output=True, text=True, timeout=60)
     assert check.returncode == 1
     assert "category 'bin_overflw' is not in the category table (did you mean 'bin_overflow'?)" in check.stderr
+
+
+def run_stream(engine, book, messages, now=None):
+    """Feed (device, ts, values) through the engine one message at a time; ticks at each message's time."""
+    changes = []
+    for device_id, ts, values in messages:
+        builder = engine.builder()
+        builder.add(engine.registry.get(device_id).index, ts, values)
+        changes += book.apply(engine.process(builder.build()), now=ts if now is None else now)
+        changes += book.apply(engine.tick(ts), now=ts if now is None else now)
+    return changes
+
+
+def test_storms_flapping_and_returning_problems_open_exactly_the_orders_they_should(setup):
+    registry, rules, db, _ = setup
+    book = OrderBook(db, "gw-1", Categories.load(CATEGORIES), reopen_within=3600.0)
+    t0 = 1_000_000.0
+    engine = Engine(list(rules.values()), registry, origin=t0)
+
+    # a storm of repeated alarms from one cover: one order, one revision
+    storm = [("MH-0001", t0 + s, {"tilt_deg": 30.0, "open": 1.0}) for s in range(600)]
+    changes = run_stream(engine, book, storm)
+    assert [(c.change, c.revision) for c in changes] == [("opened", 1)]
+
+    # a flapping sensor around the threshold never holds for 10 s: nothing
+    flap = [("MH-0002", t0 + s, {"tilt_deg": 16.0 if s % 2 else 14.0, "open": 0.0}) for s in range(121)]  # ends level
+    assert run_stream(engine, book, flap) == []
+
+    # flapping while open does not clear it (hysteresis: level below 5 degrees for 10 s)
+    flap_open = [("MH-0001", t0 + 600 + s, {"tilt_deg": 4.0 if s % 2 else 20.0, "open": 0.0}) for s in range(60)]
+    assert run_stream(engine, book, flap_open) == []
+
+    # the cover put back: cleared; knocked again: the same order reopened
+    level = [("MH-0001", t0 + 700 + s, {"tilt_deg": 1.0, "open": 0.0}) for s in range(15)]
+    again = [("MH-0001", t0 + 800 + s, {"tilt_deg": 25.0, "open": 1.0}) for s in range(15)]
+    changes = run_stream(engine, book, level + again)
+    assert [(c.change, c.revision) for c in changes] == [("cleared", 2), ("reopened", 3)]
+
+    # the platform closes it; back within the cooldown: reopened; after it: a new order
+    (order_id,) = {c.order_id for c in changes}
+    book.apply_platform_state(order_id, "closed", now=t0 + 900)
+    changes = run_stream(engine, book, [("MH-0001", t0 + 910 + s, {"tilt_deg": 1.0, "open": 0.0}) for s in range(15)]
+                         + [("MH-0001", t0 + 930 + s, {"tilt_deg": 30.0, "open": 1.0}) for s in range(12)])
+    assert [(c.order_id, c.change, c.revision) for c in changes] == [(order_id, "reopened", 5)]
+    book.apply_platform_state(order_id, "accepted", now=t0 + 1000)
+    book.apply_platform_state(order_id, "closed", now=t0 + 1001)
+    later = t0 + 1001 + 3601
+    changes = run_stream(engine, book, [("MH-0001", later + s, {"tilt_deg": 1.0, "open": 0.0}) for s in range(15)]
+                         + [("MH-0001", later + 20 + s, {"tilt_deg": 30.0, "open": 1.0}) for s in range(12)])
+    assert [c.change for c in changes] == ["opened"] and changes[0].order_id != order_id
+    assert book.count() == 2

@@ -71,11 +71,13 @@ def render_title(transition: Transition) -> str:
 
 
 class OrderBook:
-    def __init__(self, db: sqlite_utils.Database, gateway_id: str, categories: Categories | None = None):
+    def __init__(self, db: sqlite_utils.Database, gateway_id: str, categories: Categories | None = None,
+                 reopen_within: float = 0.0):
         self.db = db
         self.gateway_id = gateway_id
         self.outbox = Outbox(db)
         self.categories = categories
+        self.reopen_within = reopen_within  # a problem back this soon after its order closed reopens it
 
     def apply(self, transitions: list[Transition], now: float | None = None) -> list[Change]:
         """Apply the engine's transitions in one durable transaction; returns the revisions made."""
@@ -111,6 +113,21 @@ class OrderBook:
             [order_id, rule, device, state, at],
         )
 
+    def _recently_closed(self, rule: str, device: str, now: float) -> dict | None:
+        """The order the platform closed for this problem within ``reopen_within`` before ``now`` (gateway clock)."""
+        row = self.db.execute(
+            f"SELECT {', '.join('o.' + c for c in ORDER_COLUMNS)} FROM order_members m JOIN orders o ON o.id = m.order_id "
+            "WHERE m.rule = ? AND m.device = ? AND o.state = 'closed' AND o.updated_at >= ? "
+            "ORDER BY o.updated_at DESC LIMIT 1",
+            [rule, device, now - self.reopen_within],
+        ).fetchone()
+        if row is None:
+            return None
+        order = dict(zip(ORDER_COLUMNS, row))
+        if self._live(order["rule"], order["device"]) is not None:
+            return None  # its first problem already has a newer live order
+        return order
+
     def _group_for(self, transition: Transition) -> dict | None:
         """A live order this problem joins: same category group, same grid, opened within the group's window."""
         if self.categories is None:
@@ -135,6 +152,12 @@ class OrderBook:
         ]
         order = self._live(rule.name, device.id)
         if transition.kind == "open":
+            if order is None and self.reopen_within > 0:
+                order = self._recently_closed(rule.name, device.id, now)
+                if order is not None:
+                    self.db.execute("UPDATE order_members SET state = 'opened' WHERE order_id = ?", [order["id"]])
+                    return self._update(order, now, state="opened", change="reopened", evidence=evidence,
+                                        seen=transition.ts)
             if order is None:
                 group = self._group_for(transition)
                 if group is not None:  # one more device seeing the same problem in this grid
