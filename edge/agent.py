@@ -38,6 +38,7 @@ class Stats:
     readings: int = 0
     quarantined: Counter = field(default_factory=Counter)
     unknown_devices: Counter = field(default_factory=Counter)
+    alerts_raised: int = 0  # rules that fired (opened) on a device: an order opened, grouped, reopened or already open
     orders_opened: int = 0
     orders_cleared: int = 0
     orders_reopened: int = 0
@@ -125,7 +126,7 @@ class Agent:
                     self._process(batch, book, db)
                 now = time.time()
                 if now >= next_tick:
-                    self._record(book.apply(self.engine.tick(now)))
+                    self._record(book.apply(self._count_alerts(self.engine.tick(now))))
                     self._record(book.escalate(now))
                     self._housekeeping(db, now)
                     next_tick = now + self.config.engine.tick
@@ -140,7 +141,13 @@ class Agent:
             self._uplink_wake.set()
             uplink.join(timeout=self.config.uplink.timeout + 5)
             db.conn.close()
-            log.info("gateway %s stopped", self.config.gateway.id)
+            s = self.stats
+            log.info(
+                "gateway %s stopped: %d messages, %d readings, %d alerts raised, %d orders opened, %d reopened, "
+                "%d cleared, %s", self.config.gateway.id, s.messages, s.readings, s.alerts_raised, s.orders_opened,
+                s.orders_reopened, s.orders_cleared,
+                ", ".join(f"{n} {change}" for change, n in sorted(s.other_changes.items())) or "nothing grouped or escalated",
+            )
 
     def _housekeeping(self, db, now: float) -> None:
         """Queue the finished interval's telemetry summaries, and keep the file within its budget."""
@@ -230,7 +237,7 @@ class Agent:
             self.summaries.add(device.id, message.ts, values, raw.received_at)
             builder.add(device.index, message.ts, values, raw.received_at)
         self.stats.messages += len(batch)
-        transitions = self.engine.process(builder.build())
+        transitions = self._count_alerts(self.engine.process(builder.build()))
         changes = book.apply(transitions)
         if quarantine:
             with transaction(db) as conn:
@@ -241,6 +248,10 @@ class Agent:
             log.warning("quarantined %d malformed message(s)", len(quarantine))
         self._record(changes)
         self.stats.batches += 1
+
+    def _count_alerts(self, transitions: list) -> list:
+        self.stats.alerts_raised += sum(1 for t in transitions if t.kind == "open")
+        return transitions
 
     def _record(self, changes) -> None:
         for change in changes:

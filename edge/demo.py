@@ -54,6 +54,7 @@ class Summary:
     devices: int
     messages: int
     readings: int
+    alerts: int
     opened: int
     cleared: int
     uplinked: int
@@ -71,6 +72,7 @@ class Summary:
             f"  devices            {self.devices}",
             f"  messages           {self.messages}",
             f"  readings           {self.readings}",
+            f"  alerts raised      {self.alerts} (rules firing on a device; one order per problem)",
             f"  orders opened      {self.opened}",
             f"  orders cleared     {self.cleared}",
             f"  revisions uplinked {self.uplinked}",
@@ -236,6 +238,7 @@ def run_demo(
             devices=len(agent.registry),
             messages=agent.stats.messages,
             readings=agent.stats.readings,
+            alerts=agent.stats.alerts_raised,
             opened=agent.stats.orders_opened,
             cleared=agent.stats.orders_cleared,
             uplinked=agent.uplinked,

@@ -47,20 +47,32 @@ def _ts(text: str) -> float:
 
 
 def orders_from_revisions(revisions: list[dict]) -> list[Order]:
-    orders: dict[str, Order] = {}
-    for body in revisions:
+    """One entry per problem an order stands for: its first, and each one grouped into it later.
+
+    A grouped problem (``change: grouped``) is scored like an order of its own device and rule,
+    opened when it joined; it shares the order's id.
+    """
+    orders: dict[tuple[str, str, str], Order] = {}
+    for body in sorted(revisions, key=lambda b: (b.get("order_id", ""), b.get("revision", 0))):
         try:
             order_id = body["order_id"]
-            order = orders.get(order_id)
+            key = (order_id, body["device"], body["rule"])
+            order = orders.get(key)
             if order is None:
-                order = orders[order_id] = Order(order_id, body["device"], body["rule"], body.get("category", ""),
-                                                 _ts(body["opened_at"]), revisions=0)
+                order = orders[key] = Order(order_id, body["device"], body["rule"], body.get("category", ""),
+                                            _ts(body["opened_at"]), revisions=0)
             order.revisions += 1
             if body.get("change") == "reopened":
                 order.reopened += 1
+            if body.get("change") == "grouped":
+                for item in body.get("evidence", []):
+                    member = (order_id, item.get("device"), item.get("rule"))
+                    if None not in member and member not in orders:
+                        orders[member] = Order(order_id, item["device"], item["rule"], body.get("category", ""),
+                                               _ts(item["at"]))
         except (KeyError, TypeError, ValueError) as error:
             raise ScoreError(f"an order revision without device, rule or opened_at: {error}: {body!r:.200}") from None
-    return sorted(orders.values(), key=lambda o: (o.opened_at, o.order_id))
+    return sorted(orders.values(), key=lambda o: (o.opened_at, o.order_id, o.device))
 
 
 def orders_from_replay(rules_path: Path, readings: Path, registry: Path) -> list[Order]:

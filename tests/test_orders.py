@@ -46,7 +46,7 @@ def test_lifecycle_opens_once_and_revises_each_change(setup):
     body = pending[0].body
     assert body["title"] == "Manhole cover MH-0003 open or tilted at 16 Jiefang Rd"
     assert (body["grid"], body["zone"], body["team"], body["device_kind"]) == ("G01", "Z1", "team-grid-01", "manhole_cover")
-    assert body["evidence"] == [{"device": "MH-0003", "metric": "tilt_deg", "value": 30.0, "at": "1970-01-01T00:16:40.000Z", "condition": "tilt_deg > 15 or open == 1"}]
+    assert body["evidence"] == [{"device": "MH-0003", "rule": "cover_tilted", "metric": "tilt_deg", "value": 30.0, "at": "1970-01-01T00:16:40.000Z", "condition": "tilt_deg > 15 or open == 1"}]
 
 
 def test_a_second_live_order_for_the_same_problem_is_impossible(setup):

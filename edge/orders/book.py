@@ -146,7 +146,7 @@ class OrderBook:
     def _apply_one(self, transition: Transition, now: float) -> Change | None:
         rule, device = transition.rule, transition.device
         evidence = [
-            {"device": device.id, "metric": e.metric, "value": e.value, "at": iso(transition.ts),
+            {"device": device.id, "rule": rule.name, "metric": e.metric, "value": e.value, "at": iso(transition.ts),
              "condition": rule.spec.when}
             for e in transition.evidence
         ]
