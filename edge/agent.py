@@ -133,11 +133,11 @@ class Agent:
                 if now >= next_rule_check or self._reload_requested.is_set():
                     self._maybe_reload(book, forced=self._reload_requested.is_set())
                     next_rule_check = now + self.config.rules.watch_interval
-            self.subscriber.close()
             leftover = self._drain_inbox()
             if leftover:
                 self._process(leftover, book, db)
         finally:
+            self.subscriber.close()  # unacknowledged messages stay with the broker for the next start
             self._uplink_wake.set()
             uplink.join(timeout=self.config.uplink.timeout + 5)
             db.conn.close()
@@ -195,13 +195,18 @@ class Agent:
         batch = [first]
         deadline = time.monotonic() + self.config.engine.batch_wait
         limit = self.config.engine.batch_max
+        quiet_since = None
         while len(batch) < limit:
             try:
                 batch.append(self.inbox.get_nowait())
+                quiet_since = None
             except queue.Empty:
-                if time.monotonic() >= deadline:
+                now = time.monotonic()
+                quiet_since = quiet_since or now
+                # Stop at the deadline, or after 5 ms of quiet: the broker may be waiting for our acks.
+                if now >= deadline or now - quiet_since >= 0.005:
                     break
-                time.sleep(0.002)
+                time.sleep(0.001)
         return batch
 
     def _drain_inbox(self) -> list[RawMessage]:
@@ -247,6 +252,7 @@ class Agent:
                 )
             log.warning("quarantined %d malformed message(s)", len(quarantine))
         self._record(changes)
+        self.subscriber.ack(batch)  # only now: everything this batch changed is on disk
         self.stats.batches += 1
 
     def _count_alerts(self, transitions: list) -> list:

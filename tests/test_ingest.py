@@ -82,3 +82,51 @@ def test_bad_and_unknown_messages_do_not_stop_a_real_alarm(tmp_path, mosquitto):
         rows = conn.execute("SELECT topic, payload, reason FROM quarantine ORDER BY id").fetchall()
     assert rows[0] == ("devices/MH-0005/telemetry", b"{broken", "malformed_json")
     assert [row[2] for row in rows] == ["malformed_json", "device_mismatch", "wrong_type"]
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")  # the injected crash
+def test_a_reading_is_acknowledged_only_after_its_batch_is_committed(tmp_path, mosquitto, monkeypatch):
+    """The gateway dies while committing a batch: the broker still has the readings and sends them again."""
+    from edge.orders.book import OrderBook
+
+    store = ReceiverStore(tmp_path / "receiver.db")
+    server = ReceiverServer("127.0.0.1", 0, store)
+    server.start_background()
+    config = load_config(write_gateway_config(tmp_path, mosquitto.url, server.url))
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
+    real_apply = OrderBook.apply
+    crashed = threading.Event()
+
+    def apply_then_die(self, transitions, now=None):
+        if any(t.kind == "open" for t in transitions) and not crashed.is_set():
+            crashed.set()
+            raise OSError("power cut (injected) before the commit")
+        return real_apply(self, transitions, now)
+
+    try:
+        monkeypatch.setattr(OrderBook, "apply", apply_then_die)
+        first = Agent(config)
+        thread = threading.Thread(target=first.run, daemon=True)
+        thread.start()
+        assert first.ready.wait(60) and first.subscriber.connected.wait(20)
+        client.connect(mosquitto.host, mosquitto.port)
+        client.loop_start()
+        now = time.time()
+        for step in range(11):  # tilted for 10 s: the last reading opens the order, and the commit fails
+            payload = orjson.dumps({"ts": now + step, "readings": {"tilt_deg": 33.0, "open": 1}})
+            client.publish("devices/MH-0012/telemetry", payload, qos=1).wait_for_publish(5)
+        assert crashed.wait(20)
+        thread.join(30)
+        assert not thread.is_alive() and store.stats()["orders"] == 0
+
+        second = Agent(config)  # the same client id: the broker resends what was never acknowledged
+        thread = threading.Thread(target=second.run, daemon=True)
+        thread.start()
+        assert wait_until(lambda: store.stats()["orders"] == 1, 30)
+        assert store.orders()[0]["device"] == "MH-0012"
+        second.stop()
+        thread.join(30)
+    finally:
+        client.loop_stop()
+        server.shutdown()
+        store.close()

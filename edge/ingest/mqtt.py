@@ -1,9 +1,15 @@
 """MQTT subscription: messages from the broker into a bounded queue for the engine.
 
 The session is persistent (fixed client id, clean_session off, QoS 1), so the broker keeps
-readings published while the gateway restarts. When the queue is full the network thread
+readings published while the gateway restarts. A QoS 1 message is acknowledged to the
+broker only after the batch it is in has been evaluated and committed (``ack``): a crash
+before that, and the broker sends it again. When the queue is full the network thread
 waits, which stops reading from the socket: backpressure goes to the broker instead of
 memory growing without bound.
+
+The broker sends a client at most ``max_inflight_messages`` unacknowledged messages (20 by
+default in Mosquitto): set it to 1000 or more for the gateway's client, or ingest waits on
+acknowledgements (config/mosquitto.conf of the private broker does).
 """
 
 from __future__ import annotations
@@ -24,6 +30,8 @@ class RawMessage:
     topic: str
     payload: bytes
     received_at: float
+    mid: int = 0
+    qos: int = 0
 
 
 class MqttSubscriber:
@@ -49,6 +57,7 @@ class MqttSubscriber:
             client_id=client_id,
             clean_session=False,
             protocol=mqtt.MQTTv311,
+            manual_ack=True,
         )
         if username:
             self.client.username_pw_set(username, password or None)
@@ -61,6 +70,12 @@ class MqttSubscriber:
     def start(self) -> None:
         self.client.connect_async(self.host, self.port, keepalive=30)
         self.client.loop_start()
+
+    def ack(self, messages: list[RawMessage]) -> None:
+        """Acknowledge messages whose batch is committed; the broker may then forget them."""
+        for message in messages:
+            if message.qos > 0:
+                self.client.ack(message.mid, message.qos)
 
     def close(self) -> None:
         self.client.disconnect()
@@ -88,7 +103,7 @@ class MqttSubscriber:
 
     def _on_message(self, client, userdata, message) -> None:
         self.messages += 1
-        item = RawMessage(message.topic, message.payload, time.time())
+        item = RawMessage(message.topic, message.payload, time.time(), message.mid, message.qos)
         while not self.stop.is_set():
             try:
                 self.inbox.put(item, timeout=0.5)
