@@ -17,7 +17,8 @@ from dataclasses import dataclass, field
 from edge.config import GatewayConfig
 from edge.engine import Engine, RuleFileError, load_rules
 from edge.engine.rules import fingerprint
-from edge.ingest.decode import DecodeError, check_kinds, decode_telemetry, derive
+from edge.ingest.decode import DecodeError, check_kinds, derive
+from edge.ingest.decoders import decode as decode_message
 from edge.ingest.mqtt import MqttSubscriber, RawMessage
 from edge.orders import OrderBook
 from edge.orders.categories import Categories
@@ -222,7 +223,7 @@ class Agent:
         quarantine = []
         for raw in batch:
             try:
-                message = decode_telemetry(raw.topic, raw.payload)
+                message = decode_message(raw.topic, raw.payload, self._model_of)
             except DecodeError as error:
                 self.stats.quarantined[error.reason] += 1
                 quarantine.append((raw.received_at, raw.topic, raw.payload, error.reason, error.detail))
@@ -254,6 +255,10 @@ class Agent:
         self._record(changes)
         self.subscriber.ack(batch)  # only now: everything this batch changed is on disk
         self.stats.batches += 1
+
+    def _model_of(self, device_id: str) -> str | None:
+        device = self.registry.get(device_id)
+        return device.model if device is not None else None
 
     def _count_alerts(self, transitions: list) -> list:
         self.stats.alerts_raised += sum(1 for t in transitions if t.kind == "open")

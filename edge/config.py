@@ -47,7 +47,11 @@ class RulesSection(_Section):
 class MqttSection(_Section):
     url: str = Field("mqtt://127.0.0.1:1883", description="Broker the devices publish to: mqtt://host:port.")
     client_id: str = Field("", description="Client id; fixed, so the broker keeps the session. Default: edge-<gateway id>.")
-    topics: list[str] = Field(["devices/+/telemetry"], description="Topic filters to subscribe to.")
+    topics: list[str] = Field(
+        ["devices/+/telemetry", "application/+/device/+/event/up", "frigate/events"],
+        description="Topic filters to subscribe to; each message goes to the decoder for its topic "
+                    "(own JSON, ChirpStack LoRaWAN uplinks, Frigate camera events).",
+    )
     qos: int = Field(1, ge=0, le=1, description="Subscription QoS; 1 keeps readings published during a restart.")
     username: str = ""
     password: str = Field("", description="Or set EDGE_MQTT_PASSWORD.")

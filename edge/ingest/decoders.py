@@ -1,0 +1,35 @@
+"""Decoders chosen by topic: one small module per protocol, all with the same interface.
+
+Each module has ``NAME``, ``TOPIC_FILTER`` (what the gateway subscribes to), ``matches(topic)``
+and ``decode(topic, payload, model_of=None) -> Message``, raising only ``DecodeError``.
+``model_of(device_id)`` gives the registry's model of a device (the LoRaWAN codec needs it).
+Adding a protocol is one module here and one line in ``DECODERS``.
+"""
+
+from __future__ import annotations
+
+from types import ModuleType
+from typing import Callable
+
+from edge.ingest import chirpstack, frigate, own_json
+from edge.ingest.decode import DecodeError, Message
+
+__all__ = ["DECODERS", "DEFAULT_TOPICS", "decode", "decoder_for"]
+
+DECODERS: tuple[ModuleType, ...] = (own_json, chirpstack, frigate)
+DEFAULT_TOPICS = [d.TOPIC_FILTER for d in DECODERS]
+
+
+def decoder_for(topic: str) -> ModuleType | None:
+    for decoder in DECODERS:
+        if decoder.matches(topic):
+            return decoder
+    return None
+
+
+def decode(topic: str, payload: bytes, model_of: Callable[[str], str | None] | None = None) -> Message:
+    """Decode one message with the decoder for its topic; anything wrong raises ``DecodeError``."""
+    decoder = decoder_for(topic)
+    if decoder is None:
+        raise DecodeError("bad_topic", f"no decoder for topic {topic[:200]!r}")
+    return decoder.decode(topic, payload, model_of)

@@ -1,0 +1,17 @@
+"""The devices' own JSON telemetry on ``devices/<id>/telemetry`` (see edge/ingest/decode.py)."""
+
+from __future__ import annotations
+
+from edge.ingest.decode import Message, decode_telemetry
+
+NAME = "own_json"
+TOPIC_FILTER = "devices/+/telemetry"
+
+
+def matches(topic: str) -> bool:
+    parts = topic.split("/")
+    return len(parts) == 3 and parts[0] == "devices" and parts[2] == "telemetry"
+
+
+def decode(topic: str, payload: bytes, model_of=None) -> Message:
+    return decode_telemetry(topic, payload)
