@@ -20,6 +20,7 @@ from edge.engine.rules import fingerprint
 from edge.ingest.decode import DecodeError, check_kinds, derive
 from edge.ingest.decoders import decode as decode_message
 from edge.ingest.mqtt import MqttSubscriber, RawMessage
+from edge.ingest.quarantine import record_unknown
 from edge.orders import OrderBook
 from edge.orders.categories import Categories
 from edge.paths import default_categories
@@ -221,6 +222,7 @@ class Agent:
     def _process(self, batch: list[RawMessage], book: OrderBook, db) -> None:
         builder = self.engine.builder()
         quarantine = []
+        unknown: dict[str, list] = {}  # device -> [first seen, last seen, messages, last topic]
         for raw in batch:
             try:
                 message = decode_message(raw.topic, raw.payload, self._model_of)
@@ -231,6 +233,8 @@ class Agent:
             device = self.registry.get(message.device_id)
             if device is None:
                 self.stats.unknown_devices[message.device_id] += 1
+                seen = unknown.setdefault(message.device_id[:128], [raw.received_at, raw.received_at, 0, raw.topic])
+                seen[1], seen[2], seen[3] = max(seen[1], raw.received_at), seen[2] + 1, raw.topic
                 continue
             try:
                 check_kinds(device, message.values)
@@ -245,13 +249,15 @@ class Agent:
         self.stats.messages += len(batch)
         transitions = self._count_alerts(self.engine.process(builder.build()))
         changes = book.apply(transitions)
-        if quarantine:
+        if quarantine or unknown:
             with transaction(db) as conn:
                 conn.executemany(
                     "INSERT INTO quarantine (received_at, topic, payload, reason, detail) VALUES (?, ?, ?, ?, ?)",
                     quarantine,
                 )
-            log.warning("quarantined %d malformed message(s)", len(quarantine))
+                record_unknown(conn, [(device, *seen) for device, seen in unknown.items()])
+            if quarantine:
+                log.warning("quarantined %d malformed message(s)", len(quarantine))
         self._record(changes)
         self.subscriber.ack(batch)  # only now: everything this batch changed is on disk
         self.stats.batches += 1

@@ -284,5 +284,62 @@ def orders_show(order_id: str, config_path: Path) -> None:
         click.echo(f"    r{event['revision']}  {iso(event['at'])}  {event['change']:<10} -> {event['state']}, {event['severity']}")
 
 
+def _gateway_db(config_path: Path):
+    from edge.config import ConfigError, load_config
+    from edge.outbox import open_database
+
+    try:
+        config = load_config(config_path)
+    except ConfigError as error:
+        raise click.ClickException(str(error)) from None
+    if not config.database_path.exists():
+        raise click.ClickException(f"no gateway file at {config.database_path}: has the gateway run with this config?")
+    return open_database(config.database_path)
+
+
+@main.group()
+def quarantine() -> None:
+    """Messages ingest could not decode, kept with the reason."""
+
+
+@quarantine.command("list")
+@_CONFIG_OPTION
+@click.option("--reason", help="Only this reason (malformed_json, wrong_type, truncated, unknown_fport, bad_base64, ...).")
+@click.option("--limit", default=50, show_default=True, type=click.IntRange(min=1), help="At most this many, newest first.")
+def quarantine_list(config_path: Path, reason: str | None, limit: int) -> None:
+    """Quarantined messages, newest first: when, reason, topic, detail and the start of the payload."""
+    from edge.ingest.quarantine import quarantined
+    from edge.orders.book import iso
+
+    db = _gateway_db(config_path)
+    found = quarantined(db.conn, reason, limit)
+    if not found:
+        click.echo("nothing quarantined")
+    for q in found:
+        payload = bytes(q["payload"][:60]).decode("utf-8", "replace")
+        click.echo(f"{iso(q['received_at'])}  {q['reason']:<16} {q['topic']}  {q['detail']}  payload {payload!r}")
+
+
+@main.group()
+def devices() -> None:
+    """Devices as ingest sees them."""
+
+
+@devices.command("unknown")
+@_CONFIG_OPTION
+def devices_unknown(config_path: Path) -> None:
+    """Devices that sent messages but are not in the registry: first and last seen, how many messages."""
+    from edge.ingest.quarantine import unknown_devices
+    from edge.orders.book import iso
+
+    db = _gateway_db(config_path)
+    found = unknown_devices(db.conn)
+    if not found:
+        click.echo("no unknown devices")
+    for d in found:
+        click.echo(f"{d['device']:<12} first {iso(d['first_seen'])}  last {iso(d['last_seen'])}  "
+                   f"{d['count']} message(s)  last topic {d['topic']}")
+
+
 if __name__ == "__main__":
     main()

@@ -101,6 +101,16 @@ MIGRATIONS: list[str] = [
     INSERT INTO order_members (order_id, rule, device, state, joined_at)
         SELECT id, rule, device, CASE WHEN state = 'cleared' THEN 'cleared' ELSE 'opened' END, opened_at FROM orders;
     """,
+    # 5: devices that sent messages but are not in the registry (edge devices unknown).
+    """
+    CREATE TABLE unknown_devices (
+        device TEXT PRIMARY KEY,
+        first_seen REAL NOT NULL,
+        last_seen REAL NOT NULL,
+        count INTEGER NOT NULL,
+        topic TEXT NOT NULL
+    );
+    """,
 ]
 
 
