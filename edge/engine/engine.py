@@ -96,6 +96,8 @@ class Engine:
         self.latest_ts = np.full((n_dev, n_met), -np.inf)
         self.since = np.full((n_dev, n_rules, 2), np.nan)  # device-major: one device's state lies together
         self.active = np.zeros((n_dev, n_rules), dtype=np.bool_)
+        # the condition in force was false when last evaluated (see kernels.step_rule)
+        self.settled = np.zeros((n_dev, n_rules), dtype=np.bool_)
         self.state = np.full(p.state_size, np.nan)
         for k, instance in enumerate(p.instances):
             if instance.function == "zscore":  # n = 0
@@ -133,6 +135,7 @@ class Engine:
         device = self.registry.get(device_id)
         if r is not None and device is not None and self.program.applies[device.index, r]:
             self.active[device.index, r] = True
+            self.settled[device.index, r] = False
 
     def process(self, batch: ReadingBatch, force: bool = False) -> list[Transition]:
         transitions: list[Transition] = []
@@ -143,10 +146,11 @@ class Engine:
             n_out, start, late = kernels.run_batch(
                 batch.dev, batch.met, batch.ts, batch.val, start,
                 self.latest, self.latest_ts, p.params,
-                p.code, p.args, p.aux, p.length, p.hold, p.applies, p.rule_metrics,
-                self.since, self.active,
-                self.state, p.inst_func, p.inst_metric, p.inst_param, p.inst_off,
-                p.metric_inst_ptr, p.metric_inst, self.origin,
+                p.code, p.args, p.aux, p.length, p.hold, p.rule_metrics, p.rule_mask, p.timed,
+                p.dev_layout, p.layout_ptr, p.layout_rules, p.layout_inst, p.state_base, p.state_width,
+                self.since, self.active, self.settled,
+                self.state, p.inst_func, p.inst_metric, p.inst_param, p.metric_inst_ptr, p.metric_inst,
+                self.origin,
                 self._out_rule, self._out_dev, self._out_kind, self._out_ts, self._out_vals,
                 self._stack,
             )
@@ -165,9 +169,10 @@ class Engine:
             n_out, start = kernels.tick(
                 now, start,
                 self.latest, self.latest_ts, p.params,
-                p.code, p.args, p.aux, p.length, p.hold, p.applies, p.rule_metrics, p.timed,
-                self.since, self.active,
-                self.state, p.inst_func, p.inst_metric, p.inst_param, p.inst_off,
+                p.code, p.args, p.aux, p.length, p.hold, p.rule_metrics, p.timed,
+                p.dev_layout, p.layout_ptr, p.layout_rules, p.layout_inst, p.state_base,
+                self.since, self.active, self.settled,
+                self.state, p.inst_func, p.inst_metric, p.inst_param,
                 self.origin,
                 self._out_rule, self._out_dev, self._out_kind, self._out_ts, self._out_vals,
                 self._stack,
@@ -231,6 +236,6 @@ class Engine:
         return kept
 
     def state_bytes(self) -> int:
-        arrays = (self.latest, self.latest_ts, self.since, self.active, self.state)
+        arrays = (self.latest, self.latest_ts, self.since, self.active, self.settled, self.state)
         return int(sum(a.nbytes for a in arrays))
 

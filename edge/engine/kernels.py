@@ -16,7 +16,10 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from numba import njit
+from llvmlite import ir
+from numba import njit, types
+from numba.core import cgutils
+from numba.extending import intrinsic
 
 from edge.engine.functions import (
     BUCKETS, F_ABSENT, F_AVG, F_CHANGED, F_COUNT, F_DELTA, F_MAX, F_MIN, F_RATE,
@@ -33,6 +36,24 @@ OPEN, CLEAR = 1, 2
 # atomic reference counting on each of them, which measured 30x slower on small rules.
 kernel = njit(cache=True, _nrt=False)
 inlined = njit(cache=True, _nrt=False, inline="always")  # helpers of the hot loop
+
+
+@intrinsic
+def prefetch(typingctx, array, index):
+    """Hint the CPU to bring ``array``'s element at flat ``index`` into cache (no effect on results)."""
+    if not isinstance(array, types.Array) or not isinstance(index, types.Integer):
+        return None
+
+    def codegen(context, builder, signature, args):
+        data = context.make_array(signature.args[0])(context, builder, args[0]).data
+        pointer = builder.bitcast(builder.gep(data, [args[1]]), ir.IntType(8).as_pointer())
+        i32 = ir.IntType(32)
+        hint = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(ir.VoidType(), [pointer.type, i32, i32, i32]), "llvm.prefetch.p0")
+        builder.call(hint, [pointer, i32(0), i32(3), i32(1)])  # read, keep in all levels, data
+        return context.get_dummy_value()
+
+    return types.void(array, index), codegen
 
 
 @inlined
@@ -134,60 +155,76 @@ def instance_value(func, state, row, param, t, latest_value, latest_time, last_m
         return state[row + 4]
     if func == F_CHANGED:
         return 1.0 if state[row + 1] == t else 0.0
+    # Windowed: the slots whose number lies in (top - BUCKETS, top]; one loop per function,
+    # so each loop body is straight-line code.
     top = math.floor(t * BUCKETS / param)
-    size = slot_size(func)
+    low_k = top - BUCKETS
     count = 0.0
-    total = 0.0
-    low = math.inf
-    high = -math.inf
-    first_ts = math.inf
-    first_value = math.nan
-    for b in range(BUCKETS):
-        at = row + b * size
-        k = state[at]
-        if not (k == k):
-            continue
-        if k <= top - BUCKETS or k > top:
-            continue
-        if func == F_AVG:
-            count += state[at + 1]
-            total += state[at + 2]
-        elif func == F_MIN:
-            count += 1.0
-            low = min(low, state[at + 1])
-        elif func == F_MAX:
-            count += 1.0
-            high = max(high, state[at + 1])
-        elif func == F_COUNT:
-            count += state[at + 1]
-        elif func == F_DELTA or func == F_RATE:
-            count += 1.0
-            if state[at + 1] < first_ts:
-                first_ts = state[at + 1]
-                first_value = state[at + 2]
-        else:  # F_STUCK
-            count += state[at + 1]
-            low = min(low, state[at + 2])
-            high = max(high, state[at + 3])
-            first_ts = min(first_ts, state[at + 4])
-    if func == F_COUNT:
-        return count
-    if func == F_STUCK:
-        ok = (count >= STUCK_MIN_READINGS) & (high == low) & (latest_time - first_ts >= param / 2)
-        return 1.0 if ok else 0.0
-    if count == 0.0:
-        return math.nan
     if func == F_AVG:
-        return total / count
+        total = 0.0
+        for b in range(BUCKETS):
+            at = row + b * 3
+            k = state[at]
+            if (k > low_k) & (k <= top):
+                count += state[at + 1]
+                total += state[at + 2]
+        return total / count if count != 0.0 else math.nan
     if func == F_MIN:
-        return low
+        low = math.inf
+        for b in range(BUCKETS):
+            at = row + b * 2
+            k = state[at]
+            if (k > low_k) & (k <= top):
+                count += 1.0
+                low = min(low, state[at + 1])
+        return low if count != 0.0 else math.nan
     if func == F_MAX:
-        return high
-    if func == F_DELTA:
-        return latest_value - first_value
-    if func == F_RATE:
+        high = -math.inf
+        for b in range(BUCKETS):
+            at = row + b * 2
+            k = state[at]
+            if (k > low_k) & (k <= top):
+                count += 1.0
+                high = max(high, state[at + 1])
+        return high if count != 0.0 else math.nan
+    if func == F_COUNT:
+        for b in range(BUCKETS):
+            at = row + b * 2
+            k = state[at]
+            if (k > low_k) & (k <= top):
+                count += state[at + 1]
+        return count
+    if func == F_DELTA or func == F_RATE:
+        first_ts = math.inf
+        first_value = math.nan
+        for b in range(BUCKETS):
+            at = row + b * 3
+            k = state[at]
+            if (k > low_k) & (k <= top):
+                count += 1.0
+                if state[at + 1] < first_ts:
+                    first_ts = state[at + 1]
+                    first_value = state[at + 2]
+        if count == 0.0:
+            return math.nan
+        if func == F_DELTA:
+            return latest_value - first_value
         span = latest_time - first_ts
         return (latest_value - first_value) / span * 60.0 if span > 0.0 else math.nan
+    if func == F_STUCK:
+        low = math.inf
+        high = -math.inf
+        first_ts = math.inf
+        for b in range(BUCKETS):
+            at = row + b * 5
+            k = state[at]
+            if (k > low_k) & (k <= top):
+                count += state[at + 1]
+                low = min(low, state[at + 2])
+                high = max(high, state[at + 3])
+                first_ts = min(first_ts, state[at + 4])
+        ok = (count >= STUCK_MIN_READINGS) & (high == low) & (latest_time - first_ts >= param / 2)
+        return 1.0 if ok else 0.0
     return math.nan
 
 
@@ -195,8 +232,11 @@ def instance_value(func, state, row, param, t, latest_value, latest_time, last_m
 
 @inlined
 def evaluate(code, args, aux, r, w, length, d, t, latest, latest_ts, params, stack,
-             state, inst_func, inst_metric, inst_param, inst_off, origin):
-    """Run program ``w`` (0 opens, 1 clears) of rule ``r`` for device ``d`` at time ``t``; True or False."""
+             state, inst_func, inst_metric, inst_param, layout_inst, layout, base, origin):
+    """Run program ``w`` (0 opens, 1 clears) of rule ``r`` for device ``d`` at time ``t``; True or False.
+
+    The device's function states start at ``base`` in ``state``; ``layout_inst[layout, k]``
+    is where instance ``k`` lies from there."""
     top = -1
     i = 0
     while i < length:
@@ -248,8 +288,8 @@ def evaluate(code, args, aux, r, w, length, d, t, latest, latest_ts, params, sta
             value_now = latest[d, m] if m >= 0 else math.nan
             time_now = latest_ts[d, m] if m >= 0 else math.nan
             top += 1
-            stack[top] = instance_value(inst_func[k], state, inst_off[d, k], inst_param[k], t, value_now, time_now,
-                                        last_message)
+            stack[top] = instance_value(inst_func[k], state, base + layout_inst[layout, k], inst_param[k], t,
+                                        value_now, time_now, last_message)
         elif op == OP_NEG:
             stack[top] = -stack[top]
         elif op == OP_NOT:
@@ -290,15 +330,21 @@ def evaluate(code, args, aux, r, w, length, d, t, latest, latest_ts, params, sta
 
 
 @inlined
-def step_rule(r, d, t, code, args, aux, length, hold, since, active, latest, latest_ts, params, stack,
-              state, inst_func, inst_metric, inst_param, inst_off, origin):
-    """Advance rule ``r`` for device ``d`` at time ``t``; returns OPEN, CLEAR or 0."""
+def step_rule(r, d, t, code, args, aux, length, hold, since, active, settled, latest, latest_ts, params, stack,
+              state, inst_func, inst_metric, inst_param, layout_inst, layout, base, origin):
+    """Advance rule ``r`` for device ``d`` at time ``t``; returns OPEN, CLEAR or 0.
+
+    ``settled[d, r]`` records that the condition now in force was false at this evaluation:
+    until one of its metrics changes, a rule without functions will say the same again.
+    """
     which = 1 if active[d, r] else 0
     holds = evaluate(code, args, aux, r, which, length[r, which], d, t, latest, latest_ts,
-                     params, stack, state, inst_func, inst_metric, inst_param, inst_off, origin)
+                     params, stack, state, inst_func, inst_metric, inst_param, layout_inst, layout, base, origin)
     if not holds:
         since[d, r, which] = math.nan
+        settled[d, r] = True
         return 0
+    settled[d, r] = False
     if math.isnan(since[d, r, which]):
         since[d, r, which] = t
     if t - since[d, r, which] >= hold[r, which]:
@@ -320,18 +366,51 @@ def _emit(n_out, r, d, kind, t, latest, rule_metrics, out_rule, out_dev, out_kin
         out_vals[n_out, k] = latest[d, mk] if mk >= 0 else math.nan
 
 
+@inlined
+def metric_bit(m):
+    """The bit of metric ``m`` in a rule's input mask (metrics past 63 share the last bit)."""
+    return np.uint64(1) << np.uint64(min(m, 63))
+
+
+@inlined
+def _prefetch_device(d, latest, latest_ts, since, active, settled, state, state_base, state_width):
+    """Ask the cache for device ``d``'s state, which a message a little later in the batch will need."""
+    n_met = latest.shape[1]
+    for at in range(0, n_met, 8):
+        prefetch(latest, d * n_met + at)
+        prefetch(latest_ts, d * n_met + at)
+    n_since = since.shape[1] * 2
+    for at in range(0, n_since, 8):
+        prefetch(since, d * n_since + at)
+    prefetch(active, d * active.shape[1])
+    prefetch(settled, d * settled.shape[1])
+    base = state_base[d]
+    for at in range(0, state_width[d], 8):
+        prefetch(state, base + at)
+
+
+PREFETCH_AHEAD = 48  # readings (about 8 messages) between asking for a device's state and using it
+
+
 @kernel
 def run_batch(
     dev, met, ts, val, start,
     latest, latest_ts, params,
-    code, args, aux, length, hold, applies, rule_metrics,
-    since, active,
-    state, inst_func, inst_metric, inst_param, inst_off, metric_inst_ptr, metric_inst,
+    code, args, aux, length, hold, rule_metrics, rule_mask, timed,
+    dev_layout, layout_ptr, layout_rules, layout_inst, state_base, state_width,
+    since, active, settled,
+    state, inst_func, inst_metric, inst_param, metric_inst_ptr, metric_inst,
     origin,
     out_rule, out_dev, out_kind, out_ts, out_vals,
     stack,
 ):
     """Process readings from ``start``; returns (transitions written, next reading, late readings).
+
+    A message is a run of readings of one device at one time, the first usually its marker
+    (metric 0). Its fresh readings update the device's latest values and function states;
+    then the rules that apply to the device are stepped once, at the message's time, except
+    those that cannot have changed: no functions, not waiting out a ``for``, false when last
+    evaluated, and none of their metrics changed value in this message.
 
     Stops early, at a message boundary, when the output arrays could overflow; the caller
     then empties them and calls again from the returned index.
@@ -341,37 +420,47 @@ def run_batch(
     capacity = out_rule.shape[0]
     n_out = 0
     late = 0
-    fresh = False
     i = start
+    ahead = start
     while i < n:
         d = dev[i]
-        m = met[i]
         t = ts[i]
-        if t > latest_ts[d, m]:
-            latest[d, m] = val[i]
-            latest_ts[d, m] = t
-            fresh = True
-            for j in range(metric_inst_ptr[m], metric_inst_ptr[m + 1]):
-                k = metric_inst[j]
-                row = inst_off[d, k]
-                if row >= 0:
-                    update_instance(inst_func[k], state, row, inst_param[k], t, val[i])
-        else:
-            late += 1
-        same_message = False
-        if i + 1 < n:
-            same_message = (dev[i + 1] == d) & (ts[i + 1] == t) & (met[i + 1] != 0)
-        i += 1
-        if same_message:
-            continue
+        while ahead < n and ahead <= i + PREFETCH_AHEAD:
+            if ahead == 0 or dev[ahead] != dev[ahead - 1]:
+                _prefetch_device(dev[ahead], latest, latest_ts, since, active, settled, state, state_base, state_width)
+            ahead += 1
+        layout = dev_layout[d]
+        base = state_base[d]
+        fresh = False
+        changed = np.uint64(0)
+        while True:
+            m = met[i]
+            if t > latest_ts[d, m]:
+                x = val[i]
+                if not (latest[d, m] == x):
+                    changed |= metric_bit(m)
+                latest[d, m] = x
+                latest_ts[d, m] = t
+                fresh = True
+                for j in range(metric_inst_ptr[m], metric_inst_ptr[m + 1]):
+                    k = metric_inst[j]
+                    at = layout_inst[layout, k]
+                    if at >= 0:
+                        update_instance(inst_func[k], state, base + at, inst_param[k], t, x)
+            else:
+                late += 1
+            i += 1
+            if not ((i < n) and (dev[i] == d) and (ts[i] == t) and (met[i] != 0)):
+                break
         if not fresh:
             continue
-        fresh = False
-        for r in range(n_rules):
-            if not applies[d, r]:
+        for p in range(layout_ptr[layout], layout_ptr[layout + 1]):
+            r = layout_rules[p]
+            if settled[d, r] and not timed[r] and (rule_mask[r] & changed) == 0:
                 continue
-            kind = step_rule(r, d, t, code, args, aux, length, hold, since, active, latest, latest_ts, params,
-                             stack, state, inst_func, inst_metric, inst_param, inst_off, origin)
+            kind = step_rule(r, d, t, code, args, aux, length, hold, since, active, settled, latest, latest_ts,
+                             params, stack, state, inst_func, inst_metric, inst_param, layout_inst, layout, base,
+                             origin)
             if kind != 0:
                 _emit(n_out, r, d, kind, t, latest, rule_metrics, out_rule, out_dev, out_kind, out_ts, out_vals)
                 n_out += 1
@@ -384,16 +473,17 @@ def run_batch(
 def tick(
     now, start_device,
     latest, latest_ts, params,
-    code, args, aux, length, hold, applies, rule_metrics, timed,
-    since, active,
-    state, inst_func, inst_metric, inst_param, inst_off,
+    code, args, aux, length, hold, rule_metrics, timed,
+    dev_layout, layout_ptr, layout_rules, layout_inst, state_base,
+    since, active, settled,
+    state, inst_func, inst_metric, inst_param,
     origin,
     out_rule, out_dev, out_kind, out_ts, out_vals,
     stack,
 ):
     """Evaluate time-dependent and waiting rules at gateway time ``now``; returns (written, next device)."""
     n_rules = code.shape[0]
-    n_dev = applies.shape[0]
+    n_dev = dev_layout.shape[0]
     capacity = out_rule.shape[0]
     n_out = 0
     d = start_device
@@ -402,14 +492,16 @@ def tick(
             t = now - (latest[d, 0] - latest_ts[d, 0])  # the device's clock, run on from its last report
         else:
             t = now
-        for r in range(n_rules):
-            if not applies[d, r]:
-                continue
+        layout = dev_layout[d]
+        base = state_base[d]
+        for p in range(layout_ptr[layout], layout_ptr[layout + 1]):
+            r = layout_rules[p]
             which = 1 if active[d, r] else 0
             if not timed[r] and math.isnan(since[d, r, which]):
                 continue
-            kind = step_rule(r, d, t, code, args, aux, length, hold, since, active, latest, latest_ts, params,
-                             stack, state, inst_func, inst_metric, inst_param, inst_off, origin)
+            kind = step_rule(r, d, t, code, args, aux, length, hold, since, active, settled, latest, latest_ts,
+                             params, stack, state, inst_func, inst_metric, inst_param, layout_inst, layout, base,
+                             origin)
             if kind != 0:
                 _emit(n_out, r, d, kind, t, latest, rule_metrics, out_rule, out_dev, out_kind, out_ts, out_vals)
                 n_out += 1

@@ -82,6 +82,7 @@ class Program:
     hold: np.ndarray  # float64 [rules, 2]: `for` and `clear_for`, seconds
     applies: np.ndarray  # bool [devices, rules]
     rule_metrics: np.ndarray  # int32 [rules, k]: metrics each rule reads, -1 padded
+    rule_mask: np.ndarray  # uint64 [rules]: bit min(m, 63) set for each metric m the rule reads
     timed: np.ndarray  # bool [rules]: the condition can change with time alone (functions)
     params: np.ndarray  # float64 [devices, params]
     instances: list[Instance]
@@ -90,6 +91,14 @@ class Program:
     inst_param: np.ndarray  # float64 [instances]
     inst_rule: np.ndarray  # int32 [instances]
     inst_off: np.ndarray  # int64 [devices, instances]: where the device's state of the instance starts, or -1
+    # Devices to which the same rules apply share a layout: its rules, and where each
+    # instance's state lies from the device's first state slot (the kernels use these).
+    dev_layout: np.ndarray  # int32 [devices]
+    layout_ptr: np.ndarray  # int32 [layouts + 1]: the layout's rules are
+    layout_rules: np.ndarray  # int32: layout_rules[layout_ptr[l]:layout_ptr[l + 1]], ascending
+    layout_inst: np.ndarray  # int64 [layouts, instances]: offset from the device's first slot, or -1
+    state_base: np.ndarray  # int64 [devices]: the device's first state slot
+    state_width: np.ndarray  # int64 [devices]: its number of state slots
     inst_width: np.ndarray  # int32 [instances]: floats per device
     metric_inst_ptr: np.ndarray  # int32 [metrics + 1]: instances reading metric m are
     metric_inst: np.ndarray  # int32: metric_inst[metric_inst_ptr[m]:metric_inst_ptr[m + 1]]
@@ -138,6 +147,10 @@ class _Compiler:
             self._emit(node.operand, out)
             out.append((OP_NEG if node.op == "-" else OP_NOT, 0.0, 0.0))
         elif isinstance(node, expr.Binary) and node.op in ("and", "or"):
+            if has_call(node.left) and not has_call(node.right):
+                # The same value either way round (no side effects, the result is 0 or 1), and the
+                # cheap side first often decides it without computing the function.
+                node = expr.Binary(node.op, node.right, node.left)
             self._emit(node.left, out)
             jump = len(out)
             out.append((OP_JF if node.op == "and" else OP_JT, 0.0, 0.0))
@@ -165,6 +178,17 @@ class _Compiler:
             self.instances.append(instance)
         else:
             raise ValueError(f"cannot compile {node!r}")
+
+
+def has_call(node: expr.Node) -> bool:
+    """Whether the expression calls a function (whose value may cost a walk over its window)."""
+    if isinstance(node, expr.Call):
+        return True
+    if isinstance(node, expr.Unary):
+        return has_call(node.operand)
+    if isinstance(node, expr.Binary):
+        return has_call(node.left) or has_call(node.right)
+    return False
 
 
 def stack_depth(program: list[tuple[int, float, float]]) -> int:
@@ -233,13 +257,29 @@ def compile_rules(rules: list[Rule], registry: Registry) -> Program:
     inst_rule = np.array([i.rule for i in instances], dtype=np.int32)
     inst_width = np.array([FUNCTIONS[i.function].width for i in instances], dtype=np.int32)
     # Each device's function states lie together, so one device's message touches one region.
-    inst_off = np.full((n_dev, len(instances)), -1, dtype=np.int64)
-    offset = 0
+    layouts: dict[bytes, int] = {}
+    dev_layout = np.zeros(n_dev, dtype=np.int32)
     for d in range(n_dev):
+        dev_layout[d] = layouts.setdefault(applies_to[d].tobytes(), len(layouts))
+    layout_rows = [np.frombuffer(row, dtype=np.bool_) for row in layouts]
+    layout_ptr = np.zeros(len(layout_rows) + 1, dtype=np.int32)
+    for l, row in enumerate(layout_rows):
+        layout_ptr[l + 1] = layout_ptr[l] + int(row.sum())
+    layout_rules = np.array([r for row in layout_rows for r in np.flatnonzero(row)], dtype=np.int32)
+    layout_inst = np.full((max(1, len(layout_rows)), len(instances)), -1, dtype=np.int64)
+    layout_width = np.zeros(max(1, len(layout_rows)), dtype=np.int64)
+    for l, row in enumerate(layout_rows):
         for k, instance in enumerate(instances):
-            if applies_to[d, instance.rule]:
-                inst_off[d, k] = offset
-                offset += int(inst_width[k])
+            if row[instance.rule]:
+                layout_inst[l, k] = layout_width[l]
+                layout_width[l] += int(inst_width[k])
+    state_width = layout_width[dev_layout] if n_dev else np.zeros(0, dtype=np.int64)
+    state_base = np.zeros(n_dev, dtype=np.int64)
+    if n_dev:
+        state_base[1:] = np.cumsum(state_width)[:-1]
+    offset = int(state_width.sum())
+    inst_off = np.where(layout_inst[dev_layout] >= 0, state_base[:, None] + layout_inst[dev_layout], -1)
+    inst_off = inst_off.reshape(n_dev, len(instances)).astype(np.int64)
     by_metric: list[list[int]] = [[] for _ in metric_names]
     for k, instance in enumerate(instances):
         if instance.metric >= 0:
@@ -250,13 +290,18 @@ def compile_rules(rules: list[Rule], registry: Registry) -> Program:
     metric_inst = np.array([k for found in by_metric for k in found], dtype=np.int32)
 
     timed = np.array([any(i.rule == r for i in instances) for r in range(n)], dtype=np.bool_)
+    rule_mask = np.zeros(n, dtype=np.uint64)
+    for r, rule in enumerate(rules):
+        for name in rule.metrics:
+            rule_mask[r] |= np.uint64(1) << np.uint64(min(metric_index[name], 63))
     params = np.full((n_dev, max(1, len(registry.param_names))), np.nan)
     for device in registry.devices:
         for name, value in device.params.items():
             params[device.index, param_index[name]] = value
     return Program(
-        metric_names, text_metrics, texts, code, args, aux, lengths, hold, applies_to, rule_metrics, timed, params,
-        instances, inst_func, inst_metric, inst_param, inst_rule, inst_off, inst_width,
+        metric_names, text_metrics, texts, code, args, aux, lengths, hold, applies_to, rule_metrics, rule_mask, timed,
+        params, instances, inst_func, inst_metric, inst_param, inst_rule, inst_off,
+        dev_layout, layout_ptr, layout_rules, layout_inst, state_base, state_width, inst_width,
         metric_inst_ptr, metric_inst, offset, stack,
     )
 
