@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import textwrap
 
 from hypothesis import event, given, settings
@@ -59,6 +60,10 @@ FUNCTION_RULES = """rules:
   - name: flat
     applies_to: {kind: manhole_cover}
     when: stuck(water_cm, 20s)
+    order: {category: c, severity: minor, title: "{device}"}
+  - name: odd_water
+    applies_to: {kind: manhole_cover}
+    when: anomaly(water_cm) > 0.5
     order: {category: c, severity: minor, title: "{device}"}
   - name: parked
     applies_to: {kind: camera}
@@ -249,3 +254,23 @@ def test_sparse_reporter_opens_after_for_on_a_tick(tmp_path):
     assert engine.tick(805.0) == []
     (opened,) = engine.tick(810.0)
     assert (opened.kind, opened.rule.name, opened.ts) == ("open", "tilted", 510.0)
+
+
+def test_anomaly_opens_on_a_reading_unlike_the_device_past_and_matches_the_reference(tmp_path):
+    rules = make_rules(tmp_path, """rules:
+  - name: odd_water
+    applies_to: {kind: manhole_cover}
+    when: anomaly(water_cm) > 0.9
+    clear_when: water_cm > 50
+    order: {category: c, severity: minor, title: "{device}"}
+""")
+    registry = make_registry()
+    engine, reference = Engine(rules, registry, origin=0.0), ReferenceEngine(rules, registry, origin=0.0)
+    rng = random.Random(7)
+    messages = [("c1", 60.0 * i, {"water_cm": 75.0 + rng.uniform(-15, 15)}) for i in range(400)]
+    messages += [("c1", 60.0 * 400, {"water_cm": 8.0}), ("c1", 60.0 * 401, {"water_cm": 80.0})]
+    messages += [("c2", 60.0 * i, {"water_cm": 75.0 + rng.uniform(-15, 15)}) for i in range(402)]
+    got = run_kernel(engine, registry, messages, batch_size=50)
+    want = [step for device, ts, values in messages for step in reference.message(device, ts, values)]
+    assert got == want
+    assert got == [("open", "odd_water", "c1", 60.0 * 400), ("clear", "odd_water", "c1", 60.0 * 401)]

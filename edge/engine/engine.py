@@ -97,10 +97,7 @@ class Engine:
         self.since = np.full((n_dev, n_rules, 2), np.nan)  # device-major: one device's state lies together
         self.active = np.zeros((n_dev, n_rules), dtype=np.bool_)
         self.state = np.full(p.state_size, np.nan)
-        for k, instance in enumerate(p.instances):
-            if instance.function == "zscore":  # n = 0
-                offsets = p.inst_off[:, k]
-                self.state[offsets[offsets >= 0]] = 0.0
+        kernels.init_state(self.state, p.inst_func, p.inst_off)
         capacity = max(1024, 4 * n_rules)
         self._out_rule = np.zeros(capacity, dtype=np.int32)
         self._out_dev = np.zeros(capacity, dtype=np.int32)

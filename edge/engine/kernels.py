@@ -18,8 +18,10 @@ import math
 import numpy as np
 from numba import njit
 
+from edge.engine.detectors import STATE_SIZE as ANOMALY_STATE
+from edge.engine.detectors import detector_init, detector_step
 from edge.engine.functions import (
-    BUCKETS, F_ABSENT, F_AVG, F_CHANGED, F_COUNT, F_DELTA, F_MAX, F_MIN, F_RATE,
+    BUCKETS, F_ABSENT, F_ANOMALY, F_AVG, F_CHANGED, F_COUNT, F_DELTA, F_MAX, F_MIN, F_RATE,
     F_STUCK, F_ZSCORE, STUCK_MIN_READINGS, ZSCORE_WARMUP,
 )
 from edge.engine.program import (
@@ -123,6 +125,27 @@ def update_instance(func, state, row, param, ts, x):
         if last == last and x != last:
             state[row + 1] = ts
         state[row] = x
+    elif func == F_ANOMALY:  # the detector's state, then the score of the latest reading
+        state[row + ANOMALY_STATE] = detector_step(state, row, ts, x)
+
+
+@inlined
+def init_instance(func, state, row):
+    """The state of an instance before its first reading."""
+    if func == F_ZSCORE:
+        state[row] = 0.0  # n
+    elif func == F_ANOMALY:
+        detector_init(state, row)
+        state[row + ANOMALY_STATE] = 0.0
+
+
+@kernel
+def init_state(state, inst_func, inst_off):
+    """Every instance of every device to its initial state (NaN elsewhere: empty window slots)."""
+    for d in range(inst_off.shape[0]):
+        for k in range(inst_off.shape[1]):
+            if inst_off[d, k] >= 0:
+                init_instance(inst_func[k], state, inst_off[d, k])
 
 
 @inlined
@@ -134,6 +157,8 @@ def instance_value(func, state, row, param, t, latest_value, latest_time, last_m
         return state[row + 4]
     if func == F_CHANGED:
         return 1.0 if state[row + 1] == t else 0.0
+    if func == F_ANOMALY:
+        return state[row + ANOMALY_STATE]
     top = math.floor(t * BUCKETS / param)
     size = slot_size(func)
     count = 0.0

@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 
 from edge.engine import expr
+from edge.engine.detectors_reference import reference_run
 from edge.engine.functions import BUCKETS, STUCK_MIN_READINGS, ZSCORE_WARMUP
 from edge.engine.program import applies
 from edge.engine.rules import Rule
@@ -91,6 +92,9 @@ class ReferenceEngine:
         series = self.series.get((device_id, metric)) or _Series()
         if node.name == "changed":
             return 1.0 if series.changed_at == t else 0.0
+        if node.name == "anomaly":  # the score of the latest reading, the detector run over them all
+            return reference_run([ts for ts, _ in series.readings], [x for _, x in series.readings])[-1] \
+                if series.readings else 0.0
         length = node.args[1].value
         if node.name == "zscore":
             return _zscore(series.readings, length) if series.readings else math.nan
