@@ -19,6 +19,9 @@ from edge.engine.rules import Rule
 from edge.registry import Device, Registry
 
 
+KIND_NAMES = {kernels.OPEN: "open", kernels.CLEAR: "clear", kernels.UPDATE: "update"}
+
+
 @dataclass(frozen=True)
 class Evidence:
     metric: str
@@ -27,7 +30,7 @@ class Evidence:
 
 @dataclass(frozen=True)
 class Transition:
-    kind: str  # "open" or "clear"
+    kind: str  # "open", "clear", or "update" (an open problem got worse; see Rule.worsening)
     rule: Rule
     device: Device
     ts: float  # the device time at which the transition completed
@@ -96,6 +99,7 @@ class Engine:
         self.latest_ts = np.full((n_dev, n_met), -np.inf)
         self.since = np.full((n_dev, n_rules, 2), np.nan)  # device-major: one device's state lies together
         self.active = np.zeros((n_dev, n_rules), dtype=np.bool_)
+        self.reported = np.full((n_dev, n_rules), np.nan)  # value of the worsening metric last reported
         self.state = np.full(p.state_size, np.nan)
         kernels.init_state(self.state, p.inst_func, p.inst_off)
         capacity = max(1024, 4 * n_rules)
@@ -125,11 +129,15 @@ class Engine:
         self.tick(self.origin, start=len(self.registry))
 
     def mark_active(self, rule_name: str, device_id: str) -> None:
-        """Resume after a restart: an order that is open makes its rule active for the device."""
+        """Resume after a restart: an order that is open makes its rule active for the device.
+
+        Its worsening starts again from the device's next reading (see Rule.worsening)."""
         r = self._rule_index.get(rule_name)
         device = self.registry.get(device_id)
-        if r is not None and device is not None and self.program.applies[device.index, r]:
+        if r is not None and device is not None and self.program.applies[device.index, r] \
+                and not self.active[device.index, r]:
             self.active[device.index, r] = True
+            self.reported[device.index, r] = np.nan
 
     def process(self, batch: ReadingBatch, force: bool = False) -> list[Transition]:
         transitions: list[Transition] = []
@@ -144,6 +152,7 @@ class Engine:
                 self.since, self.active,
                 self.state, p.inst_func, p.inst_metric, p.inst_param, p.inst_off,
                 p.metric_inst_ptr, p.metric_inst, self.origin,
+                p.worse_metric, p.worse_dir, p.worse_step, self.reported,
                 self._out_rule, self._out_dev, self._out_kind, self._out_ts, self._out_vals,
                 self._stack,
             )
@@ -166,6 +175,7 @@ class Engine:
                 self.since, self.active,
                 self.state, p.inst_func, p.inst_metric, p.inst_param, p.inst_off,
                 self.origin,
+                p.worse_metric, p.worse_dir, p.worse_step, self.reported,
                 self._out_rule, self._out_dev, self._out_kind, self._out_ts, self._out_vals,
                 self._stack,
             )
@@ -185,7 +195,7 @@ class Engine:
                 evidence.append(Evidence(name, p.texts.text(value) if name in p.text_metrics else value))
             out.append(
                 Transition(
-                    "open" if self._out_kind[o] == kernels.OPEN else "clear",
+                    KIND_NAMES[self._out_kind[o]],
                     rule,
                     self.registry.devices[self._out_dev[o]],
                     float(self._out_ts[o]),
@@ -216,6 +226,7 @@ class Engine:
                 continue
             self.since[:, r] = old.since[:, o]
             self.active[:, r] = old.active[:, o]
+            self.reported[:, r] = old.reported[:, o]
             mine = [k for k, i in enumerate(self.program.instances) if i.rule == r]
             theirs = [k for k, i in enumerate(old.program.instances) if i.rule == o]
             for k_new, k_old in zip(mine, theirs):
@@ -228,6 +239,6 @@ class Engine:
         return kept
 
     def state_bytes(self) -> int:
-        arrays = (self.latest, self.latest_ts, self.since, self.active, self.state)
+        arrays = (self.latest, self.latest_ts, self.since, self.active, self.reported, self.state)
         return int(sum(a.nbytes for a in arrays))
 

@@ -29,7 +29,7 @@ from edge.engine.program import (
     OP_METRIC, OP_MUL, OP_NE, OP_NEG, OP_NOT, OP_PARAM, OP_SUB,
 )
 
-OPEN, CLEAR = 1, 2
+OPEN, CLEAR, UPDATE = 1, 2, 3  # UPDATE: an open order's problem got worse
 
 # No NRT: these kernels never allocate, and with it every call that passes arrays pays
 # atomic reference counting on each of them, which measured 30x slower on small rules.
@@ -316,21 +316,45 @@ def evaluate(code, args, aux, r, w, length, d, t, latest, latest_ts, params, sta
 
 @inlined
 def step_rule(r, d, t, code, args, aux, length, hold, since, active, latest, latest_ts, params, stack,
-              state, inst_func, inst_metric, inst_param, inst_off, origin):
-    """Advance rule ``r`` for device ``d`` at time ``t``; returns OPEN, CLEAR or 0."""
+              state, inst_func, inst_metric, inst_param, inst_off, origin,
+              worse_metric, worse_dir, worse_step, reported):
+    """Advance rule ``r`` for device ``d`` at time ``t``; returns OPEN, CLEAR, UPDATE or 0."""
     which = 1 if active[d, r] else 0
     holds = evaluate(code, args, aux, r, which, length[r, which], d, t, latest, latest_ts,
                      params, stack, state, inst_func, inst_metric, inst_param, inst_off, origin)
-    if not holds:
-        since[d, r, which] = math.nan
+    if holds:
+        if math.isnan(since[d, r, which]):
+            since[d, r, which] = t
+        if t - since[d, r, which] >= hold[r, which]:
+            active[d, r] = which == 0
+            since[d, r, 0] = math.nan
+            since[d, r, 1] = math.nan
+            if which == 1:
+                return CLEAR
+            m = worse_metric[r]
+            reported[d, r] = latest[d, m] if m >= 0 else math.nan
+            return OPEN
         return 0
-    if math.isnan(since[d, r, which]):
-        since[d, r, which] = t
-    if t - since[d, r, which] >= hold[r, which]:
-        active[d, r] = which == 0
-        since[d, r, 0] = math.nan
-        since[d, r, 1] = math.nan
-        return CLEAR if which == 1 else OPEN
+    since[d, r, which] = math.nan
+    if which == 0:
+        return 0
+    # Open and not clearing: has the problem got worse since it was last reported?
+    m = worse_metric[r]
+    if m < 0:
+        return 0
+    value = latest[d, m]
+    if not (value == value):
+        return 0
+    last = reported[d, r]
+    if not (last == last):  # nothing reported since a restart: this value is the new baseline
+        reported[d, r] = value
+        return 0
+    worse = (value - last) * worse_dir[r]
+    if worse > 0.0 and worse >= worse_step[r] and evaluate(
+            code, args, aux, r, 0, length[r, 0], d, t, latest, latest_ts,
+            params, stack, state, inst_func, inst_metric, inst_param, inst_off, origin):
+        reported[d, r] = value
+        return UPDATE
     return 0
 
 
@@ -353,6 +377,7 @@ def run_batch(
     since, active,
     state, inst_func, inst_metric, inst_param, inst_off, metric_inst_ptr, metric_inst,
     origin,
+    worse_metric, worse_dir, worse_step, reported,
     out_rule, out_dev, out_kind, out_ts, out_vals,
     stack,
 ):
@@ -396,7 +421,8 @@ def run_batch(
             if not applies[d, r]:
                 continue
             kind = step_rule(r, d, t, code, args, aux, length, hold, since, active, latest, latest_ts, params,
-                             stack, state, inst_func, inst_metric, inst_param, inst_off, origin)
+                             stack, state, inst_func, inst_metric, inst_param, inst_off, origin,
+                             worse_metric, worse_dir, worse_step, reported)
             if kind != 0:
                 _emit(n_out, r, d, kind, t, latest, rule_metrics, out_rule, out_dev, out_kind, out_ts, out_vals)
                 n_out += 1
@@ -413,6 +439,7 @@ def tick(
     since, active,
     state, inst_func, inst_metric, inst_param, inst_off,
     origin,
+    worse_metric, worse_dir, worse_step, reported,
     out_rule, out_dev, out_kind, out_ts, out_vals,
     stack,
 ):
@@ -434,7 +461,8 @@ def tick(
             if not timed[r] and math.isnan(since[d, r, which]):
                 continue
             kind = step_rule(r, d, t, code, args, aux, length, hold, since, active, latest, latest_ts, params,
-                             stack, state, inst_func, inst_metric, inst_param, inst_off, origin)
+                             stack, state, inst_func, inst_metric, inst_param, inst_off, origin,
+                             worse_metric, worse_dir, worse_step, reported)
             if kind != 0:
                 _emit(n_out, r, d, kind, t, latest, rule_metrics, out_rule, out_dev, out_kind, out_ts, out_vals)
                 n_out += 1
