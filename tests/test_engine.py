@@ -21,6 +21,7 @@ rules:
     for: 10s
     clear_when: tilt_deg < 5
     clear_for: 5s
+    worse_by: 10%
     order: {category: c1, severity: critical, title: "{device}"}
   - name: full
     applies_to: {kind: bin}
@@ -281,6 +282,7 @@ def test_an_open_problem_getting_worse_by_the_step_gives_an_update(tmp_path):
   - name: water_high
     applies_to: {kind: manhole_cover}
     when: water_cm < 30 and open == 0
+    worse_by: 10%
     clear_when: water_cm > 50
     order: {category: c, severity: major, title: "{device}"}
   - name: water_stepped
@@ -292,12 +294,11 @@ def test_an_open_problem_getting_worse_by_the_step_gives_an_update(tmp_path):
   - name: water_quiet
     applies_to: {kind: manhole_cover}
     when: water_cm < 30
-    worse_by: never
     order: {category: c, severity: major, title: "{device}"}
 """)
     registry = make_registry()
     engine, reference = Engine(rules, registry, origin=0.0), ReferenceEngine(rules, registry, origin=0.0)
-    # lower is worse (water_cm < 30): default step 10% of 30 = 3 cm below the value last reported
+    # lower is worse (water_cm < 30): 10% of 30 = 3 cm below the value last reported
     levels = [40, 29, 27, 25.9, 26, 22.5, 35, 31, 45, 20, 60]
     messages = [("c1", 10.0 * i, {"water_cm": float(x), "open": 0}) for i, x in enumerate(levels)]
     got = run_kernel(engine, registry, messages, batch_size=3)

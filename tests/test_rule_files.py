@@ -111,14 +111,15 @@ def test_every_error_is_reported_not_only_the_first(tmp_path):
 @pytest.mark.parametrize(
     "when, worse_by, expected",
     [
-        ("tilt_deg > 15", None, ("tilt_deg", 1, 1.5)),  # default: 10% of the threshold
-        ("water_cm < 30 or (water_cm < 80 and rate(water_cm, 15m) < -3)", None, ("water_cm", -1, 3.0)),
+        ("tilt_deg > 15", None, None),  # default: never
+        ("tilt_deg > 15", "10%", ("tilt_deg", 1, 1.5)),  # 10% of the threshold
+        ("water_cm < 30 or (water_cm < 80 and rate(water_cm, 15m) < -3)", "10%", ("water_cm", -1, 3.0)),
         ("open == 1 or 60 <= tilt_deg", "2", ("tilt_deg", 1, 2.0)),  # 60 <= x is x >= 60: higher is worse
         ("tilt_deg > 15", "25%", ("tilt_deg", 1, 3.75)),
         ("tilt_deg > 15", "never", None),
         ("open == 1", None, None),  # no ordering comparison: no worsening
         ("not (tilt_deg < 15)", None, None),
-        ("tilt_deg > 0", None, None),  # 10% of a zero threshold is no step at all
+        ("tilt_deg > 0", "10%", None),  # 10% of a zero threshold is no step at all
     ],
 )
 def test_which_way_is_worse(tmp_path, when, worse_by, expected):

@@ -109,10 +109,11 @@ class RuleSpec(_Model):
     clear_when: str | None = Field(None, description="Condition that clears it; default: `when` is false.")
     clear_for: float = Field(0.0, description="How long `clear_when` must hold before the order clears.")
     worse_by: float | str = Field(
-        "10%",
+        "never",
         description="While the order is open, a reading this much worse than the one last reported gives the "
-        "order a new revision: a number in the metric's unit, or a percentage of the threshold (default 10%), "
-        "or `never`. Worse means further past the threshold of the condition's first `metric <, <=, >, >= number`.",
+        "order a new revision: a number in the metric's unit, or a percentage of the threshold such as 10%; "
+        "default never. Worse means further past the threshold of the condition's first "
+        "`metric <, <=, >, >= number`.",
     )
     order: OrderSpec
 
@@ -337,7 +338,7 @@ def load_rule_file(path: Path) -> list[Rule]:
             except typecheck.CheckError as error:
                 line = lines.get(("rules", index, key), lines.get(("rules", index), 1))
                 problems.append(Problem(shown, line, f"rule {spec.name!r}: {key}: {error}"))
-        if "worse_by" in item and spec.worse_by != "never" and _first_threshold(when) is None:
+        if spec.worse_by != "never" and _first_threshold(when) is None:
             problems.append(Problem(shown, lines.get(("rules", index, "worse_by"), 1),
                                     f"rule {spec.name!r}: worse_by needs a comparison of a metric with a number "
                                     "in `when` (such as water_cm < 30) to know which way is worse"))
