@@ -112,6 +112,7 @@ class Engine:
         self.late_readings = 0
         self.evaluations = 0
         self._rule_index = {rule.name: r for r, rule in enumerate(rules)}
+        self._rules_of_device = p.applies.sum(axis=1)
 
     def _state_index(self, k: int) -> np.ndarray:
         """Indexes into the state array of instance ``k``: one row per device (-1 rows where it does not apply)."""
@@ -142,6 +143,7 @@ class Engine:
     def process(self, batch: ReadingBatch, force: bool = False) -> list[Transition]:
         transitions: list[Transition] = []
         p = self.program
+        self.evaluations += int(self._rules_of_device[batch.dev[batch.met == 0]].sum())  # rules x messages
         start = 0
         while start < len(batch) or force:
             force = False
@@ -218,6 +220,7 @@ class Engine:
                 self.latest[:, m] = old.latest[:, old_metrics[name]]
                 self.latest_ts[:, m] = old.latest_ts[:, old_metrics[name]]
         self.origin = old.origin
+        self.evaluations = old.evaluations
         kept = []
         old_rules = {rule.name: r for r, rule in enumerate(old.rules)}
         for r, rule in enumerate(self.rules):
