@@ -110,8 +110,8 @@ def test_metrics_status_page_and_edge_status_of_a_running_gateway(tmp_path, mosq
         snap = requests.get(f"{base}/status.json", timeout=5).json()
         (order,) = snap["orders"]["open"]
         assert (order["device"], order["rule"], order["state"]) == ("MH-0003", "cover_tilted", "opened")
-        reporting = [d["id"] for d in snap["devices"] if not d["silent"]]
-        assert reporting == ["MH-0003"]
+        (reporting,) = [d for d in snap["devices"] if not d["silent"]]
+        assert reporting["id"] == "MH-0003" and reporting["readings"] == {"tilt_deg": 31.0, "open": 1.0}
 
         status = subprocess.run(edge_command() + ["status", "--config", str(config)], capture_output=True, text=True,
                                 timeout=60, env=clean_env)
@@ -127,6 +127,7 @@ def test_metrics_status_page_and_edge_status_of_a_running_gateway(tmp_path, mosq
         assert re.search(r'id="tile-open-orders">open orders<b class="">1</b>', page)
         assert re.search(r'id="tile-uplink">uplink<b class="ok">ok</b>', page)
         assert "Silent devices" in page and "MH-0001" in page  # silent: its only message was malformed
+        assert "tilt_deg 31 · open 1" in page
         shot = tmp_path / "status.png"
         picture = headless(base + "/", tmp_path / "chromium", f"--screenshot={shot}", "--window-size=1200,1400", "--hide-scrollbars")
         assert picture.returncode == 0 and shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", picture.stderr[-2000:]

@@ -26,6 +26,10 @@ def _when(ts: float | None, now: float) -> str:
     return f'<span title="{stamp}">{text}</span>'
 
 
+def _value(value) -> str:
+    return value if isinstance(value, str) else f"{value:g}"
+
+
 def _age(seconds: float | None) -> str:
     if seconds is None:
         return "-"
@@ -125,9 +129,10 @@ def render(snap: dict) -> str:
         parts.append(_table(["reason", "messages"], [[escape(r), str(n)] for r, n in snap["quarantine"].items()], ""))
     parts.append("<h2>Devices</h2>")
     parts.append(_table(
-        ["device", "kind", "grid", "address", "last message", "status"],
+        ["device", "kind", "grid", "address", "last message", "status", "last readings"],
         [[escape(d["id"]), escape(d["kind"]), escape(d["grid"]), escape(d["address"]), _when(d["last_message_at"], now),
-          '<span class="warn">silent</span>' if d["silent"] else '<span class="ok">reporting</span>'] for d in devices],
+          '<span class="warn">silent</span>' if d["silent"] else '<span class="ok">reporting</span>',
+          escape(" · ".join(f"{k} {_value(v)}" for k, v in d["readings"].items()))] for d in devices],
         "Unknown (agent not running).", "devices",
     ))
     parts.append('<p class="empty">Also: <a href="/metrics">/metrics</a> (Prometheus) · '

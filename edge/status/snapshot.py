@@ -21,6 +21,7 @@ from edge.orders.book import LIVE_STATES
 
 if TYPE_CHECKING:
     from edge.agent import Agent
+    from edge.engine import Engine
     from edge.registry import Registry
 
 ORDER_STATES = ("opened", "cleared", "accepted", "dispatched", "resolved", "closed", "rejected")
@@ -111,23 +112,28 @@ def from_agent(agent: "Agent", now: float) -> dict:
             "last_ok_at": sender.last_ok_at, "latency_last_s": sender.latency_last,
             "latency_avg_s": sender.latency_total / sender.sends if sender.sends else None, "sends": sender.sends,
         },
-        "devices": device_table(agent.registry, engine.latest, engine.latest_ts, now, config.status.silent_after),
+        "devices": device_table(agent.registry, engine, now, config.status.silent_after),
     }
 
 
-def device_table(registry: "Registry", latest: np.ndarray, latest_ts: np.ndarray, now: float,
-                 silent_after: float) -> list[dict]:
-    """Each device with its last message (arrival time, device time) and whether it is silent."""
+def device_table(registry: "Registry", engine: "Engine", now: float, silent_after: float) -> list[dict]:
+    """Each device: its last message (arrival time, device time), whether it is silent, and the
+    latest value of each metric the rules read."""
+    latest, latest_ts, program = engine.latest, engine.latest_ts, engine.program
     heard = latest_ts[:, 0] > -np.inf
-    arrival = latest[:, 0]
     rows = []
     for device in registry.devices:
         d = device.index
-        last = float(arrival[d]) if heard[d] else None
+        last = float(latest[d, 0]) if heard[d] else None
+        readings = {}
+        for m, name in enumerate(program.metric_names[1:], start=1):
+            if latest_ts[d, m] > -np.inf:
+                value = float(latest[d, m])
+                readings[name] = program.texts.text(value) if name in program.text_metrics else value
         rows.append({
             "id": device.id, "kind": device.kind, "grid": device.grid, "address": device.address,
             "last_message_at": last, "device_time": float(latest_ts[d, 0]) if heard[d] else None,
-            "silent": last is None or now - last > silent_after,
+            "silent": last is None or now - last > silent_after, "readings": readings,
         })
     return rows
 
