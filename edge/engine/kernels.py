@@ -21,8 +21,10 @@ from numba import njit, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
+from edge.engine.detectors import STATE_SIZE as ANOMALY_STATE
+from edge.engine.detectors import detector_init, detector_step
 from edge.engine.functions import (
-    BUCKETS, F_ABSENT, F_AVG, F_CHANGED, F_COUNT, F_DELTA, F_MAX, F_MIN, F_RATE,
+    BUCKETS, F_ABSENT, F_ANOMALY, F_AVG, F_CHANGED, F_COUNT, F_DELTA, F_MAX, F_MIN, F_RATE,
     F_STUCK, F_ZSCORE, STUCK_MIN_READINGS, ZSCORE_WARMUP,
 )
 from edge.engine.program import (
@@ -30,7 +32,7 @@ from edge.engine.program import (
     OP_METRIC, OP_MUL, OP_NE, OP_NEG, OP_NOT, OP_PARAM, OP_SUB,
 )
 
-OPEN, CLEAR = 1, 2
+OPEN, CLEAR, UPDATE = 1, 2, 3  # UPDATE: an open order's problem got worse
 
 # No NRT: these kernels never allocate, and with it every call that passes arrays pays
 # atomic reference counting on each of them, which measured 30x slower on small rules.
@@ -144,6 +146,27 @@ def update_instance(func, state, row, param, ts, x):
         if last == last and x != last:
             state[row + 1] = ts
         state[row] = x
+    elif func == F_ANOMALY:  # the detector's state, then the score of the latest reading
+        state[row + ANOMALY_STATE] = detector_step(state, row, ts, x)
+
+
+@inlined
+def init_instance(func, state, row):
+    """The state of an instance before its first reading."""
+    if func == F_ZSCORE:
+        state[row] = 0.0  # n
+    elif func == F_ANOMALY:
+        detector_init(state, row)
+        state[row + ANOMALY_STATE] = 0.0
+
+
+@kernel
+def init_state(state, inst_func, inst_off):
+    """Every instance of every device to its initial state (NaN elsewhere: empty window slots)."""
+    for d in range(inst_off.shape[0]):
+        for k in range(inst_off.shape[1]):
+            if inst_off[d, k] >= 0:
+                init_instance(inst_func[k], state, inst_off[d, k])
 
 
 @inlined
@@ -155,6 +178,8 @@ def instance_value(func, state, row, param, t, latest_value, latest_time, last_m
         return state[row + 4]
     if func == F_CHANGED:
         return 1.0 if state[row + 1] == t else 0.0
+    if func == F_ANOMALY:
+        return state[row + ANOMALY_STATE]
     # Windowed: the slots whose number lies in (top - BUCKETS, top]; one loop per function,
     # so each loop body is straight-line code.
     top = math.floor(t * BUCKETS / param)
@@ -231,12 +256,19 @@ def instance_value(func, state, row, param, t, latest_value, latest_time, last_m
 # --- conditions -------------------------------------------------------------------------
 
 @inlined
-def evaluate(code, args, aux, r, w, length, d, t, latest, latest_ts, params, stack,
-             state, inst_func, inst_metric, inst_param, layout_inst, layout, base, origin):
-    """Run program ``w`` (0 opens, 1 clears) of rule ``r`` for device ``d`` at time ``t``; True or False.
+def run_program(code, args, aux, r, w, length, d, t, at_message, latest, latest_ts, params, stack,
+                state, inst_func, inst_metric, inst_param, layout_inst, layout, base, origin):
+    """Run program ``w`` (0 opens, 1 clears) of rule ``r`` for device ``d`` at time ``t``.
+
+    Returns (True or False, moving): ``moving`` when the program called a function whose value
+    may change with no change of a metric. At a message (``at_message``: a message with its
+    marker, so the device's last message is at ``t`` or later) ``absent`` with a positive
+    duration is 0, and ``zscore`` and ``anomaly`` change only with a fresh reading of their
+    metric: those do not move. Anything else called does.
 
     The device's function states start at ``base`` in ``state``; ``layout_inst[layout, k]``
     is where instance ``k`` lies from there."""
+    moving = False
     top = -1
     i = 0
     while i < length:
@@ -284,11 +316,14 @@ def evaluate(code, args, aux, r, w, length, d, t, latest, latest_ts, params, sta
         elif op == OP_CALL:
             k = int(args[r, w, i])
             m = inst_metric[k]
+            func = inst_func[k]
+            if not (at_message & ((func == F_ZSCORE) | (func == F_ANOMALY) | ((func == F_ABSENT) & (inst_param[k] > 0.0)))):
+                moving = True
             last_message = latest_ts[d, 0] if latest_ts[d, 0] > -math.inf else origin
             value_now = latest[d, m] if m >= 0 else math.nan
             time_now = latest_ts[d, m] if m >= 0 else math.nan
             top += 1
-            stack[top] = instance_value(inst_func[k], state, base + layout_inst[layout, k], inst_param[k], t,
+            stack[top] = instance_value(func, state, base + layout_inst[layout, k], inst_param[k], t,
                                         value_now, time_now, last_message)
         elif op == OP_NEG:
             stack[top] = -stack[top]
@@ -325,33 +360,74 @@ def evaluate(code, args, aux, r, w, length, d, t, latest, latest_ts, params, sta
             stack[top] = v
         i += 1
     if top < 0:
-        return False
-    return _truthy(stack[0])
+        return False, moving
+    return _truthy(stack[0]), moving
 
 
 @inlined
-def step_rule(r, d, t, code, args, aux, length, hold, since, active, settled, latest, latest_ts, params, stack,
-              state, inst_func, inst_metric, inst_param, layout_inst, layout, base, origin):
-    """Advance rule ``r`` for device ``d`` at time ``t``; returns OPEN, CLEAR or 0.
+def evaluate(code, args, aux, r, w, length, d, t, latest, latest_ts, params, stack,
+             state, inst_func, inst_metric, inst_param, inst_off, origin):
+    """Run program ``w`` of rule ``r`` for device ``d`` at time ``t``, with the state of instance
+    ``k`` at ``inst_off[d, k]``; True or False (the condition alone, for tests)."""
+    holds, _ = run_program(code, args, aux, r, w, length, d, t, False, latest, latest_ts, params, stack,
+                           state, inst_func, inst_metric, inst_param, inst_off, d, 0, origin)
+    return holds
 
-    ``settled[d, r]`` records that the condition now in force was false at this evaluation:
-    until one of its metrics changes, a rule without functions will say the same again.
+
+@inlined
+def step_rule(r, d, t, at_message, code, args, aux, length, hold, since, active, settled, latest, latest_ts, params,
+              stack, state, inst_func, inst_metric, inst_param, layout_inst, layout, base, origin,
+              worse_metric, worse_dir, worse_step, reported):
+    """Advance rule ``r`` for device ``d`` at time ``t``; returns OPEN, CLEAR, UPDATE or 0.
+
+    ``settled[d, r]`` records that this step returned 0, changed nothing, and would again
+    as long as the rule's metrics keep their values: its conditions were decided by metric
+    values and functions that cannot move between messages (see ``evaluate``).
     """
     which = 1 if active[d, r] else 0
-    holds = evaluate(code, args, aux, r, which, length[r, which], d, t, latest, latest_ts,
-                     params, stack, state, inst_func, inst_metric, inst_param, layout_inst, layout, base, origin)
-    if not holds:
-        since[d, r, which] = math.nan
-        settled[d, r] = True
+    holds, moving = run_program(code, args, aux, r, which, length[r, which], d, t, at_message, latest, latest_ts,
+                             params, stack, state, inst_func, inst_metric, inst_param, layout_inst, layout, base,
+                             origin)
+    if holds:
+        settled[d, r] = False
+        if math.isnan(since[d, r, which]):
+            since[d, r, which] = t
+        if t - since[d, r, which] >= hold[r, which]:
+            active[d, r] = which == 0
+            since[d, r, 0] = math.nan
+            since[d, r, 1] = math.nan
+            if which == 1:
+                return CLEAR
+            m = worse_metric[r]
+            reported[d, r] = latest[d, m] if m >= 0 else math.nan
+            return OPEN
         return 0
-    settled[d, r] = False
-    if math.isnan(since[d, r, which]):
-        since[d, r, which] = t
-    if t - since[d, r, which] >= hold[r, which]:
-        active[d, r] = which == 0
-        since[d, r, 0] = math.nan
-        since[d, r, 1] = math.nan
-        return CLEAR if which == 1 else OPEN
+    since[d, r, which] = math.nan
+    settled[d, r] = not moving
+    if which == 0:
+        return 0
+    # Open and not clearing: has the problem got worse since it was last reported?
+    m = worse_metric[r]
+    if m < 0:
+        return 0
+    value = latest[d, m]
+    if not (value == value):
+        return 0
+    last = reported[d, r]
+    if not (last == last):  # nothing reported since a restart: this value is the new baseline
+        reported[d, r] = value
+        return 0
+    worse = (value - last) * worse_dir[r]
+    if worse > 0.0 and worse >= worse_step[r]:
+        holds, moving = run_program(code, args, aux, r, 0, length[r, 0], d, t, at_message, latest, latest_ts,
+                                 params, stack, state, inst_func, inst_metric, inst_param, layout_inst, layout, base,
+                                 origin)
+        if holds:
+            reported[d, r] = value
+            settled[d, r] = False
+            return UPDATE
+        if moving:
+            settled[d, r] = False
     return 0
 
 
@@ -396,11 +472,12 @@ PREFETCH_AHEAD = 48  # readings (about 8 messages) between asking for a device's
 def run_batch(
     dev, met, ts, val, start,
     latest, latest_ts, params,
-    code, args, aux, length, hold, rule_metrics, rule_mask, timed,
+    code, args, aux, length, hold, rule_metrics, rule_mask, metric_learns,
     dev_layout, layout_ptr, layout_rules, layout_inst, state_base, state_width,
     since, active, settled,
     state, inst_func, inst_metric, inst_param, metric_inst_ptr, metric_inst,
     origin,
+    worse_metric, worse_dir, worse_step, reported,
     out_rule, out_dev, out_kind, out_ts, out_vals,
     stack,
 ):
@@ -409,8 +486,9 @@ def run_batch(
     A message is a run of readings of one device at one time, the first usually its marker
     (metric 0). Its fresh readings update the device's latest values and function states;
     then the rules that apply to the device are stepped once, at the message's time, except
-    those that cannot have changed: no functions, not waiting out a ``for``, false when last
-    evaluated, and none of their metrics changed value in this message.
+    those that cannot have changed: settled at their last step (see ``step_rule``) and none
+    of their metrics changed value in this message (or, for a metric with a zscore or an
+    anomaly, had a fresh reading).
 
     Stops early, at a message boundary, when the output arrays could overflow; the caller
     then empties them and calls again from the returned index.
@@ -431,13 +509,14 @@ def run_batch(
             ahead += 1
         layout = dev_layout[d]
         base = state_base[d]
+        marked = met[i] == 0
         fresh = False
         changed = np.uint64(0)
         while True:
             m = met[i]
             if t > latest_ts[d, m]:
                 x = val[i]
-                if not (latest[d, m] == x):
+                if not (latest[d, m] == x) or metric_learns[m]:
                     changed |= metric_bit(m)
                 latest[d, m] = x
                 latest_ts[d, m] = t
@@ -456,11 +535,11 @@ def run_batch(
             continue
         for p in range(layout_ptr[layout], layout_ptr[layout + 1]):
             r = layout_rules[p]
-            if settled[d, r] and not timed[r] and (rule_mask[r] & changed) == 0:
+            if settled[d, r] and (rule_mask[r] & changed) == 0:
                 continue
-            kind = step_rule(r, d, t, code, args, aux, length, hold, since, active, settled, latest, latest_ts,
-                             params, stack, state, inst_func, inst_metric, inst_param, layout_inst, layout, base,
-                             origin)
+            kind = step_rule(r, d, t, marked, code, args, aux, length, hold, since, active, settled, latest,
+                             latest_ts, params, stack, state, inst_func, inst_metric, inst_param, layout_inst, layout,
+                             base, origin, worse_metric, worse_dir, worse_step, reported)
             if kind != 0:
                 _emit(n_out, r, d, kind, t, latest, rule_metrics, out_rule, out_dev, out_kind, out_ts, out_vals)
                 n_out += 1
@@ -478,6 +557,7 @@ def tick(
     since, active, settled,
     state, inst_func, inst_metric, inst_param,
     origin,
+    worse_metric, worse_dir, worse_step, reported,
     out_rule, out_dev, out_kind, out_ts, out_vals,
     stack,
 ):
@@ -499,9 +579,9 @@ def tick(
             which = 1 if active[d, r] else 0
             if not timed[r] and math.isnan(since[d, r, which]):
                 continue
-            kind = step_rule(r, d, t, code, args, aux, length, hold, since, active, settled, latest, latest_ts,
-                             params, stack, state, inst_func, inst_metric, inst_param, layout_inst, layout, base,
-                             origin)
+            kind = step_rule(r, d, t, False, code, args, aux, length, hold, since, active, settled, latest,
+                             latest_ts, params, stack, state, inst_func, inst_metric, inst_param, layout_inst, layout,
+                             base, origin, worse_metric, worse_dir, worse_step, reported)
             if kind != 0:
                 _emit(n_out, r, d, kind, t, latest, rule_metrics, out_rule, out_dev, out_kind, out_ts, out_vals)
                 n_out += 1
