@@ -97,10 +97,11 @@ class Engine:
         n_dev, n_met, n_rules = len(registry), len(p.metric_names), len(rules)
         self.latest = np.full((n_dev, n_met), np.nan)
         self.latest_ts = np.full((n_dev, n_met), -np.inf)
-        self.since = np.full((n_dev, n_rules, 2), np.nan)  # device-major: one device's state lies together
-        self.active = np.zeros((n_dev, n_rules), dtype=np.bool_)
-        # the condition in force was false when last evaluated (see kernels.step_rule)
-        self.settled = np.zeros((n_dev, n_rules), dtype=np.bool_)
+        # device-major: one device's state lies together (see kernels.step_rule)
+        self.since = np.full((n_dev, n_rules), np.nan)  # since when the condition in force has held
+        self.flags = np.zeros((n_dev, n_rules, 2), dtype=np.bool_)
+        self.active = self.flags[:, :, kernels.ACTIVE]  # views
+        self.settled = self.flags[:, :, kernels.SETTLED]
         self.reported = np.full((n_dev, n_rules), np.nan)  # value of the worsening metric last reported
         self.state = np.full(p.state_size, np.nan)
         kernels.init_state(self.state, p.inst_func, p.inst_off)
@@ -141,6 +142,7 @@ class Engine:
                 and not self.active[device.index, r]:
             self.active[device.index, r] = True
             self.settled[device.index, r] = False
+            self.since[device.index, r] = np.nan  # clearing starts afresh
             self.reported[device.index, r] = np.nan
 
     def process(self, batch: ReadingBatch, force: bool = False) -> list[Transition]:
@@ -155,7 +157,7 @@ class Engine:
                 self.latest, self.latest_ts, p.params,
                 p.code, p.args, p.aux, p.length, p.hold, p.rule_metrics, p.rule_mask, p.metric_learns,
                 p.dev_layout, p.layout_ptr, p.layout_rules, p.layout_inst, p.state_base, p.state_width,
-                self.since, self.active, self.settled,
+                self.since, self.flags,
                 self.state, p.inst_func, p.inst_metric, p.inst_param, p.metric_inst_ptr, p.metric_inst,
                 self.origin,
                 p.worse_metric, p.worse_dir, p.worse_step, self.reported,
@@ -179,7 +181,7 @@ class Engine:
                 self.latest, self.latest_ts, p.params,
                 p.code, p.args, p.aux, p.length, p.hold, p.rule_metrics, p.timed,
                 p.dev_layout, p.layout_ptr, p.layout_rules, p.layout_inst, p.state_base,
-                self.since, self.active, self.settled,
+                self.since, self.flags,
                 self.state, p.inst_func, p.inst_metric, p.inst_param,
                 self.origin,
                 p.worse_metric, p.worse_dir, p.worse_step, self.reported,
@@ -247,6 +249,6 @@ class Engine:
         return kept
 
     def state_bytes(self) -> int:
-        arrays = (self.latest, self.latest_ts, self.since, self.active, self.settled, self.reported, self.state)
+        arrays = (self.latest, self.latest_ts, self.since, self.flags, self.reported, self.state)
         return int(sum(a.nbytes for a in arrays))
 

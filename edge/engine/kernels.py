@@ -33,6 +33,7 @@ from edge.engine.program import (
 )
 
 OPEN, CLEAR, UPDATE = 1, 2, 3  # UPDATE: an open order's problem got worse
+ACTIVE, SETTLED = 0, 1  # flags[d, r, ACTIVE]: the rule is open for the device; SETTLED: see step_rule
 
 # No NRT: these kernels never allocate, and with it every call that passes arrays pays
 # atomic reference counting on each of them, which measured 30x slower on small rules.
@@ -375,35 +376,36 @@ def evaluate(code, args, aux, r, w, length, d, t, latest, latest_ts, params, sta
 
 
 @inlined
-def step_rule(r, d, t, at_message, code, args, aux, length, hold, since, active, settled, latest, latest_ts, params,
+def step_rule(r, d, t, at_message, code, args, aux, length, hold, since, flags, latest, latest_ts, params,
               stack, state, inst_func, inst_metric, inst_param, layout_inst, layout, base, origin,
               worse_metric, worse_dir, worse_step, reported):
     """Advance rule ``r`` for device ``d`` at time ``t``; returns OPEN, CLEAR, UPDATE or 0.
 
-    ``settled[d, r]`` records that this step returned 0, changed nothing, and would again
-    as long as the rule's metrics keep their values: its conditions were decided by metric
-    values and functions that cannot move between messages (see ``evaluate``).
+    ``since[d, r]`` is the device time from which the condition in force (``when`` while
+    not active, ``clear_when`` while active) has held, NaN when it does not.
+    ``flags[d, r, SETTLED]`` records that this step returned 0, changed nothing, and would
+    again as long as the rule's metrics keep their values: its conditions were decided by
+    metric values and functions that cannot move between messages (see ``run_program``).
     """
-    which = 1 if active[d, r] else 0
+    which = 1 if flags[d, r, ACTIVE] else 0
     holds, moving = run_program(code, args, aux, r, which, length[r, which], d, t, at_message, latest, latest_ts,
                              params, stack, state, inst_func, inst_metric, inst_param, layout_inst, layout, base,
                              origin)
     if holds:
-        settled[d, r] = False
-        if math.isnan(since[d, r, which]):
-            since[d, r, which] = t
-        if t - since[d, r, which] >= hold[r, which]:
-            active[d, r] = which == 0
-            since[d, r, 0] = math.nan
-            since[d, r, 1] = math.nan
+        flags[d, r, SETTLED] = False
+        if math.isnan(since[d, r]):
+            since[d, r] = t
+        if t - since[d, r] >= hold[r, which]:
+            flags[d, r, ACTIVE] = which == 0
+            since[d, r] = math.nan
             if which == 1:
                 return CLEAR
             m = worse_metric[r]
             reported[d, r] = latest[d, m] if m >= 0 else math.nan
             return OPEN
         return 0
-    since[d, r, which] = math.nan
-    settled[d, r] = not moving
+    since[d, r] = math.nan
+    flags[d, r, SETTLED] = not moving
     if which == 0:
         return 0
     # Open and not clearing: has the problem got worse since it was last reported?
@@ -424,10 +426,10 @@ def step_rule(r, d, t, at_message, code, args, aux, length, hold, since, active,
                                  origin)
         if holds:
             reported[d, r] = value
-            settled[d, r] = False
+            flags[d, r, SETTLED] = False
             return UPDATE
         if moving:
-            settled[d, r] = False
+            flags[d, r, SETTLED] = False
     return 0
 
 
@@ -449,17 +451,17 @@ def metric_bit(m):
 
 
 @inlined
-def _prefetch_device(d, latest, latest_ts, since, active, settled, state, state_base, state_width):
+def _prefetch_device(d, latest, latest_ts, since, flags, state, state_base, state_width):
     """Ask the cache for device ``d``'s state, which a message a little later in the batch will need."""
     n_met = latest.shape[1]
     for at in range(0, n_met, 8):
         prefetch(latest, d * n_met + at)
         prefetch(latest_ts, d * n_met + at)
-    n_since = since.shape[1] * 2
-    for at in range(0, n_since, 8):
-        prefetch(since, d * n_since + at)
-    prefetch(active, d * active.shape[1])
-    prefetch(settled, d * settled.shape[1])
+    n_rules = since.shape[1]
+    for at in range(0, n_rules, 8):
+        prefetch(since, d * n_rules + at)
+    for at in range(0, 2 * n_rules, 64):
+        prefetch(flags, d * 2 * n_rules + at)
     base = state_base[d]
     for at in range(0, state_width[d], 8):
         prefetch(state, base + at)
@@ -474,7 +476,7 @@ def run_batch(
     latest, latest_ts, params,
     code, args, aux, length, hold, rule_metrics, rule_mask, metric_learns,
     dev_layout, layout_ptr, layout_rules, layout_inst, state_base, state_width,
-    since, active, settled,
+    since, flags,
     state, inst_func, inst_metric, inst_param, metric_inst_ptr, metric_inst,
     origin,
     worse_metric, worse_dir, worse_step, reported,
@@ -505,7 +507,7 @@ def run_batch(
         t = ts[i]
         while ahead < n and ahead <= i + PREFETCH_AHEAD:
             if ahead == 0 or dev[ahead] != dev[ahead - 1]:
-                _prefetch_device(dev[ahead], latest, latest_ts, since, active, settled, state, state_base, state_width)
+                _prefetch_device(dev[ahead], latest, latest_ts, since, flags, state, state_base, state_width)
             ahead += 1
         layout = dev_layout[d]
         base = state_base[d]
@@ -535,9 +537,9 @@ def run_batch(
             continue
         for p in range(layout_ptr[layout], layout_ptr[layout + 1]):
             r = layout_rules[p]
-            if settled[d, r] and (rule_mask[r] & changed) == 0:
+            if flags[d, r, SETTLED] and (rule_mask[r] & changed) == 0:
                 continue
-            kind = step_rule(r, d, t, marked, code, args, aux, length, hold, since, active, settled, latest,
+            kind = step_rule(r, d, t, marked, code, args, aux, length, hold, since, flags, latest,
                              latest_ts, params, stack, state, inst_func, inst_metric, inst_param, layout_inst, layout,
                              base, origin, worse_metric, worse_dir, worse_step, reported)
             if kind != 0:
@@ -554,7 +556,7 @@ def tick(
     latest, latest_ts, params,
     code, args, aux, length, hold, rule_metrics, timed,
     dev_layout, layout_ptr, layout_rules, layout_inst, state_base,
-    since, active, settled,
+    since, flags,
     state, inst_func, inst_metric, inst_param,
     origin,
     worse_metric, worse_dir, worse_step, reported,
@@ -576,10 +578,9 @@ def tick(
         base = state_base[d]
         for p in range(layout_ptr[layout], layout_ptr[layout + 1]):
             r = layout_rules[p]
-            which = 1 if active[d, r] else 0
-            if not timed[r] and math.isnan(since[d, r, which]):
+            if not timed[r] and math.isnan(since[d, r]):
                 continue
-            kind = step_rule(r, d, t, False, code, args, aux, length, hold, since, active, settled, latest,
+            kind = step_rule(r, d, t, False, code, args, aux, length, hold, since, flags, latest,
                              latest_ts, params, stack, state, inst_func, inst_metric, inst_param, layout_inst, layout,
                              base, origin, worse_metric, worse_dir, worse_step, reported)
             if kind != 0:
