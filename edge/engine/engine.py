@@ -155,7 +155,7 @@ class Engine:
             n_out, start, late = kernels.run_batch(
                 batch.dev, batch.met, batch.ts, batch.val, start,
                 self.latest, self.latest_ts, p.params,
-                p.code, p.args, p.aux, p.length, p.hold, p.rule_metrics, p.rule_mask, p.metric_learns,
+                p.code, p.args, p.aux, p.length, p.shapes, p.hold, p.rule_metrics, p.rule_mask, p.metric_learns,
                 p.dev_layout, p.layout_ptr, p.layout_rules, p.layout_inst, p.state_base, p.state_width,
                 self.since, self.flags,
                 self.state, p.inst_func, p.inst_metric, p.inst_param, p.metric_inst_ptr, p.metric_inst,
@@ -179,7 +179,7 @@ class Engine:
             n_out, start = kernels.tick(
                 now, start,
                 self.latest, self.latest_ts, p.params,
-                p.code, p.args, p.aux, p.length, p.hold, p.rule_metrics, p.timed,
+                p.code, p.args, p.aux, p.length, p.shapes, p.hold, p.rule_metrics, p.timed,
                 p.dev_layout, p.layout_ptr, p.layout_rules, p.layout_inst, p.state_base,
                 self.since, self.flags,
                 self.state, p.inst_func, p.inst_metric, p.inst_param,

@@ -29,7 +29,8 @@ from edge.engine.functions import (
 )
 from edge.engine.program import (
     OP_ADD, OP_AND, OP_BOOL, OP_CALL, OP_CONST, OP_DIV, OP_EQ, OP_GE, OP_GT, OP_JF, OP_JT, OP_LE, OP_LT,
-    OP_METRIC, OP_MUL, OP_NE, OP_NEG, OP_NOT, OP_PARAM, OP_SUB,
+    OP_METRIC, OP_MLE, OP_MLT, OP_MGE, OP_MGT, OP_MEQ, OP_MUL, OP_NE, OP_NEG, OP_NOT, OP_PARAM, OP_SUB,
+    SHAPE_CALL, SHAPE_FUSED, SHAPE_GENERAL,
 )
 
 OPEN, CLEAR, UPDATE = 1, 2, 3  # UPDATE: an open order's problem got worse
@@ -257,6 +258,66 @@ def instance_value(func, state, row, param, t, latest_value, latest_time, last_m
 # --- conditions -------------------------------------------------------------------------
 
 @inlined
+def call(k, d, t, at_message, latest, latest_ts, state, inst_func, inst_metric, inst_param, layout_inst, layout,
+         base, origin):
+    """Function instance ``k``'s value for device ``d`` at time ``t``, and whether it moves (see run_program)."""
+    m = inst_metric[k]
+    func = inst_func[k]
+    moving = not (at_message & ((func == F_ZSCORE) | (func == F_ANOMALY) | ((func == F_ABSENT) & (inst_param[k] > 0.0))))
+    last_message = latest_ts[d, 0] if latest_ts[d, 0] > -math.inf else origin
+    value_now = latest[d, m] if m >= 0 else math.nan
+    time_now = latest_ts[d, m] if m >= 0 else math.nan
+    value = instance_value(func, state, base + layout_inst[layout, k], inst_param[k], t, value_now, time_now,
+                           last_message)
+    return value, moving
+
+
+@inlined
+def compare(op, a, b):
+    """A comparison opcode (OP_LT ... OP_NE) on two values, as the interpreter computes it."""
+    if op == OP_LT:
+        return a < b
+    if op == OP_LE:
+        return a <= b
+    if op == OP_GT:
+        return a > b
+    if op == OP_GE:
+        return a >= b
+    if op == OP_EQ:
+        return a == b
+    return (a == a) & (b == b) & (a != b)
+
+
+@inlined
+def fused_compare(op, a, b):
+    """A fused opcode (OP_MLT ... OP_MNE): metric value ``a`` against constant ``b``."""
+    if op == OP_MLT:
+        return a < b
+    if op == OP_MLE:
+        return a <= b
+    if op == OP_MGT:
+        return a > b
+    if op == OP_MGE:
+        return a >= b
+    if op == OP_MEQ:
+        return a == b
+    return (a == a) & (a != b)
+
+
+@inlined
+def run_shape(shape, code, args, aux, r, w, d, t, at_message, latest, latest_ts, state, inst_func, inst_metric,
+              inst_param, layout_inst, layout, base, origin):
+    """The commonest programs without the interpreter's loop (see program.SHAPE_*); same results."""
+    if shape == SHAPE_FUSED:
+        return fused_compare(code[r, w, 0], latest[d, int(args[r, w, 0])], aux[r, w, 0]), False
+    value, moving = call(int(args[r, w, 0]), d, t, at_message, latest, latest_ts, state, inst_func, inst_metric,
+                         inst_param, layout_inst, layout, base, origin)
+    if shape == SHAPE_CALL:
+        return _truthy(value), moving
+    return compare(code[r, w, 2], value, args[r, w, 1]), moving  # SHAPE_CALL_CMP
+
+
+@inlined
 def run_program(code, args, aux, r, w, length, d, t, at_message, latest, latest_ts, params, stack,
                 state, inst_func, inst_metric, inst_param, layout_inst, layout, base, origin):
     """Run program ``w`` (0 opens, 1 clears) of rule ``r`` for device ``d`` at time ``t``.
@@ -274,21 +335,8 @@ def run_program(code, args, aux, r, w, length, d, t, at_message, latest, latest_
     i = 0
     while i < length:
         op = code[r, w, i]
-        if op >= 22:  # fused: metric <cmp> constant
-            a = latest[d, int(args[r, w, i])]
-            b = aux[r, w, i]
-            if op == 22:
-                hit = a < b
-            elif op == 23:
-                hit = a <= b
-            elif op == 24:
-                hit = a > b
-            elif op == 25:
-                hit = a >= b
-            elif op == 26:
-                hit = a == b
-            else:
-                hit = (a == a) & (a != b)
+        if op >= OP_MLT:  # fused: metric <cmp> constant
+            hit = fused_compare(op, latest[d, int(args[r, w, i])], aux[r, w, i])
             top += 1
             stack[top] = 1.0 if hit else 0.0
         elif op == OP_JF:
@@ -315,17 +363,11 @@ def run_program(code, args, aux, r, w, length, d, t, at_message, latest, latest_
             top += 1
             stack[top] = params[d, int(args[r, w, i])]
         elif op == OP_CALL:
-            k = int(args[r, w, i])
-            m = inst_metric[k]
-            func = inst_func[k]
-            if not (at_message & ((func == F_ZSCORE) | (func == F_ANOMALY) | ((func == F_ABSENT) & (inst_param[k] > 0.0)))):
-                moving = True
-            last_message = latest_ts[d, 0] if latest_ts[d, 0] > -math.inf else origin
-            value_now = latest[d, m] if m >= 0 else math.nan
-            time_now = latest_ts[d, m] if m >= 0 else math.nan
+            value, moves = call(int(args[r, w, i]), d, t, at_message, latest, latest_ts, state, inst_func,
+                                inst_metric, inst_param, layout_inst, layout, base, origin)
+            moving |= moves
             top += 1
-            stack[top] = instance_value(func, state, base + layout_inst[layout, k], inst_param[k], t,
-                                        value_now, time_now, last_message)
+            stack[top] = value
         elif op == OP_NEG:
             stack[top] = -stack[top]
         elif op == OP_NOT:
@@ -366,6 +408,17 @@ def run_program(code, args, aux, r, w, length, d, t, at_message, latest, latest_
 
 
 @inlined
+def condition(shape, code, args, aux, r, w, length, d, t, at_message, latest, latest_ts, params, stack,
+              state, inst_func, inst_metric, inst_param, layout_inst, layout, base, origin):
+    """Program ``w`` of rule ``r``: by its shape when it has one, else by the interpreter."""
+    if shape != SHAPE_GENERAL:
+        return run_shape(shape, code, args, aux, r, w, d, t, at_message, latest, latest_ts, state, inst_func,
+                         inst_metric, inst_param, layout_inst, layout, base, origin)
+    return run_program(code, args, aux, r, w, length, d, t, at_message, latest, latest_ts, params, stack,
+                       state, inst_func, inst_metric, inst_param, layout_inst, layout, base, origin)
+
+
+@inlined
 def evaluate(code, args, aux, r, w, length, d, t, latest, latest_ts, params, stack,
              state, inst_func, inst_metric, inst_param, inst_off, origin):
     """Run program ``w`` of rule ``r`` for device ``d`` at time ``t``, with the state of instance
@@ -376,7 +429,7 @@ def evaluate(code, args, aux, r, w, length, d, t, latest, latest_ts, params, sta
 
 
 @inlined
-def step_rule(r, d, t, at_message, code, args, aux, length, hold, since, flags, latest, latest_ts, params,
+def step_rule(r, d, t, at_message, code, args, aux, length, shapes, hold, since, flags, latest, latest_ts, params,
               stack, state, inst_func, inst_metric, inst_param, layout_inst, layout, base, origin,
               worse_metric, worse_dir, worse_step, reported):
     """Advance rule ``r`` for device ``d`` at time ``t``; returns OPEN, CLEAR, UPDATE or 0.
@@ -388,9 +441,9 @@ def step_rule(r, d, t, at_message, code, args, aux, length, hold, since, flags, 
     metric values and functions that cannot move between messages (see ``run_program``).
     """
     which = 1 if flags[d, r, ACTIVE] else 0
-    holds, moving = run_program(code, args, aux, r, which, length[r, which], d, t, at_message, latest, latest_ts,
-                             params, stack, state, inst_func, inst_metric, inst_param, layout_inst, layout, base,
-                             origin)
+    holds, moving = condition(shapes[r, which], code, args, aux, r, which, length[r, which], d, t, at_message, latest,
+                              latest_ts, params, stack, state, inst_func, inst_metric, inst_param, layout_inst, layout,
+                              base, origin)
     if holds:
         flags[d, r, SETTLED] = False
         if math.isnan(since[d, r]):
@@ -421,9 +474,9 @@ def step_rule(r, d, t, at_message, code, args, aux, length, hold, since, flags, 
         return 0
     worse = (value - last) * worse_dir[r]
     if worse > 0.0 and worse >= worse_step[r]:
-        holds, moving = run_program(code, args, aux, r, 0, length[r, 0], d, t, at_message, latest, latest_ts,
-                                 params, stack, state, inst_func, inst_metric, inst_param, layout_inst, layout, base,
-                                 origin)
+        holds, moving = condition(shapes[r, 0], code, args, aux, r, 0, length[r, 0], d, t, at_message, latest,
+                                  latest_ts, params, stack, state, inst_func, inst_metric, inst_param, layout_inst,
+                                  layout, base, origin)
         if holds:
             reported[d, r] = value
             flags[d, r, SETTLED] = False
@@ -474,7 +527,7 @@ PREFETCH_AHEAD = 48  # readings (about 8 messages) between asking for a device's
 def run_batch(
     dev, met, ts, val, start,
     latest, latest_ts, params,
-    code, args, aux, length, hold, rule_metrics, rule_mask, metric_learns,
+    code, args, aux, length, shapes, hold, rule_metrics, rule_mask, metric_learns,
     dev_layout, layout_ptr, layout_rules, layout_inst, state_base, state_width,
     since, flags,
     state, inst_func, inst_metric, inst_param, metric_inst_ptr, metric_inst,
@@ -539,7 +592,7 @@ def run_batch(
             r = layout_rules[p]
             if flags[d, r, SETTLED] and (rule_mask[r] & changed) == 0:
                 continue
-            kind = step_rule(r, d, t, marked, code, args, aux, length, hold, since, flags, latest,
+            kind = step_rule(r, d, t, marked, code, args, aux, length, shapes, hold, since, flags, latest,
                              latest_ts, params, stack, state, inst_func, inst_metric, inst_param, layout_inst, layout,
                              base, origin, worse_metric, worse_dir, worse_step, reported)
             if kind != 0:
@@ -554,7 +607,7 @@ def run_batch(
 def tick(
     now, start_device,
     latest, latest_ts, params,
-    code, args, aux, length, hold, rule_metrics, timed,
+    code, args, aux, length, shapes, hold, rule_metrics, timed,
     dev_layout, layout_ptr, layout_rules, layout_inst, state_base,
     since, flags,
     state, inst_func, inst_metric, inst_param,
@@ -580,7 +633,7 @@ def tick(
             r = layout_rules[p]
             if not timed[r] and math.isnan(since[d, r]):
                 continue
-            kind = step_rule(r, d, t, False, code, args, aux, length, hold, since, flags, latest,
+            kind = step_rule(r, d, t, False, code, args, aux, length, shapes, hold, since, flags, latest,
                              latest_ts, params, stack, state, inst_func, inst_metric, inst_param, layout_inst, layout,
                              base, origin, worse_metric, worse_dir, worse_step, reported)
             if kind != 0:

@@ -30,6 +30,11 @@ OP_CALL = 18  # argument: the function instance
 OP_JF, OP_JT, OP_BOOL = 19, 20, 21  # short-circuit and/or: jump to the argument, keeping 0 / 1
 # Fused "metric <cmp> constant", the commonest shape: argument = metric, aux = constant.
 OP_MLT, OP_MLE, OP_MGT, OP_MGE, OP_MEQ, OP_MNE = 22, 23, 24, 25, 26, 27
+# Shapes of a whole program the kernels run without the interpreter's loop (same results):
+SHAPE_GENERAL = 0
+SHAPE_FUSED = 1  # metric <cmp> constant: one fused opcode
+SHAPE_CALL = 2  # f(...): one OP_CALL, true when its value is
+SHAPE_CALL_CMP = 3  # f(...) <cmp> constant: OP_CALL, OP_CONST, a comparison
 FUSED = {"<": OP_MLT, "<=": OP_MLE, ">": OP_MGT, ">=": OP_MGE, "==": OP_MEQ, "!=": OP_MNE}
 
 BINARY_OPCODES = {
@@ -79,6 +84,7 @@ class Program:
     args: np.ndarray  # float64 [rules, 2, length]
     aux: np.ndarray  # float64 [rules, 2, length]: the constant of a fused comparison
     length: np.ndarray  # int32 [rules, 2]
+    shapes: np.ndarray  # int32 [rules, 2]: SHAPE_* of each program
     hold: np.ndarray  # float64 [rules, 2]: `for` and `clear_for`, seconds
     applies: np.ndarray  # bool [devices, rules]
     rule_metrics: np.ndarray  # int32 [rules, k]: metrics each rule reads, -1 padded
@@ -195,6 +201,17 @@ def has_call(node: expr.Node) -> bool:
     return False
 
 
+def shape_of(program: list[tuple[int, float, float]]) -> int:
+    ops = [opcode for opcode, _, _ in program]
+    if len(ops) == 1 and ops[0] in FUSED.values():
+        return SHAPE_FUSED
+    if ops == [OP_CALL]:
+        return SHAPE_CALL
+    if len(ops) == 3 and ops[:2] == [OP_CALL, OP_CONST] and ops[2] in (OP_LT, OP_LE, OP_GT, OP_GE, OP_EQ, OP_NE):
+        return SHAPE_CALL_CMP
+    return SHAPE_GENERAL
+
+
 def stack_depth(program: list[tuple[int, float, float]]) -> int:
     """Deepest stack the program needs (a jump leaves the depth it would have had at its target)."""
     depth = deepest = 0
@@ -233,10 +250,12 @@ def compile_rules(rules: list[Rule], registry: Registry) -> Program:
     args = np.zeros((n, 2, length), dtype=np.float64)
     aux = np.zeros((n, 2, length), dtype=np.float64)
     lengths = np.zeros((n, 2), dtype=np.int32)
+    shapes = np.zeros((n, 2), dtype=np.int32)
     stack = 1
     for r, pair in enumerate(programs):
         for which, program in enumerate(pair):
             lengths[r, which] = len(program)
+            shapes[r, which] = shape_of(program)
             stack = max(stack, stack_depth(program))
             for i, (opcode, arg, extra) in enumerate(program):
                 code[r, which, i] = opcode
@@ -314,7 +333,7 @@ def compile_rules(rules: list[Rule], registry: Registry) -> Program:
         for name, value in device.params.items():
             params[device.index, param_index[name]] = value
     return Program(
-        metric_names, text_metrics, texts, code, args, aux, lengths, hold, applies_to, rule_metrics, rule_mask,
+        metric_names, text_metrics, texts, code, args, aux, lengths, shapes, hold, applies_to, rule_metrics, rule_mask,
         metric_learns, timed, worse_metric, worse_dir, worse_step, params, instances, inst_func, inst_metric, inst_param, inst_rule, inst_off,
         dev_layout, layout_ptr, layout_rules, layout_inst, state_base, state_width, inst_width,
         metric_inst_ptr, metric_inst, offset, stack,
