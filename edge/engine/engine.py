@@ -115,7 +115,6 @@ class Engine:
         self.late_readings = 0
         self.evaluations = 0
         self._rule_index = {rule.name: r for r, rule in enumerate(rules)}
-        self._rules_of_device = p.applies.sum(axis=1)
 
     def _state_index(self, k: int) -> np.ndarray:
         """Indexes into the state array of instance ``k``: one row per device (-1 rows where it does not apply)."""
@@ -148,11 +147,10 @@ class Engine:
     def process(self, batch: ReadingBatch, force: bool = False) -> list[Transition]:
         transitions: list[Transition] = []
         p = self.program
-        self.evaluations += int(self._rules_of_device[batch.dev[batch.met == 0]].sum())  # rules x messages
         start = 0
         while start < len(batch) or force:
             force = False
-            n_out, start, late = kernels.run_batch(
+            n_out, start, late, considered = kernels.run_batch(
                 batch.dev, batch.met, batch.ts, batch.val, start,
                 self.latest, self.latest_ts, p.params,
                 p.code, p.args, p.aux, p.length, p.shapes, p.hold, p.rule_metrics, p.rule_mask, p.metric_learns,
@@ -165,6 +163,7 @@ class Engine:
                 self._stack,
             )
             self.late_readings += late
+            self.evaluations += considered  # rules x messages
             transitions.extend(self._collect(n_out))
         return transitions
 

@@ -536,7 +536,8 @@ def run_batch(
     out_rule, out_dev, out_kind, out_ts, out_vals,
     stack,
 ):
-    """Process readings from ``start``; returns (transitions written, next reading, late readings).
+    """Process readings from ``start``; returns (transitions written, next reading, late readings,
+    rules x messages: the rules that apply to the device of each message, counted per message).
 
     A message is a run of readings of one device at one time, the first usually its marker
     (metric 0). Its fresh readings update the device's latest values and function states;
@@ -553,6 +554,7 @@ def run_batch(
     capacity = out_rule.shape[0]
     n_out = 0
     late = 0
+    considered = 0
     i = start
     ahead = start
     while i < n:
@@ -565,6 +567,8 @@ def run_batch(
         layout = dev_layout[d]
         base = state_base[d]
         marked = met[i] == 0
+        if marked:
+            considered += layout_ptr[layout + 1] - layout_ptr[layout]
         fresh = False
         changed = np.uint64(0)
         while True:
@@ -600,7 +604,7 @@ def run_batch(
                 n_out += 1
         if n_out + n_rules > capacity:
             break
-    return n_out, i, late
+    return n_out, i, late, considered
 
 
 @kernel
