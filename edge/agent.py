@@ -14,12 +14,13 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 
-from edge.config import GatewayConfig
+from edge.config import ConfigError, GatewayConfig
 from edge.engine import Engine, RuleFileError, load_rules
 from edge.engine.rules import fingerprint
 from edge.ingest.decode import DecodeError, check_kinds, derive
 from edge.ingest.decoders import decode as decode_message
-from edge.ingest.mqtt import MqttSubscriber, RawMessage
+from edge.ingest.modbus_poll import ModbusPoller, ModbusSetupError, polled_devices
+from edge.ingest.mqtt import MqttSubscriber, RawMessage, TlsSettings
 from edge.ingest.quarantine import record_unknown
 from edge.orders import OrderBook
 from edge.orders.categories import Categories
@@ -67,10 +68,26 @@ class Agent:
         self.ready = threading.Event()
         self.inbox: queue.Queue[RawMessage] = queue.Queue(maxsize=config.engine.queue_max)
         self._uplink_wake = threading.Event()
+        m = config.mqtt
+        tls = None
+        if m.tls:
+            tls = TlsSettings(str(m.ca_file) if m.ca_file else None, str(m.cert_file) if m.cert_file else None,
+                              str(m.key_file) if m.key_file else None)
         self.subscriber = MqttSubscriber(
-            config.mqtt.host, config.mqtt.port, config.mqtt.client_id, config.mqtt.topics, config.mqtt.qos,
-            self.inbox, self.stop_event, config.mqtt.username, config.mqtt.password,
+            m.host, m.port, m.client_id, m.topics, m.qos, self.inbox, self.stop_event, m.username, m.password,
+            tls=tls, protocol=m.protocol, session_expiry=m.session_expiry, keepalive=m.keepalive,
+            reconnect_min=m.reconnect_min, reconnect_max=m.reconnect_max,
         )
+        self.poller = None
+        if config.modbus.port:
+            b = config.modbus
+            try:
+                polled = polled_devices(self.registry, b.poll_interval)
+            except ModbusSetupError as error:
+                raise ConfigError(f"{config.registry.path}: {error} ([modbus] port is set, so it is polled)") from None
+            self.poller = ModbusPoller(b.port, polled, self._put_polled, self.stop_event, baudrate=b.baudrate,
+                                       parity=b.parity, timeout=b.timeout, function=b.function,
+                                       reopen_interval=b.reopen_interval)
         ca_file = str(config.uplink.ca_file) if config.uplink.ca_file else None
         if config.uplink.mode == "mqtt":
             transport = MqttTransport(config.uplink.url, config.gateway.id, config.uplink.username,
@@ -95,6 +112,9 @@ class Agent:
     def uplinked(self) -> int:
         return self.sender.uplinked
 
+    def _put_polled(self, topic: str, frame: bytes) -> None:
+        self.inbox.put(RawMessage(topic, frame, time.time()), timeout=0.5)
+
     def request_reload(self) -> None:
         """Reload the rule files at the next batch (SIGHUP does this)."""
         self._reload_requested.set()
@@ -114,6 +134,8 @@ class Agent:
         uplink = threading.Thread(target=self.sender.run, name="uplink", daemon=True)
         uplink.start()
         self.subscriber.start()
+        if self.poller is not None:
+            self.poller.start()
         log.info(
             "gateway %s running: %d devices, %d rules, database %s",
             self.config.gateway.id, len(self.registry), len(self.rules), self.config.database_path,
@@ -140,6 +162,8 @@ class Agent:
                 self._process(leftover, book, db)
         finally:
             self.subscriber.close()  # unacknowledged messages stay with the broker for the next start
+            if self.poller is not None:
+                self.poller.join(timeout=self.config.modbus.timeout + 2)
             self._uplink_wake.set()
             uplink.join(timeout=self.config.uplink.timeout + 5)
             db.conn.close()
