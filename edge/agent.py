@@ -76,7 +76,7 @@ class Agent:
         self.subscriber = MqttSubscriber(
             m.host, m.port, m.client_id, m.topics, m.qos, self.inbox, self.stop_event, m.username, m.password,
             tls=tls, protocol=m.protocol, session_expiry=m.session_expiry, keepalive=m.keepalive,
-            reconnect_min=m.reconnect_min, reconnect_max=m.reconnect_max,
+            reconnect_min=m.reconnect_min, reconnect_max=m.reconnect_max, connect_timeout=m.connect_timeout,
         )
         self.poller = None
         if config.modbus.port:

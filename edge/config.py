@@ -67,6 +67,8 @@ class MqttSection(_Section):
                                                    "setting it turns TLS on (default for mqtts://: the system's CAs).")
     cert_file: Path | None = Field(None, description="Client certificate (PEM) for brokers that require one; needs key_file.")
     key_file: Path | None = Field(None, description="Private key (PEM, unencrypted) of cert_file.")
+    connect_timeout: float = Field(10.0, gt=0, le=300, description="Seconds to wait for the broker to accept a connection "
+                                                                  "(auto: then MQTT 3.1.1 is tried).")
     reconnect_min: float = Field(1.0, gt=0, description="Shortest wait, seconds, before reconnecting to the broker.")
     reconnect_max: float = Field(60.0, gt=0, description="Longest wait, seconds: waits double from reconnect_min up to this, "
                                                          "each randomised between half and all of it.")

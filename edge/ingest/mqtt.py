@@ -88,6 +88,7 @@ class MqttSubscriber:
         keepalive: int = 30,
         reconnect_min: float = 1.0,
         reconnect_max: float = 60.0,
+        connect_timeout: float = 10.0,
     ):
         self.host, self.port, self.topics, self.qos = host, port, topics, qos
         self.client_id, self.username, self.password, self.tls = client_id, username, password, tls
@@ -96,6 +97,7 @@ class MqttSubscriber:
         self.protocol = protocol
         self.session_expiry, self.keepalive = session_expiry, keepalive
         self.reconnect_min, self.reconnect_max = reconnect_min, reconnect_max
+        self.connect_timeout = connect_timeout
         self.connected = threading.Event()  # set once the broker has confirmed the subscription
         self.messages = 0
         self.connects = 0  # successful connections (CONNACK accepted)
@@ -198,10 +200,18 @@ class MqttSubscriber:
             self.last_error = f"cannot connect: {error.strerror or error}"
             return False
         accepted = False
+        deadline = time.monotonic() + self.connect_timeout
         while not self.stop.is_set():
             rc = client.loop(timeout=0.5)
             if self._got_connack and self._refused is None:
                 accepted = True
+            elif not self._got_connack and time.monotonic() > deadline:
+                # A broker without MQTT 5 may say nothing at all to a version 5 CONNECT.
+                self._refused = "version" if self._version == mqtt.MQTTv5 else "other"
+                self.last_error = f"the broker did not accept the connection within {self.connect_timeout:g}s"
+                client.disconnect()
+                client.loop(timeout=0.1)
+                break
             if rc != mqtt.MQTT_ERR_SUCCESS:
                 if self._refused is None:
                     if not self._got_connack and self._version == mqtt.MQTTv5:
