@@ -8,7 +8,6 @@ the batch in hand, lets the uplink flush what it can, and closes the database.
 from __future__ import annotations
 
 import logging
-import queue
 import threading
 import time
 from collections import Counter
@@ -19,6 +18,7 @@ from edge.engine import Engine, RuleFileError, load_rules
 from edge.engine.rules import fingerprint
 from edge.ingest.decode import DecodeError, check_kinds, derive
 from edge.ingest.decoders import decode as decode_message
+from edge.ingest.inbox import Inbox
 from edge.ingest.modbus_poll import ModbusPoller, ModbusSetupError, polled_devices
 from edge.ingest.mqtt import MqttSubscriber, RawMessage, TlsSettings
 from edge.ingest.quarantine import record_unknown
@@ -66,7 +66,7 @@ class Agent:
         self.stats = Stats()
         self.stop_event = threading.Event()
         self.ready = threading.Event()
-        self.inbox: queue.Queue[RawMessage] = queue.Queue(maxsize=config.engine.queue_max)
+        self.inbox = Inbox(config.engine.queue_max)
         self._uplink_wake = threading.Event()
         m = config.mqtt
         tls = None
@@ -214,34 +214,11 @@ class Agent:
         return True
 
     def _take_batch(self) -> list[RawMessage]:
-        try:
-            first = self.inbox.get(timeout=0.2)
-        except queue.Empty:
-            return []
-        batch = [first]
-        deadline = time.monotonic() + self.config.engine.batch_wait
-        limit = self.config.engine.batch_max
-        quiet_since = None
-        while len(batch) < limit:
-            try:
-                batch.append(self.inbox.get_nowait())
-                quiet_since = None
-            except queue.Empty:
-                now = time.monotonic()
-                quiet_since = quiet_since or now
-                # Stop at the deadline, or after 5 ms of quiet: the broker may be waiting for our acks.
-                if now >= deadline or now - quiet_since >= 0.005:
-                    break
-                time.sleep(0.001)
-        return batch
+        engine = self.config.engine
+        return self.inbox.take(engine.batch_max, 0.2, engine.batch_wait, engine.batch_quiet)
 
     def _drain_inbox(self) -> list[RawMessage]:
-        items = []
-        while True:
-            try:
-                items.append(self.inbox.get_nowait())
-            except queue.Empty:
-                return items
+        return self.inbox.drain()
 
     def _process(self, batch: list[RawMessage], book: OrderBook, db) -> None:
         builder = self.engine.builder()

@@ -138,7 +138,8 @@ class UplinkSection(_Section):
 
 class EngineSection(_Section):
     batch_max: int = Field(5000, ge=1, description="Most messages evaluated in one batch.")
-    batch_wait: float = Field(0.05, gt=0, description="Longest wait, seconds, to fill a batch.")
+    batch_wait: float = Field(0.02, gt=0, description="Longest wait, seconds, to fill a batch (bounds the latency it adds).")
+    batch_quiet: float = Field(0.001, gt=0, description="A batch is evaluated as soon as no message has come for this long.")
     queue_max: int = Field(50000, ge=100, description="Messages held between the network and the engine.")
     tick: float = Field(1.0, gt=0, le=60, description="Seconds between evaluations of rules that change with time alone.")
 

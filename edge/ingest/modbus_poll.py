@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import heapq
 import logging
-import queue
 import struct
 import threading
 import time
@@ -26,6 +25,7 @@ from dataclasses import dataclass
 from firmware_sim.protocols.modbus import check_crc, with_crc
 
 from edge.ingest import modbus_rtu
+from edge.ingest.inbox import Full
 from edge.registry import Registry
 
 log = logging.getLogger(__name__)
@@ -187,5 +187,5 @@ class ModbusPoller:
             try:
                 self.put(topic, frame)
                 return
-            except queue.Full:
+            except Full:
                 continue

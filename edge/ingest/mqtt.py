@@ -24,10 +24,10 @@ does).
 from __future__ import annotations
 
 import logging
-import queue
 import random
 import socket
 import ssl
+import struct
 import threading
 import time
 from dataclasses import dataclass
@@ -36,6 +36,8 @@ from typing import NamedTuple
 import paho.mqtt.client as mqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
+
+from edge.ingest.inbox import Full, Inbox
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +79,7 @@ class MqttSubscriber:
         client_id: str,
         topics: list[str],
         qos: int,
-        inbox: "queue.Queue[RawMessage]",
+        inbox: Inbox,
         stop: threading.Event,
         username: str = "",
         password: str = "",
@@ -107,6 +109,7 @@ class MqttSubscriber:
         self._version = mqtt.MQTTv5 if protocol in ("auto", "5") else mqtt.MQTTv311
         self._refused: str | None = None  # why the broker refused the last CONNECT, if it did
         self._got_connack = False
+        self._closing = threading.Event()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()  # acks come from the engine thread, the client is replaced on fallback
         self.client = self._make_client()
@@ -140,27 +143,36 @@ class MqttSubscriber:
         self._thread.start()
 
     def ack(self, messages) -> None:
-        """Acknowledge messages whose batch is committed; the broker may then forget them."""
+        """Acknowledge messages whose batch is committed; the broker may then forget them.
+
+        All PUBACKs of a batch go out as one write: each is 4 bytes (type 0x40, remaining length
+        2, packet id; in MQTT 5 a PUBACK without reason code means success), so they are packed
+        together and queued as one outgoing packet, which the network thread writes. paho's
+        per-message ``ack()`` costs a Python call chain and a wake-up of the network thread per
+        message, a third of the engine thread's time at 5,000 messages/s.
+        """
+        mids = [message.mid for message in messages if message.qos == 1]
+        if not mids:
+            return
+        data = struct.pack(f">{len(mids)}I", *[0x40020000 | mid for mid in mids])
         with self._lock:
-            client = self.client
-            for message in messages:
-                if message.qos > 0:
-                    client.ack(message.mid, message.qos)
+            # paho's own queueing (what ack() does per message), once for the batch; the network
+            # thread is registered as paho's loop thread, so this only queues and wakes it.
+            self.client._packet_queue(mqtt.PUBACK, data, 0, 0)
 
     def close(self) -> None:
-        self.stop.set()
-        with self._lock:
-            self.client.disconnect()
+        """Send the acknowledgements queued so far, disconnect, and end the network thread."""
+        self._closing.set()
         if self._thread is not None:
             self._thread.join(timeout=10)
 
     # -- the network loop ------------------------------------------------------------------
     def _run(self) -> None:
         attempt = 0
-        while not self.stop.is_set():
+        while not self._closing.is_set():
             if self._connect_once():
                 attempt = 0
-            if self.stop.is_set():
+            if self._closing.is_set():
                 break
             if self._should_fall_back():
                 log.warning("MQTT broker %s:%s does not speak MQTT 5 (%s); using MQTT 3.1.1",
@@ -172,7 +184,7 @@ class MqttSubscriber:
             delay = backoff(attempt, self.reconnect_min, self.reconnect_max)
             attempt += 1
             log.warning("MQTT broker %s:%s: %s; connecting again in %.1fs", self.host, self.port, self.last_error, delay)
-            self.stop.wait(delay)
+            self._closing.wait(delay)
 
     def _should_fall_back(self) -> bool:
         return (self.protocol == "auto" and self._version == mqtt.MQTTv5 and not self.connects
@@ -181,6 +193,9 @@ class MqttSubscriber:
     def _connect_once(self) -> bool:
         """Connect and run the network loop until the connection ends; True if the broker accepted us."""
         client = self.client
+        # As in paho's loop_start(): other threads (acks) then only queue packets and wake this one;
+        # all socket writes happen here.
+        client._thread = threading.current_thread()
         self._refused, self._got_connack = None, False
         try:
             if self._version == mqtt.MQTTv5:
@@ -201,7 +216,13 @@ class MqttSubscriber:
             return False
         accepted = False
         deadline = time.monotonic() + self.connect_timeout
-        while not self.stop.is_set():
+        while True:
+            if self._closing.is_set():
+                client.disconnect()  # after the acks already queued
+                for _ in range(20):
+                    if client.loop(timeout=0.05) != mqtt.MQTT_ERR_SUCCESS:
+                        break
+                break
             rc = client.loop(timeout=0.5)
             if self._got_connack and self._refused is None:
                 accepted = True
@@ -217,7 +238,7 @@ class MqttSubscriber:
                     if not self._got_connack and self._version == mqtt.MQTTv5:
                         self._refused = "version"  # closed before any CONNACK: a 3.1.1-only broker may do that
                         self.last_error = "the broker closed the connection before accepting it"
-                    elif not self.stop.is_set():
+                    elif not self._closing.is_set():
                         self.last_error = f"connection lost ({mqtt.error_string(rc)})"
                 break
         self.connected.clear()
@@ -262,14 +283,10 @@ class MqttSubscriber:
     def _on_message(self, client, userdata, message) -> None:
         self.messages += 1
         item = RawMessage(message.topic, message.payload, time.time(), message.mid, message.qos)
-        try:
-            self.inbox.put_nowait(item)
-            return
-        except queue.Full:
-            pass
-        while not self.stop.is_set():
+        while True:
             try:
                 self.inbox.put(item, timeout=0.5)
                 return
-            except queue.Full:
-                continue
+            except Full:
+                if self.stop.is_set():  # not acknowledged: the broker sends it again after a restart
+                    return
