@@ -224,29 +224,29 @@ class Agent:
         builder = self.engine.builder()
         quarantine = []
         unknown: dict[str, list] = {}  # device -> [first seen, last seen, messages, last topic]
+        stats, model_of = self.stats, self._model_of
+        device_of = self.registry.by_id.get
+        add_summary, add_reading = self.summaries.add, builder.add
+        readings = 0
         for raw in batch:
             try:
-                message = decode_message(raw.topic, raw.payload, self._model_of)
-            except DecodeError as error:
-                self.stats.quarantined[error.reason] += 1
-                quarantine.append((raw.received_at, raw.topic, raw.payload, error.reason, error.detail))
-                continue
-            device = self.registry.get(message.device_id)
-            if device is None:
-                self.stats.unknown_devices[message.device_id] += 1
-                seen = unknown.setdefault(message.device_id[:128], [raw.received_at, raw.received_at, 0, raw.topic])
-                seen[1], seen[2], seen[3] = max(seen[1], raw.received_at), seen[2] + 1, raw.topic
-                continue
-            try:
+                message = decode_message(raw.topic, raw.payload, model_of)
+                device = device_of(message.device_id)
+                if device is None:
+                    stats.unknown_devices[message.device_id] += 1
+                    seen = unknown.setdefault(message.device_id[:128], [raw.received_at, raw.received_at, 0, raw.topic])
+                    seen[1], seen[2], seen[3] = max(seen[1], raw.received_at), seen[2] + 1, raw.topic
+                    continue
                 check_kinds(device, message.values)
             except DecodeError as error:
-                self.stats.quarantined[error.reason] += 1
+                stats.quarantined[error.reason] += 1
                 quarantine.append((raw.received_at, raw.topic, raw.payload, error.reason, error.detail))
                 continue
             values = derive(device, message.values)
-            self.stats.readings += len(values)
-            self.summaries.add(device.id, message.ts, values, raw.received_at)
-            builder.add(device.index, message.ts, values, raw.received_at)
+            readings += len(values)
+            add_summary(device.id, message.ts, values, raw.received_at)
+            add_reading(device.index, message.ts, values, raw.received_at)
+        stats.readings += readings
         self.stats.messages += len(batch)
         transitions = self._count_alerts(self.engine.process(builder.build()))
         changes = book.apply(transitions)
@@ -264,7 +264,7 @@ class Agent:
         self.stats.batches += 1
 
     def _model_of(self, device_id: str) -> str | None:
-        device = self.registry.get(device_id)
+        device = self.registry.by_id.get(device_id)
         return device.model if device is not None else None
 
     def _count_alerts(self, transitions: list) -> list:

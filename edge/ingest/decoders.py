@@ -21,11 +21,20 @@ DECODERS: tuple[ModuleType, ...] = (own_json, chirpstack, frigate, modbus_rtu)
 DEFAULT_TOPICS = [d.TOPIC_FILTER for d in DECODERS if d.TOPIC_FILTER]  # modbus_rtu is polled, not subscribed
 
 
+_BY_TOPIC: dict[str, ModuleType | None] = {}  # topic -> its decoder: a dict lookup per message, not a match
+_BY_TOPIC_MAX = 100_000  # topics remembered (one per device for most protocols); then it starts again
+
+
 def decoder_for(topic: str) -> ModuleType | None:
-    for decoder in DECODERS:
-        if decoder.matches(topic):
-            return decoder
-    return None
+    try:
+        return _BY_TOPIC[topic]
+    except KeyError:
+        pass
+    found = next((d for d in DECODERS if d.matches(topic)), None)
+    if len(_BY_TOPIC) >= _BY_TOPIC_MAX:
+        _BY_TOPIC.clear()
+    _BY_TOPIC[topic] = found
+    return found
 
 
 def decode(topic: str, payload: bytes, model_of: Callable[[str], str | None] | None = None) -> Message:
