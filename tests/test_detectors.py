@@ -44,10 +44,10 @@ def test_kernel_matches_reference_at_every_reading(seed):
 def test_step_by_step_state_matches_reference():
     ts, xs = series(1, 400)
     state = np.empty(det.STATE_SIZE)
-    det.detector_init(state)
+    det.detector_init(state, 0)
     ref = ReferenceDetector()
     for t, x in zip(ts, xs):
-        assert math.isclose(det.detector_step(state, t, x), ref.step(t, x), rel_tol=1e-9, abs_tol=1e-12)
+        assert math.isclose(det.detector_step(state, 0, t, x), ref.step(t, x), rel_tol=1e-9, abs_tol=1e-12)
         if math.isfinite(state[det.S_LOW]):
             assert state[det.S_LOW] == ref.low and state[det.S_HIGH] == ref.high
         assert state[det.S_COUNT] == ref.count
@@ -114,13 +114,13 @@ def test_nan_scores_zero_and_is_not_learned():
     xs = xs[np.isfinite(xs)]
     ts = ts[: len(xs)]
     state = np.empty(det.STATE_SIZE)
-    det.detector_init(state)
+    det.detector_init(state, 0)
     for t, x in zip(ts[:200], xs[:200]):
-        det.detector_step(state, t, x)
+        det.detector_step(state, 0, t, x)
     before = state.copy()
-    assert det.detector_step(state, ts[200], np.nan) == 0.0
-    assert det.detector_step(state, ts[200], np.inf) == 0.0
-    assert det.detector_step(state, ts[200], -np.inf) == 0.0
+    assert det.detector_step(state, 0, ts[200], np.nan) == 0.0
+    assert det.detector_step(state, 0, ts[200], np.inf) == 0.0
+    assert det.detector_step(state, 0, ts[200], -np.inf) == 0.0
     assert np.array_equal(state, before)
     # The same series with NaNs inserted gives the same scores at its real readings.
     with_nans = np.insert(xs, [50, 120, 120, 250], np.nan)
@@ -141,11 +141,11 @@ def test_timestamps_do_not_change_scores():
 def test_constant_state_size():
     assert det.STATE_SIZE * 8 <= 4096
     state = np.empty(det.STATE_SIZE)
-    det.detector_init(state)
+    det.detector_init(state, 0)
     for n in (10, 10_000):
         xs = np.random.default_rng(n).normal(0, 1, n)
         for i, x in enumerate(xs):
-            det.detector_step(state, float(i), x)
+            det.detector_step(state, 0, float(i), x)
         assert state.shape == (det.STATE_SIZE,)
         assert np.all(np.isfinite(state[det.S_HIST:]))
 

@@ -21,8 +21,10 @@ it ("score before you learn"). The score is in [0, 1]:
 The detector counts readings, not seconds: timestamps are accepted (the engine passes them)
 but neither irregular spacing, repeated stamps nor clocks going backwards change a score.
 
-The state is a plain float64 array, so the rule engine's kernels can hold one per series and
-call ``detector_step`` from their own ``@njit`` code. edge/engine/detectors_reference.py is the
+The state is ``STATE_SIZE`` slots of a plain float64 array from offset ``row``, so the rule
+engine's kernels keep one per series inside their own state array and call ``detector_step``
+from their own ``@njit`` code. Nothing here allocates: the engine's kernels are compiled
+without numba's reference counting (``_nrt=False``). edge/engine/detectors_reference.py is the
 same detector in plain Python; tests hold the two together step by step. docs/anomaly.md says
 what the score means for a rule and how it was measured (bench/bench_anomaly.py, NAB).
 """
@@ -61,15 +63,20 @@ STATE_SIZE = S_HIST + BINS
 assert STATE_SIZE * 8 <= 4096
 
 
-@njit(cache=True)
-def detector_init(state):
-    """Reset one series' state (a float64 array of STATE_SIZE slots)."""
-    state[:] = 0.0
-    state[S_LOW] = np.inf
-    state[S_HIGH] = -np.inf
+# The helpers are inlined into the engine's kernels, which are compiled without NRT.
+inlined = njit(cache=True, _nrt=False, inline="always")
 
 
-@njit(cache=True)
+@inlined
+def detector_init(state, row):
+    """Reset the series whose STATE_SIZE slots start at ``row``."""
+    for k in range(STATE_SIZE):
+        state[row + k] = 0.0
+    state[row + S_LOW] = np.inf
+    state[row + S_HIGH] = -np.inf
+
+
+@inlined
 def _bin(x, low, high):
     span = high - low
     if span <= 0.0:
@@ -78,93 +85,111 @@ def _bin(x, low, high):
     return min(BINS - 1, max(0, k))
 
 
-@njit(cache=True)
-def _judge(state, x):
+@inlined
+def _judge(state, row, x):
     """The raw score of x against the past (before the "said once" rule)."""
-    if state[S_COUNT] < WARMUP:
+    if state[row + S_COUNT] < WARMUP:
         return 0.0
-    low = state[S_LOW]
-    high = state[S_HIGH]
+    low = state[row + S_LOW]
+    high = state[row + S_HIGH]
     span = high - low
     if span <= 0.0:
         span = abs(high) * 0.01 + 1e-9
     u = (x - low) / span
     if u < 0.0 or u > 1.0:
         distance = -u if u < 0.0 else u - 1.0
-        calm = state[S_COUNT] - state[S_LAST_GROWTH]
+        calm = state[row + S_COUNT] - state[row + S_LAST_GROWTH]
         return RARE_CAP + (1.0 - RARE_CAP) * (1.0 - math.exp(-calm / OUTSIDE_CALM)) * (
             1.0 - math.exp(-OUTSIDE_DISTANCE * distance)
         )
-    share = state[S_HIST + _bin(x, low, high)] / state[S_WEIGHT]
+    share = state[row + S_HIST + _bin(x, low, high)] / state[row + S_WEIGHT]
     if share <= 0.0:
         return RARE_CAP
     return max(0.0, min(RARE_CAP, -math.log(share * BINS) / RARITY_SCALE))
 
 
-@njit(cache=True)
-def _learn(state, x):
-    low = state[S_LOW]
-    high = state[S_HIGH]
+@inlined
+def _regrid(state, row, low, high, new_low, new_high):
+    """The range grew to [new_low, new_high]: move each bin's weight to where its centre falls
+    in the new range, in place. Bins only move towards the side that did not grow, so the
+    walk goes from that side; each target gets the sum of its sources in ascending order."""
+    hist = row + S_HIST
+    step = 1 if new_high > high else -1  # grew upwards: bins move down (target <= source)
+    k = 0 if step == 1 else BINS - 1
+    while 0 <= k < BINS:
+        target = _bin(low + (k + 0.5) * (high - low) / BINS, new_low, new_high)
+        end = k
+        while 0 <= end + step < BINS and _bin(low + (end + step + 0.5) * (high - low) / BINS, new_low,
+                                              new_high) == target:
+            end += step
+        first, last = min(k, end), max(k, end)
+        total = 0.0
+        for j in range(first, last + 1):
+            total += state[hist + j]
+            state[hist + j] = 0.0
+        state[hist + target] = total
+        k = end + step
+
+
+@inlined
+def _learn(state, row, x):
+    low = state[row + S_LOW]
+    high = state[row + S_HIGH]
     if x < low or x > high:
         new_low = min(low, x)
         new_high = max(high, x)
-        if state[S_COUNT] > 0.0:
-            # The range grew: move each bin's weight to where its centre falls in the new range.
-            moved = np.zeros(BINS)
-            for k in range(BINS):
-                centre = low + (k + 0.5) * (high - low) / BINS
-                moved[_bin(centre, new_low, new_high)] += state[S_HIST + k]
-            for k in range(BINS):
-                state[S_HIST + k] = moved[k]
-        state[S_LAST_GROWTH] = state[S_COUNT]
-        state[S_LOW] = new_low
-        state[S_HIGH] = new_high
+        if state[row + S_COUNT] > 0.0:
+            _regrid(state, row, low, high, new_low, new_high)
+        state[row + S_LAST_GROWTH] = state[row + S_COUNT]
+        state[row + S_LOW] = new_low
+        state[row + S_HIGH] = new_high
         low, high = new_low, new_high
     for k in range(BINS):
-        state[S_HIST + k] *= DECAY
-    state[S_HIST + _bin(x, low, high)] += 1.0
-    state[S_WEIGHT] = state[S_WEIGHT] * DECAY + 1.0
-    state[S_COUNT] += 1.0
+        state[row + S_HIST + k] *= DECAY
+    state[row + S_HIST + _bin(x, low, high)] += 1.0
+    state[row + S_WEIGHT] = state[row + S_WEIGHT] * DECAY + 1.0
+    state[row + S_COUNT] += 1.0
 
 
-@njit(cache=True)
-def _say_once(state, score):
+@inlined
+def _say_once(state, row, score):
     """score if it beats every score of the last REST_BLOCKS full blocks and the current one,
     else 0; then remember it."""
-    recent = state[S_BLOCK_MAX]
+    recent = state[row + S_BLOCK_MAX]
     for k in range(REST_BLOCKS):
-        if state[S_BLOCKS + k] > recent:
-            recent = state[S_BLOCKS + k]
+        if state[row + S_BLOCKS + k] > recent:
+            recent = state[row + S_BLOCKS + k]
     out = score if score > recent else 0.0
-    if score > state[S_BLOCK_MAX]:
-        state[S_BLOCK_MAX] = score
-    state[S_BLOCK_FILL] += 1.0
-    if state[S_BLOCK_FILL] >= REST_BLOCK:
-        slot = int(state[S_BLOCK_NEXT])
-        state[S_BLOCKS + slot] = state[S_BLOCK_MAX]
-        state[S_BLOCK_NEXT] = (slot + 1) % REST_BLOCKS
-        state[S_BLOCK_MAX] = 0.0
-        state[S_BLOCK_FILL] = 0.0
+    if score > state[row + S_BLOCK_MAX]:
+        state[row + S_BLOCK_MAX] = score
+    state[row + S_BLOCK_FILL] += 1.0
+    if state[row + S_BLOCK_FILL] >= REST_BLOCK:
+        slot = int(state[row + S_BLOCK_NEXT])
+        state[row + S_BLOCKS + slot] = state[row + S_BLOCK_MAX]
+        state[row + S_BLOCK_NEXT] = (slot + 1) % REST_BLOCKS
+        state[row + S_BLOCK_MAX] = 0.0
+        state[row + S_BLOCK_FILL] = 0.0
     return out
 
 
-@njit(cache=True)
-def detector_step(state, t, x):
+@inlined
+def detector_step(state, row, t, x):
     """Score x (at device time t, seconds) on the past only, in [0, 1]; then learn it.
-    A NaN or infinite x scores 0 and leaves the state unchanged."""
+    The series' state is state[row:row + STATE_SIZE]. A NaN or infinite x scores 0 and
+    leaves the state unchanged."""
     if not math.isfinite(x):
         return 0.0
-    score = _judge(state, x)
-    _learn(state, x)
-    return _say_once(state, score)
+    score = _judge(state, row, x)
+    _learn(state, row, x)
+    return _say_once(state, row, score)
 
 
 @njit(cache=True)
 def detector_run(ts, xs):
     """Scores of a whole series from a fresh state (what the benchmark runs)."""
     state = np.empty(STATE_SIZE)
-    detector_init(state)
+    detector_init(state, 0)
     out = np.empty(len(xs))
     for i in range(len(xs)):
-        out[i] = detector_step(state, ts[i], xs[i])
+        out[i] = detector_step(state, 0, ts[i], xs[i])
     return out

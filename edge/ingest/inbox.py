@@ -32,6 +32,9 @@ class Inbox:
     def __len__(self) -> int:
         return len(self._items)
 
+    def qsize(self) -> int:
+        return len(self._items)
+
     def empty(self) -> bool:
         return not self._items
 
