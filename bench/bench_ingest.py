@@ -480,11 +480,13 @@ def main() -> None:
     for stale in ("messages", "bare_paho_subscriber_msgs_per_s", "gateway_decode_engine_orders_outbox_msgs_per_s",
                   "gateway_vs_bare", "gateway_run"):
         results.pop(stale, None)  # the single-run layout of earlier versions
+    results.pop("throughput", None)
     results["cpu_count"] = os.cpu_count()
     results["load_average_at_start"] = [round(x, 2) for x in os.getloadavg()]
     with tempfile.TemporaryDirectory() as tmp:
         if "throughput" in parts:
-            results["throughput"] = throughput(args.messages, args.rounds, args.protocol, Path(tmp) / "throughput")
+            key = "throughput_mqtt5" if args.protocol == "5" else "throughput_mqtt311"
+            results[key] = throughput(args.messages, args.rounds, args.protocol, Path(tmp) / "throughput")
         if "latency" in parts:
             (Path(tmp) / "latency").mkdir()
             results.update(latency_and_memory(args.rate, args.seconds, args.devices, Path(tmp) / "latency",
