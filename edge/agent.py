@@ -18,6 +18,7 @@ from edge.engine import Engine, RuleFileError, load_rules
 from edge.engine.rules import fingerprint
 from edge.ingest.decode import DecodeError, check_kinds, derive
 from edge.ingest.decoders import decode as decode_message
+from edge.ingest.dedupe import Duplicates
 from edge.ingest.inbox import Inbox
 from edge.ingest.modbus_poll import ModbusPoller, ModbusSetupError, polled_devices
 from edge.ingest.mqtt import MqttSubscriber, RawMessage, TlsSettings
@@ -42,6 +43,7 @@ class Stats:
     messages: int = 0
     readings: int = 0
     quarantined: Counter = field(default_factory=Counter)
+    duplicate_uplinks: int = 0  # LoRaWAN frames heard again (several gateways): counted once
     unknown_devices: Counter = field(default_factory=Counter)
     alerts_raised: int = 0  # rules that fired (opened) on a device: an order opened, grouped, reopened or already open
     orders_opened: int = 0
@@ -71,6 +73,7 @@ class Agent:
         self.stop_event = threading.Event()
         self.ready = threading.Event()
         self.inbox = Inbox(config.engine.queue_max)
+        self.duplicates = Duplicates()
         self._uplink_wake = threading.Event()
         m = config.mqtt
         tls = None
@@ -251,6 +254,7 @@ class Agent:
         unknown: dict[str, list] = {}  # device -> [first seen, last seen, messages, last topic]
         stats, model_of = self.stats, self._model_of
         device_of = self.registry.by_id.get
+        is_duplicate = self.duplicates.seen
         add_summary, add_reading = self.summaries.add, builder.add
         readings = 0
         for raw in batch:
@@ -263,6 +267,9 @@ class Agent:
                     seen[1], seen[2], seen[3] = max(seen[1], raw.received_at), seen[2] + 1, raw.topic
                     continue
                 check_kinds(device, message.values)
+                if message.dedupe_key is not None and is_duplicate(message.dedupe_key, raw.received_at):
+                    stats.duplicate_uplinks += 1
+                    continue
             except DecodeError as error:
                 stats.quarantined[error.reason] += 1
                 quarantine.append((raw.received_at, raw.topic, raw.payload, error.reason, error.detail))

@@ -37,6 +37,7 @@ class Message:
     device_id: str
     ts: float
     values: dict[str, float]
+    dedupe_key: tuple | None = None  # the same frame heard twice has the same key (LoRaWAN: fCnt, fPort, bytes)
 
 
 def device_from_topic(topic: str) -> str | None:
