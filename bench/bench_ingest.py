@@ -328,12 +328,10 @@ def latency_and_memory(rate: float, seconds: float, devices: int, workdir: Path,
     big_registry(registry, devices)
     config = write_config(workdir, broker, registry, "bench-latency", "auto")
     command = [sys.executable, "-m", "edge", "run", "--config", str(config)]
-    if profile:  # py-spy (pip install py-spy) samples the gateway; the memory figures then include py-spy's child
-        command = [str(Path(sys.executable).parent / "py-spy"), "record", "--threads", "--rate", "200", "--format", "raw",
-                   "--output", profile, "--", *command]
     process = subprocess.Popen(command, cwd=ROOT,
                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     ready = threading.Event()
+    spy = None
     log_tail: list[str] = []
 
     def read_log():
@@ -371,6 +369,10 @@ def latency_and_memory(rate: float, seconds: float, devices: int, workdir: Path,
     try:
         if not ready.wait(120):
             raise RuntimeError("edge run did not connect:\n" + "".join(log_tail))
+        if profile:  # py-spy (pip install py-spy) samples the running gateway
+            spy = subprocess.Popen([str(Path(sys.executable).parent / "py-spy"), "record", "--threads", "--rate", "200",
+                                    "--format", "raw", "--output", profile, "--pid", str(process.pid)],
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         time.sleep(1.0)
         idle_rss = rss_mb(process.pid)
         poller = threading.Thread(target=poll_outbox, daemon=True)
@@ -389,7 +391,10 @@ def latency_and_memory(rate: float, seconds: float, devices: int, workdir: Path,
         peak_rss = rss_mb(process.pid, "VmHWM")
         end_rss = rss_mb(process.pid)
     finally:
-        process.send_signal(signal.SIGINT if profile else signal.SIGTERM)  # py-spy writes its file on SIGINT
+        if spy is not None:
+            spy.send_signal(signal.SIGINT)  # py-spy writes its file on SIGINT
+            spy.wait(30)
+        process.terminate()
         try:
             process.wait(30)
         except subprocess.TimeoutExpired:
@@ -495,7 +500,8 @@ def main() -> None:
         results["decode_only_msgs_per_s"] = decode_rates()
     print(json.dumps(results, indent=2))
     if args.profile:
-        print(f"profiled run: figures not written (py-spy slows the gateway); profile in {args.profile}", file=sys.stderr)
+        print(f"profiled run: figures not written (py-spy slows the gateway down); profile in {args.profile}",
+              file=sys.stderr)
         return
     out.write_text(json.dumps(results, indent=2) + "\n")
 
