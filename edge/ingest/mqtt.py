@@ -66,6 +66,47 @@ def backoff(attempt: int, low: float, high: float, rng: random.Random = random._
     return rng.uniform(cap / 2, cap)
 
 
+class _ReadAhead:
+    """The client's socket, read 64 KiB at a time.
+
+    paho reads every packet's fixed header a byte at a time (one ``recv`` system call each, and
+    one ``select`` per packet). Behind this wrapper those reads come from memory; ``pending()``
+    (which paho asks of TLS sockets) tells it that buffered packets need no ``select``.
+    """
+
+    __slots__ = ("_sock", "_buf", "_pos")
+
+    def __init__(self, sock) -> None:
+        self._sock, self._buf, self._pos = sock, b"", 0
+
+    def recv(self, size: int) -> bytes:
+        if self._pos >= len(self._buf):
+            data = self._sock.recv(65536)  # BlockingIOError / SSLWantReadError pass through, as paho expects
+            if len(data) <= size:
+                return data
+            self._buf, self._pos = data, 0
+        end = self._pos + size
+        chunk = self._buf[self._pos:end]
+        self._pos = end
+        return chunk
+
+    def pending(self) -> int:
+        inner = self._sock.pending() if hasattr(self._sock, "pending") else 0
+        return len(self._buf) - self._pos + inner
+
+    def send(self, data) -> int:
+        return self._sock.send(data)
+
+    def fileno(self) -> int:
+        return self._sock.fileno()
+
+    def close(self) -> None:
+        self._sock.close()
+
+    def __getattr__(self, name):
+        return getattr(self._sock, name)
+
+
 # CONNACK codes that say the broker does not speak the MQTT version we tried.
 _VERSION_REFUSED = {1, 0x84}
 _AUTH_HINT = "check [mqtt] username and password (or EDGE_MQTT_PASSWORD)"
@@ -214,6 +255,8 @@ class MqttSubscriber:
         except (OSError, socket.timeout) as error:
             self.last_error = f"cannot connect: {error.strerror or error}"
             return False
+        if client._sock is not None:
+            client._sock = _ReadAhead(client._sock)
         accepted = False
         deadline = time.monotonic() + self.connect_timeout
         while True:
