@@ -15,6 +15,11 @@ from ``reconnect_min`` to ``reconnect_max``, each wait drawn between half and al
 every connection subscribes again. ``last_error`` says, in words, why the last attempt
 failed (bad password, untrusted certificate, broker down).
 
+Three places reach into paho-mqtt 2.x (pinned below 3) for speed, each commented where it
+happens: the network thread registers itself as paho's loop thread (``_thread``, as
+``loop_start`` does), a batch's PUBACKs are queued as one packet (``_packet_queue``), and the
+socket is wrapped to read ahead (``_sock``). The tests against a real Mosquitto cover all three.
+
 The broker sends a client at most ``max_inflight_messages`` unacknowledged messages (20 by
 default in Mosquitto, for MQTT 3.1.1 clients): set it to 1000 or more for the gateway's
 client, or ingest waits on acknowledgements (config/mosquitto.conf of the private broker
