@@ -472,7 +472,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=20, help="length of the latency run (default 20)")
     parser.add_argument("--devices", type=int, default=10000, help="devices in the registry of the latency/memory run (default 10000)")
     parser.add_argument("--profile", metavar="FILE", help="record the latency run's gateway with py-spy into FILE "
-                                                           "(collapsed stacks; needs py-spy installed)")
+                                                           "(collapsed stacks; needs py-spy: pip install -e '.[bench]')")
     parser.add_argument("--only", choices=["throughput", "latency", "decode"], action="append",
                         help="run only this part (repeatable); default: all")
     args = parser.parse_args()
