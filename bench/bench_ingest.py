@@ -283,6 +283,11 @@ def rss_mb(pid: int, field: str = "VmRSS") -> float:
     return float("nan")
 
 
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+
+
 def big_registry(path: Path, n: int) -> None:
     lines = ["id,kind,model,address,lat,lon,grid,zone,team,depth_cm"]
     for i in range(n):
@@ -377,10 +382,12 @@ def latency_and_memory(rate: float, seconds: float, devices: int, workdir: Path,
         idle_rss = rss_mb(process.pid)
         poller = threading.Thread(target=poll_outbox, daemon=True)
         poller.start()
+        cpu_before, wall_before = cpu_seconds(process.pid), time.time()
         publisher = subprocess.run([sys.executable, "-c", STEADY, broker.host, str(broker.port), str(rate),
                                     str(seconds), str(devices)], capture_output=True, text=True, timeout=seconds + 120)
         if publisher.returncode:
             raise RuntimeError(publisher.stderr[-2000:])
+        gateway_cpu = (cpu_seconds(process.pid) - cpu_before) / (time.time() - wall_before)
         sent = json.loads(publisher.stdout)
         triggers = sent["triggers"]
         deadline = time.time() + 10
@@ -419,6 +426,8 @@ def latency_and_memory(rate: float, seconds: float, devices: int, workdir: Path,
             "p50_ms": pct(0.50),
             "p99_ms": pct(0.99),
             "max_ms": round(latencies[-1], 1),
+            "gateway_cpu_share_during_run": round(gateway_cpu, 2),  # CPU seconds per second (1.0 = one core)
+            "latency_over_time_ms": [round(x) for x in in_order[::10]],  # every 10th order, in publish order
             "method": "publish time in the publisher process to first sight of the committed outbox row "
                       "(gateway.db read every 2 ms from the bench process)",
         },
