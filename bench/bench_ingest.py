@@ -34,6 +34,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import signal
 import sqlite3
 import statistics
@@ -383,11 +384,16 @@ def latency_and_memory(rate: float, seconds: float, devices: int, workdir: Path,
         poller = threading.Thread(target=poll_outbox, daemon=True)
         poller.start()
         cpu_before, wall_before = cpu_seconds(process.pid), time.time()
+        children_before = resource.getrusage(resource.RUSAGE_CHILDREN)
         publisher = subprocess.run([sys.executable, "-c", STEADY, broker.host, str(broker.port), str(rate),
                                     str(seconds), str(devices)], capture_output=True, text=True, timeout=seconds + 120)
         if publisher.returncode:
             raise RuntimeError(publisher.stderr[-2000:])
-        gateway_cpu = (cpu_seconds(process.pid) - cpu_before) / (time.time() - wall_before)
+        elapsed = time.time() - wall_before
+        gateway_cpu = (cpu_seconds(process.pid) - cpu_before) / elapsed
+        children = resource.getrusage(resource.RUSAGE_CHILDREN)  # the publisher is the child reaped meanwhile
+        publisher_cpu = (children.ru_utime + children.ru_stime - children_before.ru_utime - children_before.ru_stime) / elapsed
+        load_after = os.getloadavg()[0]
         sent = json.loads(publisher.stdout)
         triggers = sent["triggers"]
         deadline = time.time() + 10
@@ -427,6 +433,8 @@ def latency_and_memory(rate: float, seconds: float, devices: int, workdir: Path,
             "p99_ms": pct(0.99),
             "max_ms": round(latencies[-1], 1),
             "gateway_cpu_share_during_run": round(gateway_cpu, 2),  # CPU seconds per second (1.0 = one core)
+            "publisher_cpu_share_during_run": round(publisher_cpu, 2),
+            "load_average_1min_after_run": round(load_after, 2),
             "latency_over_time_ms": [round(x) for x in in_order[::10]],  # every 10th order, in publish order
             "method": "publish time in the publisher process to first sight of the committed outbox row "
                       "(gateway.db read every 2 ms from the bench process)",
