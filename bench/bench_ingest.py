@@ -399,6 +399,7 @@ def latency_and_memory(rate: float, seconds: float, devices: int, workdir: Path,
         deadline = time.time() + 10
         while time.time() < deadline and not all(d in seen for d in triggers):
             time.sleep(0.05)
+        gateway_cpu_total = cpu_seconds(process.pid) - cpu_before  # publishing, and catching up after it
         stop_polling.set()
         poller.join(5)
         peak_rss = rss_mb(process.pid, "VmHWM")
@@ -434,6 +435,7 @@ def latency_and_memory(rate: float, seconds: float, devices: int, workdir: Path,
             "max_ms": round(latencies[-1], 1),
             "gateway_cpu_share_during_run": round(gateway_cpu, 2),  # CPU seconds per second (1.0 = one core)
             "publisher_cpu_share_during_run": round(publisher_cpu, 2),
+            "gateway_cpu_us_per_message": round(1e6 * gateway_cpu_total / sent["sent"], 1),
             "load_average_1min_after_run": round(load_after, 2),
             "latency_over_time_ms": [round(x) for x in in_order[::10]],  # every 10th order, in publish order
             "method": "publish time in the publisher process to first sight of the committed outbox row "
