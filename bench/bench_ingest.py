@@ -328,11 +328,12 @@ print(json.dumps({{k: round(v, 1) for k, v in out.items()}}))
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
-def latency_and_memory(rate: float, seconds: float, devices: int, workdir: Path, profile: str | None = None) -> dict:
+def latency_and_memory(rate: float, seconds: float, devices: int, workdir: Path, profile: str | None = None,
+                       protocol: str = "5") -> dict:
     broker = start_mosquitto(workdir / "broker-latency")
     registry = workdir / "devices-10k.csv"
     big_registry(registry, devices)
-    config = write_config(workdir, broker, registry, "bench-latency", "auto")
+    config = write_config(workdir, broker, registry, "bench-latency", protocol)
     command = [sys.executable, "-m", "edge", "run", "--config", str(config)]
     process = subprocess.Popen(command, cwd=ROOT,
                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
@@ -426,6 +427,7 @@ def latency_and_memory(rate: float, seconds: float, devices: int, workdir: Path,
     return {
         "latency": {
             "target_rate_msgs_per_s": rate,
+            "mqtt_version": protocol,
             "achieved_rate_msgs_per_s": round(sent["sent"] / sent["seconds"]),
             "seconds": round(sent["seconds"], 1),
             "orders_expected": len(triggers),
@@ -486,7 +488,7 @@ def main() -> None:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--messages", type=int, default=50000, help="messages per throughput round (default 50000)")
     parser.add_argument("--rounds", type=int, default=3, help="throughput rounds, alternating who drains first (default 3)")
-    parser.add_argument("--protocol", choices=["5", "3.1.1"], default="5", help="MQTT version of both subscribers (default 5)")
+    parser.add_argument("--protocol", choices=["5", "3.1.1"], default="5", help="MQTT version of the subscribers (throughput: both; latency: the gateway) (default 5)")
     parser.add_argument("--rate", type=float, default=5000, help="steady publish rate of the latency run, messages/s (default 5000)")
     parser.add_argument("--seconds", type=float, default=20, help="length of the latency run (default 20)")
     parser.add_argument("--devices", type=int, default=10000, help="devices in the registry of the latency/memory run (default 10000)")
@@ -514,7 +516,7 @@ def main() -> None:
         if "latency" in parts:
             (Path(tmp) / "latency").mkdir()
             results.update(latency_and_memory(args.rate, args.seconds, args.devices, Path(tmp) / "latency",
-                                              args.profile))
+                                              args.profile, args.protocol))
     if "decode" in parts:
         results["decode_only_msgs_per_s"] = decode_rates()
     print(json.dumps(results, indent=2))
