@@ -44,6 +44,7 @@ STEPS = {
     "DECAY": (0.999, 0.9995, 0.9999),
     "PRIOR": (0.03, 0.1, 0.3),
     "SMOOTH": (0.025, 0.05, 0.1),
+    "RUN_MIN": (5.0, 10.0, 20.0),
 }
 # The grid of the generality check: the constants that matter most (see plateau()); the others
 # stay at their shipped values.

@@ -54,6 +54,7 @@ DECAY = 0.9995  # per reading: the histogram's memory is ~2,000 readings
 PRIOR = 0.1  # weight every bin starts with when a share is taken (no share is ever 0)
 SMOOTH = 0.05  # the smoothed view: x_s += SMOOTH * (x - x_s), ~20 readings
 SMOOTH_WARMUP = 60.0  # readings before the smoothed view's range is learned (3 / SMOOTH)
+RUN_MIN = 10.0 # a run of identical readings scores only from this length on
 # Structure (not tuned): the histogram and the "said once" memory.
 BINS = 16  # histogram bins over [lowest, highest]
 REST_BLOCK = 25  # readings per block of the "said once" memory
@@ -69,10 +70,14 @@ S_SMOOTH = 5  # the smoothed value (exponential moving average)
 S_SMOOTH_LOW = 6  # lowest smoothed value learned (+inf before the first)
 S_SMOOTH_HIGH = 7  # highest smoothed value learned (-inf before the first)
 S_SMOOTH_GROWTH = 8  # S_COUNT when the smoothed range last grew
-S_BLOCK_MAX = 9  # highest score in the current rest block
-S_BLOCK_FILL = 10  # readings in the current rest block
-S_BLOCK_NEXT = 11  # which of the REST_BLOCKS slots the current block goes to when full
-S_BLOCKS = 12  # REST_BLOCKS slots: highest score of each of the last full blocks
+S_PREVIOUS = 9  # the last value learned
+S_RUN = 10  # readings equal to the one before them, in a row, up to the last one learned
+S_RUN_LONGEST = 11  # the longest such run learned
+S_RUN_GROWTH = 12  # S_COUNT when the longest run last grew
+S_BLOCK_MAX = 13  # highest score in the current rest block
+S_BLOCK_FILL = 14  # readings in the current rest block
+S_BLOCK_NEXT = 15  # which of the REST_BLOCKS slots the current block goes to when full
+S_BLOCKS = 16  # REST_BLOCKS slots: highest score of each of the last full blocks
 S_HIST = S_BLOCKS + REST_BLOCKS  # BINS slots: histogram weights
 STATE_SIZE = S_HIST + BINS
 
@@ -80,9 +85,9 @@ assert STATE_SIZE * 8 <= 4096
 
 # The tunable constants in the order _step takes them (bench/anomaly_search.py uses this).
 CONFIG_NAMES = ("WARMUP", "RARE_CAP", "OUTSIDE_DISTANCE", "OUTSIDE_CALM", "RARITY_SCALE", "DECAY",
-                "PRIOR", "SMOOTH", "SMOOTH_WARMUP")
+                "PRIOR", "SMOOTH", "SMOOTH_WARMUP", "RUN_MIN")
 CONFIG = (WARMUP, RARE_CAP, OUTSIDE_DISTANCE, OUTSIDE_CALM, RARITY_SCALE, DECAY, PRIOR, SMOOTH,
-          SMOOTH_WARMUP)
+          SMOOTH_WARMUP, RUN_MIN)
 
 
 # The helpers are inlined into the engine's kernels, which are compiled without NRT.
@@ -155,7 +160,7 @@ def _regrid(state, row, low, high, new_low, new_high):
 
 @inlined
 def _judge(state, row, x, warmup, rare_cap, outside_distance, outside_calm, rarity_scale, prior,
-           smooth_warmup):
+           smooth_warmup, run_min):
     """The raw score of x (and of the smoothed value, already including x) against the past."""
     count = state[row + S_COUNT]
     if count < warmup:
@@ -173,6 +178,11 @@ def _judge(state, row, x, warmup, rare_cap, outside_distance, outside_calm, rari
         level = _outside(state[row + S_SMOOTH], state[row + S_SMOOTH_LOW], state[row + S_SMOOTH_HIGH],
                          count - state[row + S_SMOOTH_GROWTH], rare_cap, outside_distance, outside_calm)
         score = max(score, level)
+    run = state[row + S_RUN] + 1.0 if x == state[row + S_PREVIOUS] else 0.0
+    if run >= run_min and run > state[row + S_RUN_LONGEST]:
+        stuck = _outside(run, 0.0, state[row + S_RUN_LONGEST], count - state[row + S_RUN_GROWTH], rare_cap,
+                         outside_distance, outside_calm)
+        score = max(score, stuck)
     return score
 
 
@@ -200,6 +210,12 @@ def _learn(state, row, x, decay, smooth_warmup):
             state[row + S_SMOOTH_GROWTH] = count
             state[row + S_SMOOTH_LOW] = min(state[row + S_SMOOTH_LOW], level)
             state[row + S_SMOOTH_HIGH] = max(state[row + S_SMOOTH_HIGH], level)
+    run = state[row + S_RUN] + 1.0 if count > 0.0 and x == state[row + S_PREVIOUS] else 0.0
+    if run > state[row + S_RUN_LONGEST]:
+        state[row + S_RUN_LONGEST] = run
+        state[row + S_RUN_GROWTH] = count
+    state[row + S_RUN] = run
+    state[row + S_PREVIOUS] = x
     state[row + S_COUNT] = count + 1.0
 
 
@@ -226,7 +242,7 @@ def _say_once(state, row, score):
 
 @inlined
 def _step(state, row, x, warmup, rare_cap, outside_distance, outside_calm, rarity_scale, decay, prior,
-          smooth, smooth_warmup):
+          smooth, smooth_warmup, run_min):
     """detector_step with the tunable constants as arguments."""
     if not math.isfinite(x):
         return 0.0
@@ -236,7 +252,7 @@ def _step(state, row, x, warmup, rare_cap, outside_distance, outside_calm, rarit
         level = state[row + S_SMOOTH] + smooth * (x - state[row + S_SMOOTH])
         state[row + S_SMOOTH] = level if math.isfinite(level) else x  # overflow: restart from x
     score = _judge(state, row, x, warmup, rare_cap, outside_distance, outside_calm, rarity_scale, prior,
-                   smooth_warmup)
+                   smooth_warmup, run_min)
     _learn(state, row, x, decay, smooth_warmup)
     return _say_once(state, row, score)
 
@@ -247,7 +263,7 @@ def detector_step(state, row, t, x):
     The series' state is state[row:row + STATE_SIZE]. A NaN or infinite x scores 0 and
     leaves the state unchanged."""
     return _step(state, row, x, WARMUP, RARE_CAP, OUTSIDE_DISTANCE, OUTSIDE_CALM, RARITY_SCALE, DECAY,
-                 PRIOR, SMOOTH, SMOOTH_WARMUP)
+                 PRIOR, SMOOTH, SMOOTH_WARMUP, RUN_MIN)
 
 
 @njit(cache=True)
@@ -270,5 +286,5 @@ def detector_run_config(xs, config):
     out = np.empty(len(xs))
     for i in range(len(xs)):
         out[i] = _step(state, 0, xs[i], config[0], config[1], config[2], config[3], config[4], config[5],
-                       config[6], config[7], config[8])
+                       config[6], config[7], config[8], config[9])
     return out
