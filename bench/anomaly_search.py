@@ -37,6 +37,7 @@ SHIPPED = dict(zip(detectors.CONFIG_NAMES, detectors.CONFIG))
 # A few values per constant, the shipped one among them (neighbours one step either side).
 STEPS = {
     "WARMUP": (50.0, 100.0, 200.0),
+    "OUTSIDE_MARGIN": (0.005, 0.01, 0.02),
     "RARE_CAP": (0.5, 0.6, 0.7),
     "OUTSIDE_DISTANCE": (1.0, 2.0, 4.0),
     "OUTSIDE_CALM": (200.0, 400.0, 800.0),
@@ -48,7 +49,7 @@ STEPS = {
 }
 # The grid of the generality check: the constants that matter most (see plateau()); the others
 # stay at their shipped values.
-GRID_AXES = ("RARE_CAP", "OUTSIDE_CALM", "RARITY_SCALE", "DECAY", "SMOOTH")
+GRID_AXES = ("OUTSIDE_MARGIN", "OUTSIDE_CALM", "DECAY", "SMOOTH", "RUN_MIN")
 
 
 def config_array(cfg: dict[str, float]) -> np.ndarray:

@@ -47,6 +47,7 @@ from numba import njit
 # out; see docs/anomaly.md and bench/results/anomaly.json).
 WARMUP = 100.0  # readings learned before any score
 RARE_CAP = 0.6  # the highest score a value within the range can get; breakouts score above it
+OUTSIDE_MARGIN = 0.01  # per range: a new record by less than this is learned, not reported
 OUTSIDE_DISTANCE = 2.0  # per range: 1 - exp(-OUTSIDE_DISTANCE * distance outside)
 OUTSIDE_CALM = 400.0  # readings: 1 - exp(-readings since the range last grew / OUTSIDE_CALM)
 RARITY_SCALE = 2.0  # RARE_CAP * (1 - exp(-surprise / RARITY_SCALE))
@@ -84,9 +85,9 @@ STATE_SIZE = S_HIST + BINS
 assert STATE_SIZE * 8 <= 4096
 
 # The tunable constants in the order _step takes them (bench/anomaly_search.py uses this).
-CONFIG_NAMES = ("WARMUP", "RARE_CAP", "OUTSIDE_DISTANCE", "OUTSIDE_CALM", "RARITY_SCALE", "DECAY",
+CONFIG_NAMES = ("WARMUP", "RARE_CAP", "OUTSIDE_MARGIN", "OUTSIDE_DISTANCE", "OUTSIDE_CALM", "RARITY_SCALE", "DECAY",
                 "PRIOR", "SMOOTH", "SMOOTH_WARMUP", "RUN_MIN")
-CONFIG = (WARMUP, RARE_CAP, OUTSIDE_DISTANCE, OUTSIDE_CALM, RARITY_SCALE, DECAY, PRIOR, SMOOTH,
+CONFIG = (WARMUP, RARE_CAP, OUTSIDE_MARGIN, OUTSIDE_DISTANCE, OUTSIDE_CALM, RARITY_SCALE, DECAY, PRIOR, SMOOTH,
           SMOOTH_WARMUP, RUN_MIN)
 
 
@@ -119,8 +120,9 @@ def _bin(x, low, high):
 
 
 @inlined
-def _outside(v, low, high, calm, rare_cap, outside_distance, outside_calm):
-    """0 if v lies within [low, high], else the break-out score in [rare_cap, 1]."""
+def _outside(v, low, high, calm, rare_cap, outside_margin, outside_distance, outside_calm):
+    """0 if v lies within [low, high] or less than outside_margin (in ranges) outside it, else the
+    break-out score in [rare_cap, 1]."""
     span = high - low
     if span <= 0.0:
         span = abs(high) * 0.01 + 1e-9
@@ -130,6 +132,8 @@ def _outside(v, low, high, calm, rare_cap, outside_distance, outside_calm):
     distance = -u if u < 0.0 else u - 1.0
     if not distance >= 0.0:  # NaN: an overflowing range; count it as far outside
         distance = math.inf
+    if distance < outside_margin:
+        return 0.0
     return rare_cap + (1.0 - rare_cap) * (1.0 - math.exp(-calm / outside_calm)) * (
         1.0 - math.exp(-outside_distance * distance)
     )
@@ -159,7 +163,7 @@ def _regrid(state, row, low, high, new_low, new_high):
 
 
 @inlined
-def _judge(state, row, x, warmup, rare_cap, outside_distance, outside_calm, rarity_scale, prior,
+def _judge(state, row, x, warmup, rare_cap, outside_margin, outside_distance, outside_calm, rarity_scale, prior,
            smooth_warmup, run_min):
     """The raw score of x (and of the smoothed value, already including x) against the past."""
     count = state[row + S_COUNT]
@@ -167,8 +171,8 @@ def _judge(state, row, x, warmup, rare_cap, outside_distance, outside_calm, rari
         return 0.0
     low = state[row + S_LOW]
     high = state[row + S_HIGH]
-    score = _outside(x, low, high, count - state[row + S_LAST_GROWTH], rare_cap, outside_distance,
-                     outside_calm)
+    score = _outside(x, low, high, count - state[row + S_LAST_GROWTH], rare_cap, outside_margin,
+                     outside_distance, outside_calm)
     if score == 0.0:
         share = (state[row + S_HIST + _bin(x, low, high)] + prior) / (state[row + S_WEIGHT] + prior * BINS)
         surprise = -math.log(share * BINS)
@@ -176,12 +180,13 @@ def _judge(state, row, x, warmup, rare_cap, outside_distance, outside_calm, rari
             score = rare_cap * (1.0 - math.exp(-surprise / rarity_scale))
     if count >= warmup + smooth_warmup:
         level = _outside(state[row + S_SMOOTH], state[row + S_SMOOTH_LOW], state[row + S_SMOOTH_HIGH],
-                         count - state[row + S_SMOOTH_GROWTH], rare_cap, outside_distance, outside_calm)
+                         count - state[row + S_SMOOTH_GROWTH], rare_cap, outside_margin, outside_distance,
+                         outside_calm)
         score = max(score, level)
     run = state[row + S_RUN] + 1.0 if x == state[row + S_PREVIOUS] else 0.0
-    if run >= run_min and run > state[row + S_RUN_LONGEST]:
+    if run >= run_min and run > state[row + S_RUN_LONGEST]:  # a run grows by one: no margin
         stuck = _outside(run, 0.0, state[row + S_RUN_LONGEST], count - state[row + S_RUN_GROWTH], rare_cap,
-                         outside_distance, outside_calm)
+                         0.0, outside_distance, outside_calm)
         score = max(score, stuck)
     return score
 
@@ -241,7 +246,7 @@ def _say_once(state, row, score):
 
 
 @inlined
-def _step(state, row, x, warmup, rare_cap, outside_distance, outside_calm, rarity_scale, decay, prior,
+def _step(state, row, x, warmup, rare_cap, outside_margin, outside_distance, outside_calm, rarity_scale, decay, prior,
           smooth, smooth_warmup, run_min):
     """detector_step with the tunable constants as arguments."""
     if not math.isfinite(x):
@@ -251,7 +256,7 @@ def _step(state, row, x, warmup, rare_cap, outside_distance, outside_calm, rarit
     else:
         level = state[row + S_SMOOTH] + smooth * (x - state[row + S_SMOOTH])
         state[row + S_SMOOTH] = level if math.isfinite(level) else x  # overflow: restart from x
-    score = _judge(state, row, x, warmup, rare_cap, outside_distance, outside_calm, rarity_scale, prior,
+    score = _judge(state, row, x, warmup, rare_cap, outside_margin, outside_distance, outside_calm, rarity_scale, prior,
                    smooth_warmup, run_min)
     _learn(state, row, x, decay, smooth_warmup)
     return _say_once(state, row, score)
@@ -262,7 +267,7 @@ def detector_step(state, row, t, x):
     """Score x (at device time t, seconds) on the past only, in [0, 1]; then learn it.
     The series' state is state[row:row + STATE_SIZE]. A NaN or infinite x scores 0 and
     leaves the state unchanged."""
-    return _step(state, row, x, WARMUP, RARE_CAP, OUTSIDE_DISTANCE, OUTSIDE_CALM, RARITY_SCALE, DECAY,
+    return _step(state, row, x, WARMUP, RARE_CAP, OUTSIDE_MARGIN, OUTSIDE_DISTANCE, OUTSIDE_CALM, RARITY_SCALE, DECAY,
                  PRIOR, SMOOTH, SMOOTH_WARMUP, RUN_MIN)
 
 
@@ -286,5 +291,5 @@ def detector_run_config(xs, config):
     out = np.empty(len(xs))
     for i in range(len(xs)):
         out[i] = _step(state, 0, xs[i], config[0], config[1], config[2], config[3], config[4], config[5],
-                       config[6], config[7], config[8], config[9])
+                       config[6], config[7], config[8], config[9], config[10])
     return out
