@@ -73,8 +73,8 @@ S_SMOOTH_HIGH = 7  # highest smoothed value learned (-inf before the first)
 S_SMOOTH_GROWTH = 8  # S_COUNT when the smoothed range last grew
 S_PREVIOUS = 9  # the last value learned
 S_RUN = 10  # readings equal to the one before them, in a row, up to the last one learned
-S_RUN_LONGEST = 11  # the longest such run learned
-S_RUN_GROWTH = 12  # S_COUNT when the longest run last grew
+S_RUN_LONGEST = 11  # the longest such run that has ended
+S_RUN_GROWTH = 12  # S_COUNT when that run ended
 S_BLOCK_MAX = 13  # highest score in the current rest block
 S_BLOCK_FILL = 14  # readings in the current rest block
 S_BLOCK_NEXT = 15  # which of the REST_BLOCKS slots the current block goes to when full
@@ -183,8 +183,9 @@ def _judge(state, row, x, warmup, rare_cap, outside_margin, outside_distance, ou
                          count - state[row + S_SMOOTH_GROWTH], rare_cap, outside_margin, outside_distance,
                          outside_calm)
         score = max(score, level)
+    # A run of identical readings is judged once: when it first gets longer than every run before.
     run = state[row + S_RUN] + 1.0 if x == state[row + S_PREVIOUS] else 0.0
-    if run >= run_min and run > state[row + S_RUN_LONGEST]:  # a run grows by one: no margin
+    if run == max(run_min, state[row + S_RUN_LONGEST] + 1.0):
         stuck = _outside(run, 0.0, state[row + S_RUN_LONGEST], count - state[row + S_RUN_GROWTH], rare_cap,
                          0.0, outside_distance, outside_calm)
         score = max(score, stuck)
@@ -215,11 +216,13 @@ def _learn(state, row, x, decay, smooth_warmup):
             state[row + S_SMOOTH_GROWTH] = count
             state[row + S_SMOOTH_LOW] = min(state[row + S_SMOOTH_LOW], level)
             state[row + S_SMOOTH_HIGH] = max(state[row + S_SMOOTH_HIGH], level)
-    run = state[row + S_RUN] + 1.0 if count > 0.0 and x == state[row + S_PREVIOUS] else 0.0
-    if run > state[row + S_RUN_LONGEST]:
-        state[row + S_RUN_LONGEST] = run
-        state[row + S_RUN_GROWTH] = count
-    state[row + S_RUN] = run
+    if count > 0.0 and x == state[row + S_PREVIOUS]:
+        state[row + S_RUN] += 1.0
+    else:  # the run ended: remember it if it was the longest
+        if state[row + S_RUN] > state[row + S_RUN_LONGEST]:
+            state[row + S_RUN_LONGEST] = state[row + S_RUN]
+            state[row + S_RUN_GROWTH] = count
+        state[row + S_RUN] = 0.0
     state[row + S_PREVIOUS] = x
     state[row + S_COUNT] = count + 1.0
 
