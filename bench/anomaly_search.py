@@ -38,7 +38,7 @@ SHIPPED = dict(zip(detectors.CONFIG_NAMES, detectors.CONFIG))
 STEPS = {
     "WARMUP": (50.0, 100.0, 200.0),
     "OUTSIDE_MARGIN": (0.005, 0.01, 0.02),
-    "RARE_CAP": (0.5, 0.6, 0.7),
+    "RARE_CAP": (0.6, 0.75, 0.9),
     "OUTSIDE_DISTANCE": (1.0, 2.0, 4.0),
     "OUTSIDE_CALM": (200.0, 400.0, 800.0),
     "RARITY_SCALE": (1.0, 2.0, 4.0),

@@ -30,10 +30,18 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench import anomaly_search  # noqa: E402
-from bench.nab_scorer import PROFILES, load_corpus, load_profiles, nab_dir, score_corpus  # noqa: E402
+from bench.nab_scorer import (  # noqa: E402
+    PROFILES,
+    count_at_threshold,
+    load_corpus,
+    load_profiles,
+    nab_dir,
+    score_corpus,
+)
 from edge.engine import detectors  # noqa: E402
 
 REPEATS = 5
+FIXED_THRESHOLDS = (0.5, 0.6, 0.7, 0.725, 0.75, 0.8, 0.85, 0.9, 0.95)  # what a rule's "> t" would have done
 RESULTS = ROOT / "bench" / "results" / "anomaly.json"
 
 
@@ -71,6 +79,18 @@ def main() -> None:
         print(f"{key:20s} score {r.normalised:6.2f}   threshold {r.threshold:.4f}   "
               f"windows found {r.windows_found}/{r.windows}   false positives {r.false_positives}")
 
+    fixed = []
+    print("at fixed thresholds (a rule's anomaly(x) >= t):")
+    for t in FIXED_THRESHOLDS:
+        row = {"threshold": t}
+        for key, profile in PROFILES.items():
+            row[key] = round(anomaly_search.at(corpus, scores, profile, t).normalised, 2)
+        row.update(count_at_threshold(corpus, scores, PROFILES["standard"], t))
+        fixed.append(row)
+        print(f"  >= {t:5.3f}: standard {row['standard']:6.2f}  low FP {row['reward_low_FP_rate']:6.2f}  "
+              f"low FN {row['reward_low_FN_rate']:6.2f}  windows found {row['windows_found']}  "
+              f"false positives {row['false_positives']}")
+
     result = {
         "detector": "edge.engine.detectors (break-out of the value and of its smoothed level, "
                     "stuck-sensor run, histogram rarity, said once)",
@@ -82,6 +102,7 @@ def main() -> None:
         "reward_low_FP_rate": profiles["reward_low_FP_rate"]["normalised"],
         "reward_low_FN_rate": profiles["reward_low_FN_rate"]["normalised"],
         "profiles": profiles,
+        "fixed_thresholds": fixed,
         "points_per_s_one_core": int(points_per_s),
         "bytes_per_series": detectors.STATE_SIZE * 8,
         "python": platform.python_version(),

@@ -46,7 +46,7 @@ from numba import njit
 # The one configuration (chosen on the NAB corpus as a whole, checked by leaving each NAB group
 # out; see docs/anomaly.md and bench/results/anomaly.json).
 WARMUP = 100.0  # readings learned before any score
-RARE_CAP = 0.6  # the highest score a value within the range can get; breakouts score above it
+RARE_CAP = 0.75 # the highest score a value within the range can get; breakouts score above it
 OUTSIDE_MARGIN = 0.01  # per range: a new record by less than this is learned, not reported
 OUTSIDE_DISTANCE = 2.0  # per range: 1 - exp(-OUTSIDE_DISTANCE * distance outside)
 OUTSIDE_CALM = 400.0  # readings: 1 - exp(-readings since the range last grew / OUTSIDE_CALM)
