@@ -68,9 +68,9 @@ def bin_of(x: float, low: float, high: float) -> int:
     if not high - low > 0:
         return 0
     u = (x - low) / (high - low) * BINS
-    if not u > 0:
+    if not u > 0:  # also NaN (an overflowing range)
         return 0
-    return min(BINS - 1, int(u))
+    return BINS - 1 if u >= BINS else int(u)
 
 
 class ReferenceDetector:
