@@ -34,10 +34,11 @@ from edge.engine import detectors  # noqa: E402
 
 SHIPPED = dict(zip(detectors.CONFIG_NAMES, detectors.CONFIG))
 
-# A few values per constant, the shipped one among them (neighbours one step either side).
+# A few values per constant, the shipped one among them (neighbours one step either side; the
+# margin, the most sensitive constant, in finer steps).
 STEPS = {
     "WARMUP": (50.0, 100.0, 200.0),
-    "OUTSIDE_MARGIN": (0.005, 0.01, 0.02),
+    "OUTSIDE_MARGIN": (0.005, 0.0075, 0.01, 0.0125, 0.015, 0.02),
     "RARE_CAP": (0.6, 0.75, 0.9),
     "OUTSIDE_DISTANCE": (1.0, 2.0, 4.0),
     "OUTSIDE_CALM": (200.0, 400.0, 800.0),
