@@ -1,17 +1,20 @@
 """Streaming anomaly detector behind ``anomaly(metric)``: numba kernels over a per-series state.
 
 One detector, one configuration. Per (device, metric) series it keeps ``STATE_SIZE`` float64
-slots (288 bytes) and, at each reading, first judges the reading on the past only, then learns
-it ("score before you learn"). Three views of the series are judged and the highest wins:
+slots (320 bytes) and, at each reading, first judges the reading on the past only, then learns
+it ("score before you learn"). The reading is judged in four ways and the highest score wins:
 
 - **the value outside every value this series has shown** (above its highest or below its
-  lowest): ``RARE_CAP`` to 1. How far above ``RARE_CAP`` grows with how far outside the value
-  is (in units of the series' own range) and with how long the range had held: a series
-  breaking out after a long calm scores near 1; one that keeps setting records (a trend) stays
-  near ``RARE_CAP``.
+  lowest) by at least ``OUTSIDE_MARGIN`` of the range: ``RARE_CAP`` to 1. How far above
+  ``RARE_CAP`` grows with how far outside the value is (in units of the series' own range) and
+  with how long the range had held: a series breaking out after a long calm scores near 1. A
+  record by less than the margin (a trend creeping upwards, noise touching its old extreme) is
+  learned, not reported.
 - **the recent level outside every level shown**: the same rule applied to a smoothed copy of
   the series (an exponential moving average over ~``1 / SMOOTH`` readings). It catches what no
   single reading shows: a level that stays low or high for too long, spikes growing denser.
+- **a stuck sensor**: a run of identical readings that reaches ``RUN_MIN`` and is longer than
+  every run before it, judged once (the same break-out score, against the longest earlier run).
 - **a value within the range but in a rarely visited part of it**: 0 to ``RARE_CAP``, from a
   histogram of recent values (``BINS`` bins over [lowest, highest], fading with a memory of
   ~``1 / (1 - DECAY)`` readings). A bin holding a share p of the recent readings (with a small
@@ -46,7 +49,7 @@ from numba import njit
 # The one configuration (chosen on the NAB corpus as a whole, checked by leaving each NAB group
 # out; see docs/anomaly.md and bench/results/anomaly.json).
 WARMUP = 100.0  # readings learned before any score
-RARE_CAP = 0.75 # the highest score a value within the range can get; breakouts score above it
+RARE_CAP = 0.75  # the highest score a value within the range can get; breakouts score above it
 OUTSIDE_MARGIN = 0.01  # per range: a new record by less than this is learned, not reported
 OUTSIDE_DISTANCE = 2.0  # per range: 1 - exp(-OUTSIDE_DISTANCE * distance outside)
 OUTSIDE_CALM = 400.0  # readings: 1 - exp(-readings since the range last grew / OUTSIDE_CALM)
@@ -55,7 +58,7 @@ DECAY = 0.9995  # per reading: the histogram's memory is ~2,000 readings
 PRIOR = 0.1  # weight every bin starts with when a share is taken (no share is ever 0)
 SMOOTH = 0.05  # the smoothed view: x_s += SMOOTH * (x - x_s), ~20 readings
 SMOOTH_WARMUP = 60.0  # readings before the smoothed view's range is learned (3 / SMOOTH)
-RUN_MIN = 10.0 # a run of identical readings scores only from this length on
+RUN_MIN = 10.0  # a run of identical readings scores only from this length on
 # Structure (not tuned): the histogram and the "said once" memory.
 BINS = 16  # histogram bins over [lowest, highest]
 REST_BLOCK = 25  # readings per block of the "said once" memory
