@@ -82,6 +82,8 @@ url = "http://127.0.0.1:{port}"
             stopped = re.search(r"stopped: (\d+) messages, (\d+) readings, (\d+) alerts raised, (\d+) orders opened",
                                 log.read_text())
             messages, readings, alerts, opened = (int(x) for x in stopped.groups())
+            with sqlite3.connect(tmp / "data" / "gateway.db") as conn:  # every revision, by what changed
+                changes = dict(conn.execute("SELECT change, count(*) FROM order_events GROUP BY change ORDER BY 2 DESC"))
             scored = subprocess.run([python, "-m", "firmware_sim", "score", "--truth", str(tmp / "run" / "truth.jsonl"),
                                      "--receiver", f"http://127.0.0.1:{port}", "--json"],
                                     check=True, capture_output=True, text=True)
@@ -100,10 +102,12 @@ url = "http://127.0.0.1:{port}"
         "alerts_raised": alerts,
         "orders_opened": opened,
         "alerts_per_order": round(alerts / opened, 2) if opened else None,
+        "revisions_by_change": changes,
         "score": {k: score[k] for k in score if not k.endswith("_list")},
     }
     print(f"storm scenario: {messages} messages, {readings} readings in {simulated:.0f} s")
     print(f"alerts raised {alerts}, orders opened {opened}: {results['alerts_per_order']} alerts per order")
+    print("revisions by change: " + ", ".join(f"{change} {n}" for change, n in changes.items()))
     print("score: " + ", ".join(f"{k} {v}" for k, v in results["score"].items() if not isinstance(v, (dict, list))))
     out = ROOT / "bench" / "results" / "orders.json"
     out.write_text(json.dumps(results, indent=2) + "\n")

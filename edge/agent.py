@@ -27,6 +27,8 @@ from edge.paths import default_categories
 from edge.outbox import Outbox, open_database, transaction
 from edge.outbox.telemetry import TelemetrySummaries
 from edge.registry import Registry
+from edge.service import Notifier
+from edge.status.server import StatusServer
 from uplink.sender import Sender
 from uplink.transport_http import HttpTransport
 from uplink.transport_mqtt import MqttTransport
@@ -51,6 +53,8 @@ class Stats:
     rule_reloads: int = 0
     rule_errors: int = 0
     last_rule_error: str = ""
+    engine_seconds: float = 0.0  # time in Engine.process, all batches
+    last_batch_seconds: float = 0.0
 
 
 class Agent:
@@ -90,6 +94,9 @@ class Agent:
             rules_paths=config.rules.paths,
         )
         self.summaries = TelemetrySummaries(config.outbox.telemetry_interval)
+        self.started_at = time.time()
+        self.notifier = Notifier()
+        self.status_server: StatusServer | None = None
 
     @property
     def uplinked(self) -> int:
@@ -114,15 +121,18 @@ class Agent:
         uplink = threading.Thread(target=self.sender.run, name="uplink", daemon=True)
         uplink.start()
         self.subscriber.start()
+        self._start_status_server()
         log.info(
             "gateway %s running: %d devices, %d rules, database %s",
             self.config.gateway.id, len(self.registry), len(self.rules), self.config.database_path,
         )
         self.ready.set()
+        self.notifier.ready(f"{len(self.registry)} devices, {len(self.rules)} rules")
         try:
             next_tick = time.time() + self.config.engine.tick
             next_rule_check = time.time() + self.config.rules.watch_interval
             while not self.stop_event.is_set():
+                self.notifier.watchdog()
                 batch = self._take_batch()
                 if batch:
                     self._process(batch, book, db)
@@ -139,9 +149,13 @@ class Agent:
             if leftover:
                 self._process(leftover, book, db)
         finally:
+            self.notifier.stopping()
             self.subscriber.close()  # unacknowledged messages stay with the broker for the next start
             self._uplink_wake.set()
             uplink.join(timeout=self.config.uplink.timeout + 5)
+            if self.status_server is not None:
+                self.status_server.close()
+            self.notifier.close()
             db.conn.close()
             s = self.stats
             log.info(
@@ -150,6 +164,17 @@ class Agent:
                 s.orders_reopened, s.orders_cleared,
                 ", ".join(f"{n} {change}" for change, n in sorted(s.other_changes.items())) or "nothing grouped or escalated",
             )
+
+    def _start_status_server(self) -> None:
+        address = self.config.status.address
+        if address is None:
+            return
+        try:
+            self.status_server = StatusServer(self, *address)
+        except OSError as error:  # the gateway's job matters more than its status page
+            log.error("status page not started: cannot listen on %s: %s", self.config.status.listen, error)
+            return
+        self.status_server.start()
 
     def _housekeeping(self, db, now: float) -> None:
         """Queue the finished interval's telemetry summaries, and keep the file within its budget."""
@@ -247,7 +272,10 @@ class Agent:
             self.summaries.add(device.id, message.ts, values, raw.received_at)
             builder.add(device.index, message.ts, values, raw.received_at)
         self.stats.messages += len(batch)
+        started = time.perf_counter()
         transitions = self._count_alerts(self.engine.process(builder.build()))
+        self.stats.last_batch_seconds = time.perf_counter() - started
+        self.stats.engine_seconds += self.stats.last_batch_seconds
         changes = book.apply(transitions)
         if quarantine or unknown:
             with transaction(db) as conn:

@@ -25,6 +25,8 @@ def main() -> None:
     Start here:
       edge demo                      the whole system on this machine, about 30 s
       edge run --config FILE         the gateway daemon
+      edge config check FILE         validate a configuration before starting with it
+      edge status                    the running gateway's health at a glance
       edge rules check rules/        validate rule files before deploying them
     """
 
@@ -61,9 +63,12 @@ def demo(seconds: float, broker_url: str | None, embedded_broker: bool, workdir:
 @main.command()
 @click.option("--config", "config_path", required=True, type=click.Path(dir_okay=False, path_type=Path),
               help="Gateway configuration file (TOML), e.g. config/gateway.toml.")
-@click.option("--log-level", default="info", show_default=True,
-              type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False))
-def run(config_path: Path, log_level: str) -> None:
+@click.option("--log-level", default=None, type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False),
+              help="Least important level logged. Default: [log] level in the config (info).")
+@click.option("--log-format", default=None, type=click.Choice(["text", "json"]),
+              help="text: a line per record (journald); json: a JSON object per line (log collectors). "
+                   "Default: [log] format in the config (text).")
+def run(config_path: Path, log_level: str | None, log_format: str | None) -> None:
     """Run the gateway daemon until SIGTERM or Ctrl-C.
 
     Subscribes to the broker in the config, evaluates the rules, keeps orders in
@@ -73,19 +78,26 @@ def run(config_path: Path, log_level: str) -> None:
     Changed rule files are picked up within [rules] watch_interval seconds, or at once on
     SIGHUP: validated, then swapped in; rules that did not change keep their state. A bad
     file is refused with its errors in the log, and the running rules stay.
+
+    Health: a status page, /metrics (Prometheus) and /status.json on [status] listen
+    (default http://127.0.0.1:9180/); `edge status` reads them. Under systemd it reports
+    readiness and pings the watchdog (config/systemd/edge-gateway.service, docs/service.md).
     """
+    from edge import logs
     from edge.agent import Agent
     from edge.config import ConfigError, load_config
     from edge.engine import RuleFileError
     from edge.orders.categories import CategoryError
     from edge.registry import RegistryError
 
-    logging.basicConfig(
-        level=getattr(logging, log_level.upper()), stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
     try:
-        agent = Agent(load_config(config_path))
+        config = load_config(config_path)
+    except ConfigError as error:
+        raise click.ClickException(str(error)) from None
+    logs.setup(log_level or config.log.level, log_format or config.log.format,
+               secrets=[config.uplink.token, config.mqtt.password])
+    try:
+        agent = Agent(config)
     except (ConfigError, RegistryError, CategoryError) as error:
         raise click.ClickException(str(error)) from None
     except RuleFileError as error:
@@ -343,3 +355,65 @@ def devices_unknown(config_path: Path) -> None:
 
 if __name__ == "__main__":
     main()
+
+
+@main.group()
+def config() -> None:
+    """The gateway's configuration file (TOML; every key in docs/configuration.md)."""
+
+
+@config.command("check")
+@click.argument("config_path", metavar="FILE", type=click.Path(dir_okay=False, path_type=Path))
+def config_check(config_path: Path) -> None:
+    """Check a configuration file before starting the gateway with it.
+
+    Reports every problem as `file:line: message`: TOML syntax, unknown keys, wrong types,
+    missing registry, rule, category, certificate files, rule file errors (with the rule
+    file's line), and a data folder the gateway could not write. Exits 1 on any problem.
+    """
+    from edge.config_check import check_config
+
+    problems = check_config(config_path)
+    for problem in problems:
+        click.echo(problem, err=True)
+    if problems:
+        raise click.ClickException(f"{len(problems)} problem(s) in {config_path}")
+    click.echo(f"{config_path}: ok")
+
+
+@main.command()
+@_CONFIG_OPTION
+@click.option("--json", "as_json", is_flag=True, help="Print the whole snapshot as JSON.")
+@click.option("--timeout", default=2.0, show_default=True, type=click.FloatRange(min=0.1),
+              help="Seconds to wait for the running agent's answer.")
+def status(config_path: Path, as_json: bool, timeout: float) -> None:
+    """The gateway's health at a glance: agent, ingest, engine, orders, outbox, uplink, devices.
+
+    Asks the running agent (its [status] listen port, /status.json); when it does not answer,
+    shows what the local gateway.db says (orders, outbox backlog, quarantine) and says so.
+    Exits 0 when the agent answered, 3 when it did not.
+    """
+    import orjson
+    import requests
+
+    from edge.config import ConfigError, load_config
+    from edge.status import text
+    from edge.status.snapshot import snapshot
+
+    try:
+        config = load_config(config_path)
+    except ConfigError as error:
+        raise click.ClickException(str(error)) from None
+    snap, source = None, "no status port configured"
+    if config.status.address is not None:
+        host, port = config.status.address
+        url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '') else host}:{port}/status.json"
+        try:
+            snap = requests.get(url, timeout=timeout).json()
+            source = url
+        except (requests.RequestException, ValueError) as error:
+            source = f"{url} did not answer: {type(error).__name__}"
+    if snap is None:
+        snap = snapshot(config.database_path, config.gateway.id)
+    click.echo(orjson.dumps(snap, option=orjson.OPT_INDENT_2).decode() if as_json else text.render(snap, source))
+    sys.exit(0 if snap["agent"].get("running") else 3)

@@ -112,6 +112,35 @@ class OrdersSection(_Section):
     reopen_within: float = Field(3600.0, ge=0, description="A problem back within this many seconds after its order was closed reopens it; 0: always a new order.")
 
 
+class StatusSection(_Section):
+    listen: str = Field("127.0.0.1:9180", description="host:port of the status page, /metrics and /status.json; "
+                        "empty turns it off. Keep it on loopback or a maintenance network: it has no login.")
+    silent_after: float = Field(7200.0, gt=0, description="Seconds without a message after which a device is "
+                                "shown as silent on the status page and counted in edge_devices_silent.")
+
+    @field_validator("listen")
+    @classmethod
+    def _host_port(cls, value: str) -> str:
+        if value == "":
+            return value
+        host, _, port = value.rpartition(":")
+        if not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+            raise ValueError(f"expected host:port such as 127.0.0.1:9180, got {value!r}")
+        return value
+
+    @property
+    def address(self) -> tuple[str, int] | None:
+        if not self.listen:
+            return None
+        host, _, port = self.listen.rpartition(":")
+        return host.strip("[]"), int(port)
+
+
+class LogSection(_Section):
+    level: Literal["debug", "info", "warning", "error"] = Field("info", description="Least important level logged; `edge run --log-level` overrides it.")
+    format: Literal["text", "json"] = Field("text", description="text: one line per record (journald); json: one JSON object per line, for a central log collector. `edge run --log-format` overrides it.")
+
+
 class GatewayConfig(_Section):
     gateway: GatewaySection
     registry: RegistrySection
@@ -121,6 +150,8 @@ class GatewayConfig(_Section):
     engine: EngineSection = EngineSection()
     outbox: OutboxSection = OutboxSection()
     orders: OrdersSection = OrdersSection()
+    status: StatusSection = StatusSection()
+    log: LogSection = LogSection()
 
     @property
     def database_path(self) -> Path:
@@ -154,7 +185,9 @@ def load_config(path: Path) -> GatewayConfig:
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as error:
-        raise ConfigError(f"{path}: not valid TOML: {error}") from None
+        where = re.search(r"\(at line (\d+), column \d+\)", str(error))
+        line = f":{where.group(1)}" if where else ""
+        raise ConfigError(f"{path}{line}: not valid TOML: {error}") from None
     try:
         config = GatewayConfig.model_validate(data)
     except ValidationError as error:

@@ -46,6 +46,9 @@ client_id = "edge-gw-demo-{nonce}"
 
 [uplink]
 url = "{receiver}"
+
+[status]
+listen = "127.0.0.1:0"   # any free port; the demo prints it
 """
 
 
@@ -191,6 +194,8 @@ def run_demo(
         if not agent.ready.wait(60) or not agent.subscriber.connected.wait(20):
             raise RuntimeError(f"the gateway did not start; see {workdir / 'gateway.log'}")
         say(f"gateway    {len(agent.registry)} devices, {len(agent.rules)} rules from {rules_path}, files in {workdir}")
+        if agent.status_server is not None:
+            say(f"status     http://127.0.0.1:{agent.status_server.port}/ (metrics at /metrics)")
 
         events = demo_events(seconds, agent.registry)
         sim_log = (workdir / "firmware_sim.log").open("ab")

@@ -98,6 +98,9 @@ client_id = "{values['client_id']}"
 [uplink]
 url = "{values['receiver']}"
 retry_max = 1.0
+
+[status]
+listen = "{values.get('status', '127.0.0.1:0')}"
 """
     )
     return path

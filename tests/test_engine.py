@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import textwrap
 
 from hypothesis import event, given, settings
@@ -20,6 +21,7 @@ rules:
     for: 10s
     clear_when: tilt_deg < 5
     clear_for: 5s
+    worse_by: 10%
     order: {category: c1, severity: critical, title: "{device}"}
   - name: full
     applies_to: {kind: bin}
@@ -59,6 +61,10 @@ FUNCTION_RULES = """rules:
   - name: flat
     applies_to: {kind: manhole_cover}
     when: stuck(water_cm, 20s)
+    order: {category: c, severity: minor, title: "{device}"}
+  - name: odd_water
+    applies_to: {kind: manhole_cover}
+    when: anomaly(water_cm) > 0.5
     order: {category: c, severity: minor, title: "{device}"}
   - name: parked
     applies_to: {kind: camera}
@@ -101,7 +107,7 @@ def test_for_waits_for_a_message_at_least_that_long_after(tmp_path):
     engine = Engine(make_rules(tmp_path), registry)
     messages = [("c1", 100.0, {"tilt_deg": 20}), ("c1", 105.0, {"tilt_deg": 25}), ("c1", 109.9, {"tilt_deg": 25}),
                 ("c1", 110.0, {"battery_v": 3.5}),  # any report of the device advances time
-                ("c1", 111.0, {"tilt_deg": 30}),  # already open: nothing new
+                ("c1", 111.0, {"tilt_deg": 26}),  # already open, and not worse by 10% of 15: nothing new
                 ("c1", 112.0, {"tilt_deg": 3}), ("c1", 116.0, {"tilt_deg": 3}), ("c1", 117.0, {"tilt_deg": 2})]
     assert run_kernel(engine, registry, messages, 100) == [
         ("open", "tilted", "c1", 110.0),
@@ -249,3 +255,60 @@ def test_sparse_reporter_opens_after_for_on_a_tick(tmp_path):
     assert engine.tick(805.0) == []
     (opened,) = engine.tick(810.0)
     assert (opened.kind, opened.rule.name, opened.ts) == ("open", "tilted", 510.0)
+
+
+def test_anomaly_opens_on_a_reading_unlike_the_device_past_and_matches_the_reference(tmp_path):
+    rules = make_rules(tmp_path, """rules:
+  - name: odd_water
+    applies_to: {kind: manhole_cover}
+    when: anomaly(water_cm) > 0.9
+    clear_when: water_cm > 50
+    order: {category: c, severity: minor, title: "{device}"}
+""")
+    registry = make_registry()
+    engine, reference = Engine(rules, registry, origin=0.0), ReferenceEngine(rules, registry, origin=0.0)
+    rng = random.Random(7)
+    messages = [("c1", 60.0 * i, {"water_cm": 75.0 + rng.uniform(-15, 15)}) for i in range(400)]
+    messages += [("c1", 60.0 * 400, {"water_cm": 8.0}), ("c1", 60.0 * 401, {"water_cm": 80.0})]
+    messages += [("c2", 60.0 * i, {"water_cm": 75.0 + rng.uniform(-15, 15)}) for i in range(402)]
+    got = run_kernel(engine, registry, messages, batch_size=50)
+    want = [step for device, ts, values in messages for step in reference.message(device, ts, values)]
+    assert got == want
+    assert got == [("open", "odd_water", "c1", 60.0 * 400), ("clear", "odd_water", "c1", 60.0 * 401)]
+
+
+def test_an_open_problem_getting_worse_by_the_step_gives_an_update(tmp_path):
+    rules = make_rules(tmp_path, """rules:
+  - name: water_high
+    applies_to: {kind: manhole_cover}
+    when: water_cm < 30 and open == 0
+    worse_by: 10%
+    clear_when: water_cm > 50
+    order: {category: c, severity: major, title: "{device}"}
+  - name: water_stepped
+    applies_to: {kind: manhole_cover}
+    when: water_cm < 30
+    worse_by: 5
+    clear_when: water_cm > 50
+    order: {category: c, severity: major, title: "{device}"}
+  - name: water_quiet
+    applies_to: {kind: manhole_cover}
+    when: water_cm < 30
+    order: {category: c, severity: major, title: "{device}"}
+""")
+    registry = make_registry()
+    engine, reference = Engine(rules, registry, origin=0.0), ReferenceEngine(rules, registry, origin=0.0)
+    # lower is worse (water_cm < 30): 10% of 30 = 3 cm below the value last reported
+    levels = [40, 29, 27, 25.9, 26, 22.5, 35, 31, 45, 20, 60]
+    messages = [("c1", 10.0 * i, {"water_cm": float(x), "open": 0}) for i, x in enumerate(levels)]
+    got = run_kernel(engine, registry, messages, batch_size=3)
+    want = [step for device, ts, values in messages for step in reference.message(device, ts, values)]
+    assert got == want
+    by_rule = {name: [(kind, ts) for kind, rule, _, ts in got if rule == name] for name in
+               ("water_high", "water_stepped", "water_quiet")}
+    # 29 opens; 27 is only 2 below it; 25.9 is 3.1 below: update; 22.5 is 3.4 below 25.9: update;
+    # 35, 31, 45 are better (in the band between the two conditions); 20 is only 2.5 below the 22.5
+    # last reported: no update; 60 clears
+    assert by_rule["water_high"] == [("open", 10.0), ("update", 30.0), ("update", 50.0), ("clear", 100.0)]
+    assert by_rule["water_stepped"] == [("open", 10.0), ("update", 50.0), ("clear", 100.0)]
+    assert by_rule["water_quiet"] == [("open", 10.0), ("clear", 60.0), ("open", 90.0), ("clear", 100.0)]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sqlite3
 
+import orjson
 import pytest
 
 from conftest import REGISTRY, ROOT, RULES
@@ -273,3 +274,28 @@ def test_storms_flapping_and_returning_problems_open_exactly_the_orders_they_sho
                          + [("MH-0001", later + 20 + s, {"tilt_deg": 30.0, "open": 1.0}) for s in range(12)])
     assert [c.change for c in changes] == ["opened"] and changes[0].order_id != order_id
     assert book.count() == 2
+
+
+def test_an_open_problem_getting_worse_revises_its_order_and_keeps_the_platform_state(setup):
+    registry, rules, db, _ = setup
+    book = OrderBook(db, "gw-1", Categories.load(CATEGORIES))
+    t0 = 2_000_000.0
+    engine = Engine(list(rules.values()), registry, origin=t0)
+    # water_rising: `water_cm < 30` for 1m, worse_by 5 (cm closer since the last report)
+    rising = [("MH-0004", t0 + 10 * s, {"water_cm": 28.0}) for s in range(60)]  # a storm of the same alarm
+    rising += [("MH-0004", t0 + 600 + 10 * s, {"water_cm": w}) for s, w in enumerate([26.0, 24.5, 23.0, 22.0])]
+    changes = run_stream(engine, book, rising)
+    assert [(c.change, c.revision, c.state) for c in changes] == [("opened", 1, "opened"), ("updated", 2, "opened")]
+    (order_id,) = {c.order_id for c in changes}
+    book.apply_platform_state(order_id, "accepted", now=t0 + 700)
+    worse = [("MH-0004", t0 + 700 + 10 * s, {"water_cm": w}) for s, w in enumerate([20.0, 18.0, 12.0, 11.0])]
+    changes = run_stream(engine, book, worse)
+    assert [(c.change, c.revision, c.state) for c in changes] == [("updated", 4, "accepted"), ("updated", 5, "accepted")]
+    (order,) = book.orders()
+    values = [e["value"] for e in orjson.loads(order["evidence"])]
+    assert values == [28.0, 23.0, 18.0, 12.0]  # what crossed the limit, and each step worse
+    assert [e["change"] for e in book.timeline(order_id)] == ["opened", "updated", "accepted", "updated", "updated"]
+    # better again, then clear: no update for getting better
+    changes = run_stream(engine, book, [("MH-0004", t0 + 800 + 60 * s, {"water_cm": 70.0}) for s in range(12)])
+    assert [c.change for c in changes] == []  # the platform accepted it: the edge no longer clears it
+    assert book.count() == 1

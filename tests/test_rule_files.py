@@ -59,6 +59,10 @@ def test_good_file_loads_with_its_line(tmp_path):
         ("    when: tilt_deg > 15", "    when: avg(tilt_deg) > 1", 5, "avg takes 2 argument(s)"),
         ("    when: tilt_deg > 15", "    when: absent(-5)", 5, "positive duration"),
         ("      kind: manhole_cover", "      kind: lamp_post", 5, "unknown device kind 'lamp_post'"),
+        ("    for: 10s", "    for: 10s\n    worse_by: lots", 7, "worse_by 'lots'"),
+        ("    for: 10s", "    for: 10s\n    worse_by: -2", 7, "worse_by cannot be negative"),
+        ("    when: tilt_deg > 15\n    for: 10s", "    when: open == 1\n    for: 10s\n    worse_by: 5", 7,
+         "worse_by needs a comparison of a metric with a number"),
     ],
 )
 def test_bad_rule_is_refused_with_its_line(tmp_path, old, new, line, message):
@@ -102,3 +106,26 @@ def test_every_error_is_reported_not_only_the_first(tmp_path):
     with pytest.raises(RuleFileError) as caught:
         load_rules([path])
     assert [(p.line, p.message.split(":")[0]) for p in caught.value.problems] == [(6, "rule 'cover_tilted'"), (14, "rule 'second'")]
+
+
+@pytest.mark.parametrize(
+    "when, worse_by, expected",
+    [
+        ("tilt_deg > 15", None, None),  # default: never
+        ("tilt_deg > 15", "10%", ("tilt_deg", 1, 1.5)),  # 10% of the threshold
+        ("water_cm < 30 or (water_cm < 80 and rate(water_cm, 15m) < -3)", "10%", ("water_cm", -1, 3.0)),
+        ("open == 1 or 60 <= tilt_deg", "2", ("tilt_deg", 1, 2.0)),  # 60 <= x is x >= 60: higher is worse
+        ("tilt_deg > 15", "25%", ("tilt_deg", 1, 3.75)),
+        ("tilt_deg > 15", "never", None),
+        ("open == 1", None, None),  # no ordering comparison: no worsening
+        ("not (tilt_deg < 15)", None, None),
+        ("tilt_deg > 0", "10%", None),  # 10% of a zero threshold is no step at all
+    ],
+)
+def test_which_way_is_worse(tmp_path, when, worse_by, expected):
+    text = GOOD.replace("    when: tilt_deg > 15", f"    when: {when}")
+    if worse_by is not None:
+        text = text.replace("    for: 10s", f"    for: 10s\n    worse_by: {worse_by}")
+    (rule,) = load_rules([write(tmp_path, text)])
+    worse = rule.worsening
+    assert (worse.metric, worse.direction, worse.step) == expected if expected else worse is None

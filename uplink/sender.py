@@ -51,7 +51,12 @@ class Sender:
         self.retry_max = retry_max
         self.uplinked = 0  # rows acknowledged by the platform
         self.errors = 0
+        self.errors_in_a_row = 0  # failed sends since the last one the platform answered
         self.last_error = ""
+        self.last_ok_at: float | None = None  # when the platform last answered a send (gateway clock)
+        self.sends = 0  # sends the platform answered, and their total and latest latency
+        self.latency_total = 0.0
+        self.latency_last: float | None = None
         self.gateway_id = gateway_id
         self.downlink_interval = downlink_interval  # 0: no downlink
         self.downlink_applied = 0
@@ -137,18 +142,24 @@ class Sender:
                     continue
                 revisions = [p.body for p in batch if p.kind == "order"]
                 telemetry = [p.body for p in batch if p.kind == "telemetry"]
+                started = time.monotonic()
                 try:
                     acknowledged = self.transport.send(revisions, telemetry)
                 except TransportError as error:
                     failures += 1
                     self.errors += 1
+                    self.errors_in_a_row = failures
                     self.last_error = str(error)
                     delay = random.uniform(0, min(self.retry_max, 0.5 * 2 ** min(failures, 16)))
                     log.warning("uplink failed (%s); retry %d in %.1fs", error, failures, delay)
                     if self.stop.wait(delay):
                         return
                     continue
-                failures = 0
+                failures = self.errors_in_a_row = 0
+                self.latency_last = time.monotonic() - started
+                self.latency_total += self.latency_last
+                self.sends += 1
+                self.last_ok_at = time.time()
                 wanted = {(p.key, p.revision) for p in batch}
                 self.uplinked += outbox.mark_sent(sorted(wanted & acknowledged))
                 if not wanted <= acknowledged:

@@ -19,6 +19,9 @@ from edge.engine.rules import Rule
 from edge.registry import Device, Registry
 
 
+KIND_NAMES = {kernels.OPEN: "open", kernels.CLEAR: "clear", kernels.UPDATE: "update"}
+
+
 @dataclass(frozen=True)
 class Evidence:
     metric: str
@@ -27,7 +30,7 @@ class Evidence:
 
 @dataclass(frozen=True)
 class Transition:
-    kind: str  # "open" or "clear"
+    kind: str  # "open", "clear", or "update" (an open problem got worse; see Rule.worsening)
     rule: Rule
     device: Device
     ts: float  # the device time at which the transition completed
@@ -96,11 +99,9 @@ class Engine:
         self.latest_ts = np.full((n_dev, n_met), -np.inf)
         self.since = np.full((n_dev, n_rules, 2), np.nan)  # device-major: one device's state lies together
         self.active = np.zeros((n_dev, n_rules), dtype=np.bool_)
+        self.reported = np.full((n_dev, n_rules), np.nan)  # value of the worsening metric last reported
         self.state = np.full(p.state_size, np.nan)
-        for k, instance in enumerate(p.instances):
-            if instance.function == "zscore":  # n = 0
-                offsets = p.inst_off[:, k]
-                self.state[offsets[offsets >= 0]] = 0.0
+        kernels.init_state(self.state, p.inst_func, p.inst_off)
         capacity = max(1024, 4 * n_rules)
         self._out_rule = np.zeros(capacity, dtype=np.int32)
         self._out_dev = np.zeros(capacity, dtype=np.int32)
@@ -111,6 +112,7 @@ class Engine:
         self.late_readings = 0
         self.evaluations = 0
         self._rule_index = {rule.name: r for r, rule in enumerate(rules)}
+        self._rules_of_device = p.applies.sum(axis=1)
 
     def _state_index(self, k: int) -> np.ndarray:
         """Indexes into the state array of instance ``k``: one row per device (-1 rows where it does not apply)."""
@@ -128,15 +130,20 @@ class Engine:
         self.tick(self.origin, start=len(self.registry))
 
     def mark_active(self, rule_name: str, device_id: str) -> None:
-        """Resume after a restart: an order that is open makes its rule active for the device."""
+        """Resume after a restart: an order that is open makes its rule active for the device.
+
+        Its worsening starts again from the device's next reading (see Rule.worsening)."""
         r = self._rule_index.get(rule_name)
         device = self.registry.get(device_id)
-        if r is not None and device is not None and self.program.applies[device.index, r]:
+        if r is not None and device is not None and self.program.applies[device.index, r] \
+                and not self.active[device.index, r]:
             self.active[device.index, r] = True
+            self.reported[device.index, r] = np.nan
 
     def process(self, batch: ReadingBatch, force: bool = False) -> list[Transition]:
         transitions: list[Transition] = []
         p = self.program
+        self.evaluations += int(self._rules_of_device[batch.dev[batch.met == 0]].sum())  # rules x messages
         start = 0
         while start < len(batch) or force:
             force = False
@@ -147,6 +154,7 @@ class Engine:
                 self.since, self.active,
                 self.state, p.inst_func, p.inst_metric, p.inst_param, p.inst_off,
                 p.metric_inst_ptr, p.metric_inst, self.origin,
+                p.worse_metric, p.worse_dir, p.worse_step, self.reported,
                 self._out_rule, self._out_dev, self._out_kind, self._out_ts, self._out_vals,
                 self._stack,
             )
@@ -169,6 +177,7 @@ class Engine:
                 self.since, self.active,
                 self.state, p.inst_func, p.inst_metric, p.inst_param, p.inst_off,
                 self.origin,
+                p.worse_metric, p.worse_dir, p.worse_step, self.reported,
                 self._out_rule, self._out_dev, self._out_kind, self._out_ts, self._out_vals,
                 self._stack,
             )
@@ -188,7 +197,7 @@ class Engine:
                 evidence.append(Evidence(name, p.texts.text(value) if name in p.text_metrics else value))
             out.append(
                 Transition(
-                    "open" if self._out_kind[o] == kernels.OPEN else "clear",
+                    KIND_NAMES[self._out_kind[o]],
                     rule,
                     self.registry.devices[self._out_dev[o]],
                     float(self._out_ts[o]),
@@ -211,6 +220,7 @@ class Engine:
                 self.latest[:, m] = old.latest[:, old_metrics[name]]
                 self.latest_ts[:, m] = old.latest_ts[:, old_metrics[name]]
         self.origin = old.origin
+        self.evaluations = old.evaluations
         kept = []
         old_rules = {rule.name: r for r, rule in enumerate(old.rules)}
         for r, rule in enumerate(self.rules):
@@ -219,6 +229,7 @@ class Engine:
                 continue
             self.since[:, r] = old.since[:, o]
             self.active[:, r] = old.active[:, o]
+            self.reported[:, r] = old.reported[:, o]
             mine = [k for k, i in enumerate(self.program.instances) if i.rule == r]
             theirs = [k for k, i in enumerate(old.program.instances) if i.rule == o]
             for k_new, k_old in zip(mine, theirs):
@@ -231,6 +242,6 @@ class Engine:
         return kept
 
     def state_bytes(self) -> int:
-        arrays = (self.latest, self.latest_ts, self.since, self.active, self.state)
+        arrays = (self.latest, self.latest_ts, self.since, self.active, self.reported, self.state)
         return int(sum(a.nbytes for a in arrays))
 

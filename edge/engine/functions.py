@@ -13,6 +13,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from edge.engine.detectors import STATE_SIZE as ANOMALY_STATE
+
 BUCKETS = 8
 
 # Function codes, as the kernels see them.
@@ -66,6 +68,10 @@ FUNCTIONS: dict[str, Function] = {
         Function("changed", F_CHANGED, ("metric",), 2,
                  "1 at a message whose reading of the metric differs from the previous one",
                  "changed(open) and open == 1", reads_text=True),
+        Function("anomaly", F_ANOMALY, ("metric",), ANOMALY_STATE + 1,
+                 "how unlike this device's own past the latest reading is, from 0 (ordinary) to 1 "
+                 "(far outside anything it has sent before); learns each device separately, "
+                 "0 while learning (docs/anomaly.md)", "anomaly(water_cm) > 0.9"),
         Function("absent", F_ABSENT, ("duration",), 0,
                  "1 when the device has sent nothing for the duration (it went silent)", "absent(2h)"),
     )

@@ -18,8 +18,10 @@ import math
 import numpy as np
 from numba import njit
 
+from edge.engine.detectors import STATE_SIZE as ANOMALY_STATE
+from edge.engine.detectors import detector_init, detector_step
 from edge.engine.functions import (
-    BUCKETS, F_ABSENT, F_AVG, F_CHANGED, F_COUNT, F_DELTA, F_MAX, F_MIN, F_RATE,
+    BUCKETS, F_ABSENT, F_ANOMALY, F_AVG, F_CHANGED, F_COUNT, F_DELTA, F_MAX, F_MIN, F_RATE,
     F_STUCK, F_ZSCORE, STUCK_MIN_READINGS, ZSCORE_WARMUP,
 )
 from edge.engine.program import (
@@ -27,7 +29,7 @@ from edge.engine.program import (
     OP_METRIC, OP_MUL, OP_NE, OP_NEG, OP_NOT, OP_PARAM, OP_SUB,
 )
 
-OPEN, CLEAR = 1, 2
+OPEN, CLEAR, UPDATE = 1, 2, 3  # UPDATE: an open order's problem got worse
 
 # No NRT: these kernels never allocate, and with it every call that passes arrays pays
 # atomic reference counting on each of them, which measured 30x slower on small rules.
@@ -123,6 +125,27 @@ def update_instance(func, state, row, param, ts, x):
         if last == last and x != last:
             state[row + 1] = ts
         state[row] = x
+    elif func == F_ANOMALY:  # the detector's state, then the score of the latest reading
+        state[row + ANOMALY_STATE] = detector_step(state, row, ts, x)
+
+
+@inlined
+def init_instance(func, state, row):
+    """The state of an instance before its first reading."""
+    if func == F_ZSCORE:
+        state[row] = 0.0  # n
+    elif func == F_ANOMALY:
+        detector_init(state, row)
+        state[row + ANOMALY_STATE] = 0.0
+
+
+@kernel
+def init_state(state, inst_func, inst_off):
+    """Every instance of every device to its initial state (NaN elsewhere: empty window slots)."""
+    for d in range(inst_off.shape[0]):
+        for k in range(inst_off.shape[1]):
+            if inst_off[d, k] >= 0:
+                init_instance(inst_func[k], state, inst_off[d, k])
 
 
 @inlined
@@ -134,6 +157,8 @@ def instance_value(func, state, row, param, t, latest_value, latest_time, last_m
         return state[row + 4]
     if func == F_CHANGED:
         return 1.0 if state[row + 1] == t else 0.0
+    if func == F_ANOMALY:
+        return state[row + ANOMALY_STATE]
     top = math.floor(t * BUCKETS / param)
     size = slot_size(func)
     count = 0.0
@@ -291,21 +316,45 @@ def evaluate(code, args, aux, r, w, length, d, t, latest, latest_ts, params, sta
 
 @inlined
 def step_rule(r, d, t, code, args, aux, length, hold, since, active, latest, latest_ts, params, stack,
-              state, inst_func, inst_metric, inst_param, inst_off, origin):
-    """Advance rule ``r`` for device ``d`` at time ``t``; returns OPEN, CLEAR or 0."""
+              state, inst_func, inst_metric, inst_param, inst_off, origin,
+              worse_metric, worse_dir, worse_step, reported):
+    """Advance rule ``r`` for device ``d`` at time ``t``; returns OPEN, CLEAR, UPDATE or 0."""
     which = 1 if active[d, r] else 0
     holds = evaluate(code, args, aux, r, which, length[r, which], d, t, latest, latest_ts,
                      params, stack, state, inst_func, inst_metric, inst_param, inst_off, origin)
-    if not holds:
-        since[d, r, which] = math.nan
+    if holds:
+        if math.isnan(since[d, r, which]):
+            since[d, r, which] = t
+        if t - since[d, r, which] >= hold[r, which]:
+            active[d, r] = which == 0
+            since[d, r, 0] = math.nan
+            since[d, r, 1] = math.nan
+            if which == 1:
+                return CLEAR
+            m = worse_metric[r]
+            reported[d, r] = latest[d, m] if m >= 0 else math.nan
+            return OPEN
         return 0
-    if math.isnan(since[d, r, which]):
-        since[d, r, which] = t
-    if t - since[d, r, which] >= hold[r, which]:
-        active[d, r] = which == 0
-        since[d, r, 0] = math.nan
-        since[d, r, 1] = math.nan
-        return CLEAR if which == 1 else OPEN
+    since[d, r, which] = math.nan
+    if which == 0:
+        return 0
+    # Open and not clearing: has the problem got worse since it was last reported?
+    m = worse_metric[r]
+    if m < 0:
+        return 0
+    value = latest[d, m]
+    if not (value == value):
+        return 0
+    last = reported[d, r]
+    if not (last == last):  # nothing reported since a restart: this value is the new baseline
+        reported[d, r] = value
+        return 0
+    worse = (value - last) * worse_dir[r]
+    if worse > 0.0 and worse >= worse_step[r] and evaluate(
+            code, args, aux, r, 0, length[r, 0], d, t, latest, latest_ts,
+            params, stack, state, inst_func, inst_metric, inst_param, inst_off, origin):
+        reported[d, r] = value
+        return UPDATE
     return 0
 
 
@@ -328,6 +377,7 @@ def run_batch(
     since, active,
     state, inst_func, inst_metric, inst_param, inst_off, metric_inst_ptr, metric_inst,
     origin,
+    worse_metric, worse_dir, worse_step, reported,
     out_rule, out_dev, out_kind, out_ts, out_vals,
     stack,
 ):
@@ -371,7 +421,8 @@ def run_batch(
             if not applies[d, r]:
                 continue
             kind = step_rule(r, d, t, code, args, aux, length, hold, since, active, latest, latest_ts, params,
-                             stack, state, inst_func, inst_metric, inst_param, inst_off, origin)
+                             stack, state, inst_func, inst_metric, inst_param, inst_off, origin,
+                             worse_metric, worse_dir, worse_step, reported)
             if kind != 0:
                 _emit(n_out, r, d, kind, t, latest, rule_metrics, out_rule, out_dev, out_kind, out_ts, out_vals)
                 n_out += 1
@@ -388,6 +439,7 @@ def tick(
     since, active,
     state, inst_func, inst_metric, inst_param, inst_off,
     origin,
+    worse_metric, worse_dir, worse_step, reported,
     out_rule, out_dev, out_kind, out_ts, out_vals,
     stack,
 ):
@@ -409,7 +461,8 @@ def tick(
             if not timed[r] and math.isnan(since[d, r, which]):
                 continue
             kind = step_rule(r, d, t, code, args, aux, length, hold, since, active, latest, latest_ts, params,
-                             stack, state, inst_func, inst_metric, inst_param, inst_off, origin)
+                             stack, state, inst_func, inst_metric, inst_param, inst_off, origin,
+                             worse_metric, worse_dir, worse_step, reported)
             if kind != 0:
                 _emit(n_out, r, d, kind, t, latest, rule_metrics, out_rule, out_dev, out_kind, out_ts, out_vals)
                 n_out += 1

@@ -83,6 +83,9 @@ class Program:
     applies: np.ndarray  # bool [devices, rules]
     rule_metrics: np.ndarray  # int32 [rules, k]: metrics each rule reads, -1 padded
     timed: np.ndarray  # bool [rules]: the condition can change with time alone (functions)
+    worse_metric: np.ndarray  # int32 [rules]: the metric whose getting worse revises an open order, or -1
+    worse_dir: np.ndarray  # float64 [rules]: +1 higher is worse, -1 lower is worse
+    worse_step: np.ndarray  # float64 [rules]: by how much, since the value last reported
     params: np.ndarray  # float64 [devices, params]
     instances: list[Instance]
     inst_func: np.ndarray  # int32 [instances]: function code
@@ -250,12 +253,20 @@ def compile_rules(rules: list[Rule], registry: Registry) -> Program:
     metric_inst = np.array([k for found in by_metric for k in found], dtype=np.int32)
 
     timed = np.array([any(i.rule == r for i in instances) for r in range(n)], dtype=np.bool_)
+    worse_metric = np.full(n, -1, dtype=np.int32)
+    worse_dir = np.zeros(n, dtype=np.float64)
+    worse_step = np.zeros(n, dtype=np.float64)
+    for r, rule in enumerate(rules):
+        worse = rule.worsening
+        if worse is not None:
+            worse_metric[r], worse_dir[r], worse_step[r] = metric_index[worse.metric], worse.direction, worse.step
     params = np.full((n_dev, max(1, len(registry.param_names))), np.nan)
     for device in registry.devices:
         for name, value in device.params.items():
             params[device.index, param_index[name]] = value
     return Program(
-        metric_names, text_metrics, texts, code, args, aux, lengths, hold, applies_to, rule_metrics, timed, params,
+        metric_names, text_metrics, texts, code, args, aux, lengths, hold, applies_to, rule_metrics, timed,
+        worse_metric, worse_dir, worse_step, params,
         instances, inst_func, inst_metric, inst_param, inst_rule, inst_off, inst_width,
         metric_inst_ptr, metric_inst, offset, stack,
     )

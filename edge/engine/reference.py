@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 
 from edge.engine import expr
+from edge.engine.detectors_reference import reference_run
 from edge.engine.functions import BUCKETS, STUCK_MIN_READINGS, ZSCORE_WARMUP
 from edge.engine.program import applies
 from edge.engine.rules import Rule
@@ -76,6 +77,7 @@ class ReferenceEngine:
         self.last_message: dict[str, tuple[float, float]] = {}  # device -> (device time, arrival)
         self.active: set[tuple[str, str]] = set()
         self.since: dict[tuple[str, str, bool], float] = {}
+        self.reported: dict[tuple[str, str], float] = {}  # the worsening metric's value last reported
 
     # -- evaluation ------------------------------------------------------------------------
 
@@ -91,6 +93,9 @@ class ReferenceEngine:
         series = self.series.get((device_id, metric)) or _Series()
         if node.name == "changed":
             return 1.0 if series.changed_at == t else 0.0
+        if node.name == "anomaly":  # the score of the latest reading, the detector run over them all
+            return reference_run([ts for ts, _ in series.readings], [x for _, x in series.readings])[-1] \
+                if series.readings else 0.0
         length = node.args[1].value
         if node.name == "zscore":
             return _zscore(series.readings, length) if series.readings else math.nan
@@ -166,7 +171,7 @@ class ReferenceEngine:
         hold = rule.spec.clear_for if active else rule.spec.for_
         if not truthy(self.evaluate(node, device, t)):
             self.since.pop(key + (active,), None)
-            return None
+            return self._worse(rule, device, t) if active else None
         start = self.since.setdefault(key + (active,), t)
         if t - start < hold:
             return None
@@ -176,7 +181,28 @@ class ReferenceEngine:
             self.active.discard(key)
         else:
             self.active.add(key)
+            worse = rule.worsening
+            self.reported[key] = self._latest(device.id, worse.metric)[1] if worse else math.nan
         return ("clear" if active else "open", rule.name, device.id, t)
+
+    def _worse(self, rule: Rule, device, t: float):
+        """An update when the open problem's metric got worse by the rule's step while `when` still holds."""
+        worse = rule.worsening
+        if worse is None:
+            return None
+        key = (rule.name, device.id)
+        value = self._latest(device.id, worse.metric)[1]
+        if isinstance(value, str) or math.isnan(value):
+            return None
+        last = self.reported.get(key, math.nan)
+        if math.isnan(last):
+            self.reported[key] = value
+            return None
+        change = (value - last) * worse.direction
+        if change > 0 and change >= worse.step and truthy(self.evaluate(rule.when, device, t)):
+            self.reported[key] = value
+            return ("update", rule.name, device.id, t)
+        return None
 
     # -- input -----------------------------------------------------------------------------
 

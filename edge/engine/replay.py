@@ -123,12 +123,14 @@ class Episode:
     evidence: dict[str, float | str]
     cleared_at: float | None = None
     clear_evidence: dict[str, float | str] = field(default_factory=dict)
+    updates: list[tuple[float, dict[str, float | str]]] = field(default_factory=list)  # got worse while open
 
     def as_dict(self) -> dict:
         return {
             "rule": self.rule, "device": self.device, "severity": self.severity, "title": self.title,
             "opened_at": iso(self.opened_at), "cleared_at": iso(self.cleared_at) if self.cleared_at else None,
             "evidence": self.evidence, "clear_evidence": self.clear_evidence,
+            "updates": [{"at": iso(ts), "evidence": evidence} for ts, evidence in self.updates],
         }
 
 
@@ -171,7 +173,9 @@ def replay(rules: list[Rule], registry: Registry, messages: list[Message], tick:
                 episode = Episode(t.rule.name, t.device.id, t.ts, render_title(t), t.rule.spec.order.severity, evidence)
                 open_episodes[key] = episode
                 episodes.append(episode)
-            elif key in open_episodes:
+            elif t.kind == "update" and key in open_episodes:
+                open_episodes[key].updates.append((t.ts, evidence))
+            elif t.kind == "clear" and key in open_episodes:
                 episode = open_episodes.pop(key)
                 episode.cleared_at = t.ts
                 episode.clear_evidence = evidence

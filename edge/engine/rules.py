@@ -108,7 +108,35 @@ class RuleSpec(_Model):
     for_: float = Field(0.0, alias="for", description="How long `when` must hold before the order opens.")
     clear_when: str | None = Field(None, description="Condition that clears it; default: `when` is false.")
     clear_for: float = Field(0.0, description="How long `clear_when` must hold before the order clears.")
+    worse_by: float | str = Field(
+        "never",
+        description="While the order is open, a reading this much worse than the one last reported gives the "
+        "order a new revision: a number in the metric's unit, or a percentage of the threshold such as 10%; "
+        "default never. Worse means further past the threshold of the condition's first "
+        "`metric <, <=, >, >= number`.",
+    )
     order: OrderSpec
+
+    @field_validator("worse_by", mode="before")
+    @classmethod
+    def _worse_by(cls, value: Any) -> float | str:
+        if isinstance(value, bool):
+            raise ValueError("worse_by must be a number, a percentage such as 10%, or never")
+        if isinstance(value, (int, float)):
+            if not value >= 0:
+                raise ValueError("worse_by cannot be negative")
+            return float(value)
+        text = str(value).strip()
+        if text == "never":
+            return text
+        if text.endswith("%"):
+            try:
+                percent = float(text[:-1])
+            except ValueError:
+                percent = -1.0
+            if percent > 0:
+                return text
+        raise ValueError(f"worse_by {value!r}: use a number (metric units), a percentage such as 10%, or never")
 
     @field_validator("for_", "clear_for", mode="before")
     @classmethod
@@ -143,6 +171,51 @@ def check_condition(text: str) -> expr.Node:
 
 
 @dataclass(frozen=True)
+class Worsening:
+    """What "worse" means for an open order of a rule: ``metric`` moving in ``direction``
+    (+1: higher is worse, -1: lower is worse) by at least ``step`` since the last report."""
+
+    metric: str
+    direction: int
+    step: float
+
+
+def worsening(when: expr.Node, worse_by: float | str) -> Worsening | None:
+    """From the first ``metric <op> number`` (or ``number <op> metric``) ordering comparison in
+    ``when``, read left to right; None when there is none, or worse_by is never."""
+    if worse_by == "never":
+        return None
+    found = _first_threshold(when)
+    if found is None:
+        return None
+    metric, direction, threshold = found
+    if isinstance(worse_by, str):  # a percentage of the threshold
+        step = abs(threshold) * float(worse_by[:-1]) / 100.0
+        if step == 0.0:
+            return None
+    else:
+        step = worse_by
+    return Worsening(metric, direction, step)
+
+
+def _first_threshold(node: expr.Node) -> tuple[str, int, float] | None:
+    if isinstance(node, expr.Unary):
+        return None if node.op == "not" else _first_threshold(node.operand)
+    if not isinstance(node, expr.Binary):
+        return None
+    if node.op in ("<", "<=", ">", ">="):
+        up = 1 if node.op in (">", ">=") else -1
+        if isinstance(node.left, expr.Metric) and isinstance(node.right, expr.Number):
+            return node.left.name, up, node.right.value
+        if isinstance(node.right, expr.Metric) and isinstance(node.left, expr.Number):
+            return node.right.name, -up, node.left.value
+        return None
+    if node.op in ("and", "or"):
+        return _first_threshold(node.left) or _first_threshold(node.right)
+    return None
+
+
+@dataclass(frozen=True)
 class Rule:
     """A validated rule, with its parsed conditions and where it came from."""
 
@@ -156,6 +229,10 @@ class Rule:
     @property
     def name(self) -> str:
         return self.spec.name
+
+    @property
+    def worsening(self) -> Worsening | None:
+        return worsening(self.when, self.spec.worse_by)
 
 
 def _load_yaml_with_lines(text: str) -> tuple[Any, dict[tuple, int]]:
@@ -261,6 +338,10 @@ def load_rule_file(path: Path) -> list[Rule]:
             except typecheck.CheckError as error:
                 line = lines.get(("rules", index, key), lines.get(("rules", index), 1))
                 problems.append(Problem(shown, line, f"rule {spec.name!r}: {key}: {error}"))
+        if spec.worse_by != "never" and _first_threshold(when) is None:
+            problems.append(Problem(shown, lines.get(("rules", index, "worse_by"), 1),
+                                    f"rule {spec.name!r}: worse_by needs a comparison of a metric with a number "
+                                    "in `when` (such as water_cm < 30) to know which way is worse"))
         metrics = tuple(dict.fromkeys(expr.metrics_of(when) + expr.metrics_of(clear)))
         rules.append(Rule(spec, when, clear, shown, lines.get(("rules", index), 1), metrics))
     if problems:

@@ -51,7 +51,7 @@ class Change:
     order_id: str
     revision: int
     state: str
-    change: str  # "opened", "reopened", "cleared"
+    change: str  # "opened", "reopened", "grouped", "updated", "cleared", "escalated" or the platform's decision
 
 
 def iso(ts: float) -> str:
@@ -189,6 +189,9 @@ class OrderBook:
             return None
         if order is None or self._member_state(order["id"], rule.name, device.id) != "opened":
             return None
+        if transition.kind == "update":  # the problem got worse: the platform sees the new value
+            return self._update(order, now, state=order["state"], change="updated", evidence=evidence,
+                                seen=transition.ts)
         self._set_member(order["id"], rule.name, device.id, "cleared", transition.ts)
         still_open = self.db.execute(
             "SELECT count(*) FROM order_members WHERE order_id = ? AND state = 'opened'", [order["id"]]

@@ -1,0 +1,117 @@
+"""``edge config check``: everything that would stop the gateway, found before it starts.
+
+First the file itself (TOML syntax, unknown keys, wrong types: edge/config.py), then what it
+points to: the registry and rule files load, the category table loads and has every rule's
+category, every file named by a ``*_file`` key exists, and the data folder can be written.
+Each problem is ``file:line: message``, with the line of the key in the config file, or
+the line in the rule file for a rule's own problems.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from pydantic import BaseModel
+
+from edge.config import ConfigError, GatewayConfig, _key_line, load_config
+
+
+def check_config(path: Path) -> list[str]:
+    """Every problem found, as ``file:line: message``; empty when the gateway can start."""
+    try:
+        config = load_config(path)
+    except ConfigError as error:
+        return str(error).splitlines()
+    text = path.read_text(encoding="utf-8")
+
+    def at(section: str, key: str, message: str) -> str:
+        return f"{path}:{_key_line(text, (section, key))}: {section}.{key}: {message}"
+
+    problems: list[str] = []
+    problems += _check_registry(config, at)
+    categories, category_problems = _check_categories(config, at)
+    problems += category_problems
+    problems += _check_rules(config, categories, at)
+    problems += _check_files(config, at)
+    problems += _check_data_dir(config, at)
+    return problems
+
+
+def _check_registry(config: GatewayConfig, at) -> list[str]:
+    from edge.registry import Registry, RegistryError
+
+    if not config.registry.path.is_file():
+        return [at("registry", "path", f"no such file: {config.registry.path}")]
+    try:
+        Registry.load(config.registry.path)
+    except RegistryError as error:
+        return [at("registry", "path", line) for line in str(error).splitlines()]
+    return []
+
+
+def _check_categories(config: GatewayConfig, at):
+    from edge.orders.categories import Categories, CategoryError
+    from edge.paths import default_categories
+
+    path = config.orders.categories or default_categories()
+    if not path.is_file():
+        return None, [at("orders", "categories", f"no such file: {path}")]
+    try:
+        return Categories.load(path), []
+    except CategoryError as error:
+        return None, [at("orders", "categories", line) for line in str(error).splitlines()]
+
+
+def _check_rules(config: GatewayConfig, categories, at) -> list[str]:
+    from edge.engine import RuleFileError, load_rules
+
+    missing = [p for p in config.rules.paths if not p.exists()]
+    if missing:
+        return [at("rules", "paths", f"no such file or folder: {p}") for p in missing]
+    try:
+        load_rules(config.rules.paths, categories.keys() if categories is not None else None)
+    except RuleFileError as error:
+        return [str(problem) for problem in error.problems]  # the rule file's own line
+    return []
+
+
+def _check_files(config: GatewayConfig, at) -> list[str]:
+    """Every ``*_file`` setting (CA certificates, client certificates and keys) names a readable file."""
+    problems = []
+    for section_name in type(config).model_fields:
+        section = getattr(config, section_name)
+        if not isinstance(section, BaseModel):
+            continue
+        for key in type(section).model_fields:
+            value = getattr(section, key)
+            if not key.endswith("_file") or value in (None, ""):
+                continue
+            file = Path(value)
+            if not file.is_file():
+                problems.append(at(section_name, key, f"no such file: {file}"))
+            elif not os.access(file, os.R_OK):
+                problems.append(at(section_name, key, f"cannot read {file}"))
+    return problems
+
+
+def _check_data_dir(config: GatewayConfig, at) -> list[str]:
+    folder = config.gateway.data_dir
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        return [at("gateway", "data_dir", f"{existing} is not a folder")]
+    if not os.access(existing, os.W_OK | os.X_OK):
+        what = "write to" if existing == folder else f"create {folder} in"
+        return [at("gateway", "data_dir", f"cannot {what} {existing} (as user {_user()})")]
+    return []
+
+
+def _user() -> str:
+    try:
+        import pwd
+
+        return pwd.getpwuid(os.geteuid()).pw_name
+    except (ImportError, KeyError):
+        return str(os.geteuid())

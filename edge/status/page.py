@@ -1,0 +1,140 @@
+"""The local status page for a field engineer on site: plain HTML, no JavaScript.
+
+Sections: the uplink (state, backlog), open orders, rule errors, silent devices, then every
+device with its last message. It refreshes itself every 10 s (a meta refresh).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from html import escape
+
+
+def _when(ts: float | None, now: float) -> str:
+    if ts is None:
+        return "never"
+    ago = max(0.0, now - ts)
+    if ago < 120:
+        text = f"{ago:.0f} s ago"
+    elif ago < 7200:
+        text = f"{ago / 60:.0f} min ago"
+    elif ago < 172800:
+        text = f"{ago / 3600:.1f} h ago"
+    else:
+        text = f"{ago / 86400:.1f} days ago"
+    stamp = dt.datetime.fromtimestamp(ts, dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+    return f'<span title="{stamp}">{text}</span>'
+
+
+def _value(value) -> str:
+    return value if isinstance(value, str) else f"{value:g}"
+
+
+def _age(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.0f} min" if seconds < 7200 else f"{seconds / 3600:.1f} h"
+
+
+def _table(headers: list[str], rows: list[list[str]], empty: str, css: str = "") -> str:
+    if not rows:
+        return f'<p class="empty">{escape(empty)}</p>'
+    head = "".join(f"<th>{escape(h)}</th>" for h in headers)
+    body = "".join("<tr>" + "".join(f"<td>{cell}</td>" for cell in row) + "</tr>" for row in rows)
+    return f'<table class="{css}"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
+
+
+STYLE = """
+body { font-family: sans-serif; margin: 1.5em; color: #222; }
+h1 { font-size: 1.4em; margin-bottom: 0.2em; }
+h2 { font-size: 1.1em; margin-top: 1.4em; border-bottom: 1px solid #ccc; }
+table { border-collapse: collapse; font-size: 0.9em; }
+th, td { text-align: left; padding: 0.25em 0.8em 0.25em 0; border-bottom: 1px solid #eee; }
+.tiles { display: flex; flex-wrap: wrap; gap: 0.8em; }
+.tile { border: 1px solid #ccc; border-radius: 6px; padding: 0.5em 0.9em; min-width: 9em; }
+.tile b { display: block; font-size: 1.5em; }
+.ok { color: #1a7f37; } .bad { color: #c62828; } .warn { color: #b26a00; }
+.sev-critical { color: #c62828; font-weight: bold; } .sev-major { color: #b26a00; }
+.empty { color: #777; }
+"""
+
+
+def render(snap: dict) -> str:
+    now = snap["at"]
+    agent, orders, outbox = snap["agent"], snap["orders"], snap["outbox"]
+    running = agent.get("running")
+    uplink = snap.get("uplink", {})
+    state = uplink.get("state", "unknown (agent not running)")
+    state_css = {"ok": "ok", "failing": "bad"}.get(state, "warn")
+    devices = snap.get("devices", [])
+    silent = [d for d in devices if d["silent"]]
+    backlog = outbox["unsent_orders"] + outbox["unsent_telemetry"]
+    tiles = [
+        ("agent", "running" if running else "not running", "ok" if running else "bad"),
+        ("uplink", state, state_css),
+        ("backlog", f'{backlog} <small>(oldest {_age(outbox["oldest_unsent_age_s"])})</small>',
+         "ok" if backlog == 0 else "warn"),
+        ("open orders", str(len(orders["open"])), ""),
+        ("silent devices", f"{len(silent)} of {len(devices)}" if running else "-", "warn" if silent else "ok"),
+        ("quarantined", str(sum(snap["quarantine"].values())), ""),
+    ]
+    parts = [
+        "<!doctype html><html><head><meta charset='utf-8'><meta http-equiv='refresh' content='10'>",
+        f"<title>Gateway {escape(snap['gateway'])}</title><style>{STYLE}</style></head><body>",
+        f"<h1>Gateway {escape(snap['gateway'])}</h1>",
+        f"<p>{dt.datetime.fromtimestamp(now, dt.timezone.utc).strftime('%Y-%m-%d %H:%M:%S UTC')}"
+        + (f" · up {_age(agent['uptime_s'])} · {agent['resident_bytes'] / 1e6:.0f} MB" if running and agent.get("resident_bytes") else "")
+        + "</p>",
+        '<div class="tiles">' + "".join(
+            f'<div class="tile" id="tile-{escape(name.replace(" ", "-"))}">{escape(name)}<b class="{css}">{value}</b></div>'
+            for name, value, css in tiles) + "</div>",
+        "<h2>Uplink</h2>",
+    ]
+    if running:
+        error = f' · last error: <span class="bad">{escape(uplink["last_error"])}</span>' if uplink["last_error"] else ""
+        latency = f'{uplink["latency_last_s"] * 1000:.0f} ms' if uplink["latency_last_s"] is not None else "-"
+        parts.append(
+            f'<p id="uplink">{escape(uplink["mode"])} to {escape(uplink["url"])}: <b class="{state_css}">{escape(state)}</b>'
+            f' · last answer {_when(uplink["last_ok_at"], now)} · latency {latency}'
+            f' · acknowledged {uplink["uplinked"]} · errors {uplink["errors"]}{error}</p>'
+        )
+    parts.append(
+        f'<p>Outbox: {outbox["unsent_orders"]} order revisions and {outbox["unsent_telemetry"]} telemetry summaries '
+        f'waiting; oldest {_age(outbox["oldest_unsent_age_s"])}; {outbox["used_bytes"] / 1e6:.1f} MB in use.</p>'
+    )
+    parts.append("<h2>Open orders</h2>")
+    parts.append(_table(
+        ["opened", "device", "rule", "severity", "state", "rev", "grid", "address"],
+        [[_when(o["opened_at"], now), escape(o["device"]), escape(o["rule"]),
+          f'<span class="sev-{escape(o["severity"])}">{escape(o["severity"])}</span>', escape(o["state"]),
+          str(o["revision"]), escape(o["grid"]), escape(o["address"])] for o in orders["open"]],
+        "No open orders.", "orders",
+    ))
+    parts.append("<h2>Rule errors</h2>")
+    engine = snap.get("engine")
+    if engine and engine["rule_errors"]:
+        parts.append(f'<p class="bad">{engine["rule_errors"]} rule file load(s) refused; the previous rules kept '
+                     f'running. Latest:</p><pre id="rule-error">{escape(engine["last_rule_error"])}</pre>')
+    else:
+        parts.append('<p class="empty">None.</p>' if engine else '<p class="empty">Unknown (agent not running).</p>')
+    parts.append("<h2>Silent devices</h2>")
+    parts.append(_table(
+        ["device", "kind", "grid", "address", "last message"],
+        [[escape(d["id"]), escape(d["kind"]), escape(d["grid"]), escape(d["address"]), _when(d["last_message_at"], now)]
+         for d in silent],
+        "None." if running else "Unknown (agent not running).", "silent",
+    ))
+    if snap["quarantine"]:
+        parts.append("<h2>Quarantined messages</h2>")
+        parts.append(_table(["reason", "messages"], [[escape(r), str(n)] for r, n in snap["quarantine"].items()], ""))
+    parts.append("<h2>Devices</h2>")
+    parts.append(_table(
+        ["device", "kind", "grid", "address", "last message", "status", "last readings"],
+        [[escape(d["id"]), escape(d["kind"]), escape(d["grid"]), escape(d["address"]), _when(d["last_message_at"], now),
+          '<span class="warn">silent</span>' if d["silent"] else '<span class="ok">reporting</span>',
+          escape(" · ".join(f"{k} {_value(v)}" for k, v in d["readings"].items()))] for d in devices],
+        "Unknown (agent not running).", "devices",
+    ))
+    parts.append('<p class="empty">Also: <a href="/metrics">/metrics</a> (Prometheus) · '
+                 '<a href="/status.json">/status.json</a></p></body></html>')
+    return "\n".join(parts)

@@ -1,0 +1,100 @@
+"""The status snapshot in Prometheus' text exposition format (version 0.0.4).
+
+Every metric is named ``edge_...`` and documented by its HELP line; docs/operations.md
+lists them. Counters end in ``_total``; they restart from zero with the agent, except the
+ones read from gateway.db (orders, quarantine, evictions), which count the file's life.
+"""
+
+from __future__ import annotations
+
+import math
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+
+def _escape(value: str) -> str:
+    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+
+
+class _Writer:
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+
+    def metric(self, name: str, kind: str, help_text: str, samples) -> None:
+        """samples: a number, or a list of (labels dict, number)."""
+        if not isinstance(samples, list):
+            samples = [({}, samples)]
+        samples = [(labels, value) for labels, value in samples if value is not None]
+        self.lines.append(f"# HELP {name} {help_text}")
+        self.lines.append(f"# TYPE {name} {kind}")
+        for labels, value in samples:
+            label_text = ",".join(f'{k}="{_escape(str(v))}"' for k, v in labels.items())
+            number = float(value)
+            shown = "NaN" if math.isnan(number) else repr(number) if not number.is_integer() else str(int(number))
+            self.lines.append(f"{name}{{{label_text}}} {shown}" if label_text else f"{name} {shown}")
+
+    def text(self) -> str:
+        return "\n".join(self.lines) + "\n"
+
+
+def render(snap: dict) -> str:
+    w = _Writer()
+    gateway = snap["gateway"]
+    w.metric("edge_info", "gauge", "The gateway (value 1), with its id as a label.", [({"gateway": gateway}, 1)])
+    agent = snap["agent"]
+    w.metric("edge_agent_up", "gauge", "1 when the gateway agent is running and ready.",
+             1 if agent.get("running") and agent.get("ready") else 0)
+    orders, outbox = snap["orders"], snap["outbox"]
+    w.metric("edge_orders", "gauge", "Work orders in gateway.db by state.",
+             [({"state": state}, n) for state, n in orders["by_state"].items()])
+    w.metric("edge_outbox_unsent", "gauge", "Rows waiting in the outbox for the platform's acknowledgement.",
+             [({"kind": "order"}, outbox["unsent_orders"]), ({"kind": "telemetry"}, outbox["unsent_telemetry"])])
+    w.metric("edge_outbox_oldest_unsent_age_seconds", "gauge",
+             "Age of the oldest unacknowledged outbox row (absent when the outbox is empty).",
+             outbox["oldest_unsent_age_s"])
+    w.metric("edge_database_used_bytes", "gauge", "Bytes of gateway.db in use (the disk budget counts these).",
+             outbox["used_bytes"])
+    w.metric("edge_outbox_evicted_rows_total", "counter", "Outbox rows evicted to keep the disk budget, by step.",
+             [({"step": step}, n) for step, n in outbox["evicted_rows"].items()])
+    w.metric("edge_quarantined_messages_total", "counter", "Messages ingest could not decode, by reason.",
+             [({"reason": reason}, n) for reason, n in snap["quarantine"].items()])
+    w.metric("edge_unknown_devices", "gauge", "Devices that sent messages but are not in the registry.",
+             snap["unknown_devices"])
+    if not agent.get("running"):
+        return w.text()
+    ingest, engine, uplink = snap["ingest"], snap["engine"], snap["uplink"]
+    w.metric("edge_uptime_seconds", "gauge", "Seconds since the agent started.", agent["uptime_s"])
+    w.metric("edge_resident_memory_bytes", "gauge", "Resident memory of the agent process.", agent["resident_bytes"])
+    w.metric("edge_messages_total", "counter", "MQTT messages taken from the broker.", ingest["messages"])
+    w.metric("edge_readings_total", "counter", "Readings (one metric of one message) decoded.", ingest["readings"])
+    w.metric("edge_ingest_queue_depth", "gauge", "Messages between the network and the engine.", ingest["queue_depth"])
+    w.metric("edge_ingest_queue_capacity", "gauge", "Capacity of that queue ([engine] queue_max).", ingest["queue_max"])
+    w.metric("edge_broker_connected", "gauge", "1 while subscribed to the device broker.",
+             1 if ingest["broker_connected"] else 0)
+    w.metric("edge_rules_loaded", "gauge", "Rules running.", engine["rules"])
+    w.metric("edge_rule_evaluations_total", "counter", "Rule evaluations on incoming messages (rules x messages).",
+             engine["rule_evaluations"])
+    w.metric("edge_rule_reloads_total", "counter", "Rule files reloaded successfully.", engine["rule_reloads"])
+    w.metric("edge_rule_errors_total", "counter", "Rule file loads refused (the old rules kept running).",
+             engine["rule_errors"])
+    w.metric("edge_alerts_raised_total", "counter", "Rules that fired on a device (before one-order-per-problem).",
+             engine["alerts_raised"])
+    w.metric("edge_engine_batches_total", "counter", "Batches of messages evaluated.", engine["batches"])
+    w.metric("edge_engine_batch_seconds_total", "counter", "Time spent evaluating batches in the engine.",
+             engine["batch_seconds_total"])
+    w.metric("edge_engine_last_batch_seconds", "gauge", "Engine time of the latest batch.",
+             engine["last_batch_seconds"])
+    w.metric("edge_uplinked_total", "counter", "Outbox rows the platform acknowledged.", uplink["uplinked"])
+    w.metric("edge_uplink_errors_total", "counter", "Failed sends to the platform (each retried).", uplink["errors"])
+    w.metric("edge_uplink_failing", "gauge", "1 while the latest send to the platform failed.",
+             1 if uplink["state"] == "failing" else 0)
+    w.metric("edge_uplink_last_latency_seconds", "gauge", "Round trip of the latest answered send.",
+             uplink["latency_last_s"])
+    w.metric("edge_uplink_latency_seconds_total", "counter", "Sum of the round trips of answered sends.",
+             uplink["latency_avg_s"] * uplink["sends"] if uplink["sends"] else 0)
+    w.metric("edge_uplink_sends_total", "counter", "Sends the platform answered.", uplink["sends"])
+    devices = snap["devices"]
+    w.metric("edge_devices", "gauge", "Devices in the registry.", len(devices))
+    w.metric("edge_devices_silent", "gauge", "Devices with no message within [status] silent_after.",
+             sum(1 for d in devices if d["silent"]))
+    return w.text()

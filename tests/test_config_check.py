@@ -1,0 +1,76 @@
+"""`edge config check`: every problem that would stop the gateway, each with its line."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+
+import pytest
+
+from conftest import ROOT, edge_command, write_gateway_config
+from edge.config import GatewayConfig
+from edge.config_check import check_config
+
+
+def check(path):
+    return subprocess.run(edge_command() + ["config", "check", str(path)], capture_output=True, text=True, timeout=60)
+
+
+def test_the_shipped_config_is_ok():
+    result = check(ROOT / "config" / "gateway.toml")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().endswith(": ok")
+
+
+def test_every_problem_is_reported_with_its_line(tmp_path):
+    path = write_gateway_config(tmp_path, "mqtt://127.0.0.1:1", "http://127.0.0.1:2")
+    rules = tmp_path / "rules"
+    rules.mkdir()
+    (rules / "bad.yaml").write_text("rules:\n  - name: x\n    applies_to: {kind: manhole_cover}\n"
+                                    "    when: tilt_dg > 15\n    order: {category: manhole_cover_displaced, "
+                                    "severity: major, title: t}\n")
+    (tmp_path / "blocker").write_text("a file where the data folder's parent should be")
+    text = path.read_text()
+    text = re.sub(r'path = ".*devices.csv"', 'path = "missing.csv"', text)
+    text = re.sub(r'paths = \[".*"\]', f'paths = ["{rules.as_posix()}"]', text)
+    text = text.replace('data_dir = "data"', 'data_dir = "blocker/data"')
+    text = text.replace("retry_max = 1.0", 'retry_max = 1.0\nca_file = "no-such-ca.pem"')
+    path.write_text(text)
+    lines = text.splitlines()
+
+    def line_of(fragment):
+        return next(i + 1 for i, line in enumerate(lines) if fragment in line)
+
+    problems = check_config(path)
+    assert problems == [
+        f"{path}:{line_of('missing.csv')}: registry.path: no such file: {tmp_path / 'missing.csv'}",
+        f"{rules / 'bad.yaml'}:4: rule 'x': when: unknown metric 'tilt_dg' for manhole_cover (did you mean 'tilt_deg'?); "
+        "its metrics: tilt_deg, open, water_cm, ch4_lel_pct, h2s_ppm, temp_c, battery_v, rssi_dbm",
+        f"{path}:{line_of('ca_file')}: uplink.ca_file: no such file: {tmp_path / 'no-such-ca.pem'}",
+        f"{path}:{line_of('data_dir')}: gateway.data_dir: {tmp_path / 'blocker'} is not a folder",
+    ]
+    result = check(path)
+    assert result.returncode == 1
+    assert result.stderr.splitlines()[:4] == problems and "4 problem(s)" in result.stderr
+
+
+@pytest.mark.parametrize("change, expected", [
+    (("[uplink]", "[uplink]\nretries = 3"), ":17: unknown key 'uplink.retries'"),
+    (('listen = "127.0.0.1:0"', 'listen = "9180"'), ":21: status.listen: expected host:port"),
+    (("[uplink]", '[log]\nformat = "xml"\n[uplink]'), ":17: log.format"),
+    (("[uplink]", "[uplink\n"), ":16: not valid TOML"),
+])
+def test_syntax_and_type_problems_stop_before_anything_else(tmp_path, change, expected):
+    path = write_gateway_config(tmp_path, "mqtt://127.0.0.1:1", "http://127.0.0.1:2")
+    path.write_text(path.read_text().replace(*change, 1))
+    result = check(path)
+    assert result.returncode == 1 and expected in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_every_setting_is_documented():
+    reference = (ROOT / "docs" / "configuration.md").read_text()
+    for section, field in GatewayConfig.model_fields.items():
+        assert f"## [{section}]" in reference
+        for key in field.annotation.model_fields:
+            assert f"| `{section}.{key}` |" in reference, f"{section}.{key} is not in docs/configuration.md"
