@@ -326,7 +326,10 @@ class MqttSubscriber:
         self.connected.set()
 
     def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
+        was_connected = self.connected.is_set()
         self.connected.clear()
+        if was_connected and not self._closing.is_set():
+            log.warning("lost the MQTT broker %s:%s (%s); reconnecting", self.host, self.port, reason_code)
 
     def _on_message(self, client, userdata, message) -> None:
         self.messages += 1
