@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import re
 import sqlite3
 import struct
 import threading
 import time
 
 import pytest
+import requests
 
 from conftest import REGISTRY, wait_until, write_gateway_config
 from edge.agent import Agent
@@ -134,6 +136,9 @@ def test_polled_cover_opens_an_order_and_bad_frames_are_quarantined(tmp_path, mo
         assert (order["device"], order["rule"], order["grid"]) == ("RMH-0001", "cover_tilted", "G21")
         assert wait_until(lambda: {"crc", "exception", "timeout"} <= set(agent.stats.quarantined), 20)
         assert agent.poller.unchanged > 0  # the same measurement polled again is not evaluated again
+        metrics = requests.get(f"http://127.0.0.1:{agent.status_server.port}/metrics", timeout=5).text
+        polls = re.search(r"^edge_modbus_polls_total (\d+)$", metrics, re.M)
+        assert polls and int(polls.group(1)) >= 60 and re.search(r"^edge_modbus_replies_total [1-9]", metrics, re.M)
     finally:
         agent.stop()
         thread.join(30)
