@@ -5,9 +5,13 @@ setting; labels are read only by the scorer, after detection), scores the three 
 with bench/nab_scorer.py (one threshold per profile for the whole corpus), and measures:
 - speed: points per second on one core, the whole corpus run through ``detector_run`` (numba
   compilation excluded: one warm-up run first; best of ``REPEATS`` runs);
-- memory per series: ``STATE_SIZE * 8`` bytes.
+- memory per series: ``STATE_SIZE * 8`` bytes;
+- generality (bench/anomaly_search.py): the plateau (each constant moved one step either way,
+  the others kept) and a leave-one-group-out check (constants and threshold chosen on three of
+  NAB's four groups, the fourth scored with them). About half a minute; ``--quick`` skips it.
 
     .venv/bin/python bench/bench_anomaly.py           # prints, and writes bench/results/anomaly.json
+    .venv/bin/python bench/bench_anomaly.py --quick   # without the generality check (not written)
     NAB_DIR=/path/to/nab .venv/bin/python bench/bench_anomaly.py
 """
 
@@ -25,10 +29,19 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.nab_scorer import PROFILES, load_corpus, load_profiles, nab_dir, score_corpus  # noqa: E402
+from bench import anomaly_search  # noqa: E402
+from bench.nab_scorer import (  # noqa: E402
+    PROFILES,
+    count_at_threshold,
+    load_corpus,
+    load_profiles,
+    nab_dir,
+    score_corpus,
+)
 from edge.engine import detectors  # noqa: E402
 
 REPEATS = 5
+FIXED_THRESHOLDS = (0.5, 0.6, 0.7, 0.725, 0.75, 0.8, 0.85, 0.9, 0.95)  # what a rule's "> t" would have done
 RESULTS = ROOT / "bench" / "results" / "anomaly.json"
 
 
@@ -66,29 +79,62 @@ def main() -> None:
         print(f"{key:20s} score {r.normalised:6.2f}   threshold {r.threshold:.4f}   "
               f"windows found {r.windows_found}/{r.windows}   false positives {r.false_positives}")
 
+    fixed = []
+    print("at fixed thresholds (a rule's anomaly(x) >= t):")
+    for t in FIXED_THRESHOLDS:
+        row = {"threshold": t}
+        for key, profile in PROFILES.items():
+            row[key] = round(anomaly_search.at(corpus, scores, profile, t).normalised, 2)
+        row.update(count_at_threshold(corpus, scores, PROFILES["standard"], t))
+        fixed.append(row)
+        print(f"  >= {t:5.3f}: standard {row['standard']:6.2f}  low FP {row['reward_low_FP_rate']:6.2f}  "
+              f"low FN {row['reward_low_FN_rate']:6.2f}  windows found {row['windows_found']}  "
+              f"false positives {row['false_positives']}")
+
     result = {
-        "detector": "edge.engine.detectors (range + histogram rarity, said once)",
-        "config": {
-            "bins": detectors.BINS, "decay": detectors.DECAY, "warmup": detectors.WARMUP,
-            "rarity_scale": detectors.RARITY_SCALE, "rare_cap": detectors.RARE_CAP,
-            "outside_distance": detectors.OUTSIDE_DISTANCE, "outside_calm": detectors.OUTSIDE_CALM,
-            "rest_block": detectors.REST_BLOCK, "rest_blocks": detectors.REST_BLOCKS,
-        },
+        "detector": "edge.engine.detectors (break-out of the value and of its smoothed level, "
+                    "stuck-sensor run, histogram rarity, said once)",
+        "command": ".venv/bin/python bench/bench_anomaly.py",
+        "config": dict(zip(detectors.CONFIG_NAMES, detectors.CONFIG),
+                       BINS=detectors.BINS, REST_BLOCK=detectors.REST_BLOCK, REST_BLOCKS=detectors.REST_BLOCKS),
         "corpus": {"files": len(files), "rows": corpus.rows, "windows": profiles["standard"]["windows"]},
         "standard": profiles["standard"]["normalised"],
         "reward_low_FP_rate": profiles["reward_low_FP_rate"]["normalised"],
         "reward_low_FN_rate": profiles["reward_low_FN_rate"]["normalised"],
         "profiles": profiles,
+        "fixed_thresholds": fixed,
         "points_per_s_one_core": int(points_per_s),
         "bytes_per_series": detectors.STATE_SIZE * 8,
         "python": platform.python_version(),
     }
     print(f"speed {points_per_s:,.0f} points/s on one core (best of {REPEATS}, warm)")
     print(f"memory {detectors.STATE_SIZE * 8} bytes per series ({detectors.STATE_SIZE} float64)")
+    if "--quick" in sys.argv[1:]:
+        return
+    result["generality"] = generality(corpus)
     RESULTS.parent.mkdir(exist_ok=True)
     RESULTS.write_text(json.dumps(result, indent=2) + "\n")
     print(f"written to {RESULTS.relative_to(ROOT)}")
 
+
+def generality(corpus) -> dict:
+    print("plateau, standard profile (each constant one step down / up, the others as shipped):")
+    rows = anomaly_search.plateau(corpus)
+    shipped = rows[0]["normalised"]
+    print(f"  shipped {shipped:.2f}")
+    for name in anomaly_search.STEPS:
+        moved = [r for r in rows if r["constant"] == name]
+        print(f"  {name:17s} " + "   ".join(f"{r['value']:g}: {r['normalised']:.2f}" for r in moved)
+              + f"   (shipped {anomaly_search.SHIPPED[name]:g})")
+    print(f"leave one group out, standard profile ({len(anomaly_search.grid())} settings of "
+          f"{', '.join(anomaly_search.GRID_AXES)}; constants and threshold chosen on the other three groups):")
+    logo = anomaly_search.leave_one_group_out(corpus)
+    for r in logo:
+        held = "n/a (no windows)" if r["held_out_normalised"] is None else f"{r['held_out_normalised']:.2f}"
+        shipped_g = "n/a" if r["shipped_on_group_normalised"] is None else f"{r['shipped_on_group_normalised']:.2f}"
+        print(f"  {r['held_out']:22s} held out: {held:>16s} (raw {r['held_out_raw']:+.2f})   shipped: {shipped_g:>6s} "
+              f"(raw {r['shipped_on_group_raw']:+.2f})   chosen on the others: {r['chosen_on_other_three']}")
+    return {"plateau_standard": rows, "leave_one_group_out_standard": logo}
 
 if __name__ == "__main__":
     main()

@@ -8,18 +8,20 @@ the batch in hand, lets the uplink flush what it can, and closes the database.
 from __future__ import annotations
 
 import logging
-import queue
 import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
 
-from edge.config import GatewayConfig
+from edge.config import ConfigError, GatewayConfig
 from edge.engine import Engine, RuleFileError, load_rules
 from edge.engine.rules import fingerprint
 from edge.ingest.decode import DecodeError, check_kinds, derive
 from edge.ingest.decoders import decode as decode_message
-from edge.ingest.mqtt import MqttSubscriber, RawMessage
+from edge.ingest.dedupe import Duplicates
+from edge.ingest.inbox import Inbox
+from edge.ingest.modbus_poll import ModbusPoller, ModbusSetupError, polled_devices
+from edge.ingest.mqtt import MqttSubscriber, RawMessage, TlsSettings
 from edge.ingest.quarantine import record_unknown
 from edge.orders import OrderBook
 from edge.orders.categories import Categories
@@ -41,6 +43,7 @@ class Stats:
     messages: int = 0
     readings: int = 0
     quarantined: Counter = field(default_factory=Counter)
+    duplicate_uplinks: int = 0  # LoRaWAN frames heard again (several gateways): counted once
     unknown_devices: Counter = field(default_factory=Counter)
     alerts_raised: int = 0  # rules that fired (opened) on a device: an order opened, grouped, reopened or already open
     orders_opened: int = 0
@@ -69,12 +72,29 @@ class Agent:
         self.stats = Stats()
         self.stop_event = threading.Event()
         self.ready = threading.Event()
-        self.inbox: queue.Queue[RawMessage] = queue.Queue(maxsize=config.engine.queue_max)
+        self.inbox = Inbox(config.engine.queue_max)
+        self.duplicates = Duplicates()
         self._uplink_wake = threading.Event()
+        m = config.mqtt
+        tls = None
+        if m.tls:
+            tls = TlsSettings(str(m.ca_file) if m.ca_file else None, str(m.cert_file) if m.cert_file else None,
+                              str(m.key_file) if m.key_file else None)
         self.subscriber = MqttSubscriber(
-            config.mqtt.host, config.mqtt.port, config.mqtt.client_id, config.mqtt.topics, config.mqtt.qos,
-            self.inbox, self.stop_event, config.mqtt.username, config.mqtt.password,
+            m.host, m.port, m.client_id, m.topics, m.qos, self.inbox, self.stop_event, m.username, m.password,
+            tls=tls, protocol=m.protocol, session_expiry=m.session_expiry, keepalive=m.keepalive,
+            reconnect_min=m.reconnect_min, reconnect_max=m.reconnect_max, connect_timeout=m.connect_timeout,
         )
+        self.poller = None
+        if config.modbus.port:
+            b = config.modbus
+            try:
+                polled = polled_devices(self.registry, b.poll_interval)
+            except ModbusSetupError as error:
+                raise ConfigError(f"{config.registry.path}: {error} ([modbus] port is set, so it is polled)") from None
+            self.poller = ModbusPoller(b.port, polled, self._put_polled, self.stop_event, baudrate=b.baudrate,
+                                       parity=b.parity, timeout=b.timeout, function=b.function,
+                                       reopen_interval=b.reopen_interval)
         ca_file = str(config.uplink.ca_file) if config.uplink.ca_file else None
         if config.uplink.mode == "mqtt":
             transport = MqttTransport(config.uplink.url, config.gateway.id, config.uplink.username,
@@ -102,6 +122,9 @@ class Agent:
     def uplinked(self) -> int:
         return self.sender.uplinked
 
+    def _put_polled(self, topic: str, frame: bytes) -> None:
+        self.inbox.put(RawMessage(topic, frame, time.time()), timeout=0.5)
+
     def request_reload(self) -> None:
         """Reload the rule files at the next batch (SIGHUP does this)."""
         self._reload_requested.set()
@@ -121,6 +144,8 @@ class Agent:
         uplink = threading.Thread(target=self.sender.run, name="uplink", daemon=True)
         uplink.start()
         self.subscriber.start()
+        if self.poller is not None:
+            self.poller.start()
         self._start_status_server()
         log.info(
             "gateway %s running: %d devices, %d rules, database %s",
@@ -151,6 +176,8 @@ class Agent:
         finally:
             self.notifier.stopping()
             self.subscriber.close()  # unacknowledged messages stay with the broker for the next start
+            if self.poller is not None:
+                self.poller.join(timeout=self.config.modbus.timeout + 2)
             self._uplink_wake.set()
             uplink.join(timeout=self.config.uplink.timeout + 5)
             if self.status_server is not None:
@@ -215,62 +242,43 @@ class Agent:
         return True
 
     def _take_batch(self) -> list[RawMessage]:
-        try:
-            first = self.inbox.get(timeout=0.2)
-        except queue.Empty:
-            return []
-        batch = [first]
-        deadline = time.monotonic() + self.config.engine.batch_wait
-        limit = self.config.engine.batch_max
-        quiet_since = None
-        while len(batch) < limit:
-            try:
-                batch.append(self.inbox.get_nowait())
-                quiet_since = None
-            except queue.Empty:
-                now = time.monotonic()
-                quiet_since = quiet_since or now
-                # Stop at the deadline, or after 5 ms of quiet: the broker may be waiting for our acks.
-                if now >= deadline or now - quiet_since >= 0.005:
-                    break
-                time.sleep(0.001)
-        return batch
+        engine = self.config.engine
+        return self.inbox.take(engine.batch_max, 0.2, engine.batch_wait, engine.batch_quiet)
 
     def _drain_inbox(self) -> list[RawMessage]:
-        items = []
-        while True:
-            try:
-                items.append(self.inbox.get_nowait())
-            except queue.Empty:
-                return items
+        return self.inbox.drain()
 
     def _process(self, batch: list[RawMessage], book: OrderBook, db) -> None:
         builder = self.engine.builder()
         quarantine = []
         unknown: dict[str, list] = {}  # device -> [first seen, last seen, messages, last topic]
+        stats, model_of = self.stats, self._model_of
+        device_of = self.registry.by_id.get
+        is_duplicate = self.duplicates.seen
+        add_summary, add_reading = self.summaries.add, builder.add
+        readings = 0
         for raw in batch:
             try:
-                message = decode_message(raw.topic, raw.payload, self._model_of)
-            except DecodeError as error:
-                self.stats.quarantined[error.reason] += 1
-                quarantine.append((raw.received_at, raw.topic, raw.payload, error.reason, error.detail))
-                continue
-            device = self.registry.get(message.device_id)
-            if device is None:
-                self.stats.unknown_devices[message.device_id] += 1
-                seen = unknown.setdefault(message.device_id[:128], [raw.received_at, raw.received_at, 0, raw.topic])
-                seen[1], seen[2], seen[3] = max(seen[1], raw.received_at), seen[2] + 1, raw.topic
-                continue
-            try:
+                message = decode_message(raw.topic, raw.payload, model_of)
+                device = device_of(message.device_id)
+                if device is None:
+                    stats.unknown_devices[message.device_id] += 1
+                    seen = unknown.setdefault(message.device_id[:128], [raw.received_at, raw.received_at, 0, raw.topic])
+                    seen[1], seen[2], seen[3] = max(seen[1], raw.received_at), seen[2] + 1, raw.topic
+                    continue
                 check_kinds(device, message.values)
+                if message.dedupe_key is not None and is_duplicate(message.dedupe_key, raw.received_at):
+                    stats.duplicate_uplinks += 1
+                    continue
             except DecodeError as error:
-                self.stats.quarantined[error.reason] += 1
+                stats.quarantined[error.reason] += 1
                 quarantine.append((raw.received_at, raw.topic, raw.payload, error.reason, error.detail))
                 continue
             values = derive(device, message.values)
-            self.stats.readings += len(values)
-            self.summaries.add(device.id, message.ts, values, raw.received_at)
-            builder.add(device.index, message.ts, values, raw.received_at)
+            readings += len(values)
+            add_summary(device.id, message.ts, values, raw.received_at)
+            add_reading(device.index, message.ts, values, raw.received_at)
+        stats.readings += readings
         self.stats.messages += len(batch)
         started = time.perf_counter()
         transitions = self._count_alerts(self.engine.process(builder.build()))
@@ -291,7 +299,7 @@ class Agent:
         self.stats.batches += 1
 
     def _model_of(self, device_id: str) -> str | None:
-        device = self.registry.get(device_id)
+        device = self.registry.by_id.get(device_id)
         return device.model if device is not None else None
 
     def _count_alerts(self, transitions: list) -> list:

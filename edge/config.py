@@ -1,7 +1,8 @@
 """The gateway's configuration file (TOML), as typed models refused before start.
 
 Relative paths in the file are relative to the file's own folder. Secrets may come from the
-environment instead of the file: ``EDGE_UPLINK_TOKEN``, ``EDGE_MQTT_PASSWORD``.
+environment instead of the file: ``EDGE_UPLINK_TOKEN``, ``EDGE_MQTT_PASSWORD`` (and
+``EDGE_MQTT_USERNAME``).
 """
 
 from __future__ import annotations
@@ -45,7 +46,8 @@ class RulesSection(_Section):
 
 
 class MqttSection(_Section):
-    url: str = Field("mqtt://127.0.0.1:1883", description="Broker the devices publish to: mqtt://host:port.")
+    url: str = Field("mqtt://127.0.0.1:1883", description="Broker the devices publish to: mqtt://host:port, or mqtts://host:port "
+                                                          "for TLS (port 8883 when not given).")
     client_id: str = Field("", description="Client id; fixed, so the broker keeps the session. Default: edge-<gateway id>.")
     topics: list[str] = Field(
         ["devices/+/telemetry", "application/+/device/+/event/up", "frigate/events"],
@@ -53,16 +55,45 @@ class MqttSection(_Section):
                     "(own JSON, ChirpStack LoRaWAN uplinks, Frigate camera events).",
     )
     qos: int = Field(1, ge=0, le=1, description="Subscription QoS; 1 keeps readings published during a restart.")
-    username: str = ""
-    password: str = Field("", description="Or set EDGE_MQTT_PASSWORD.")
+    username: str = Field("", description="User name at the broker; empty: none.")
+    password: str = Field("", description="Password at the broker; or set EDGE_MQTT_PASSWORD.")
+    protocol: Literal["auto", "5", "3.1.1"] = Field(
+        "auto", description="MQTT version: auto tries 5 and falls back to 3.1.1 when the broker does not speak 5.")
+    session_expiry: int = Field(
+        7 * 24 * 3600, ge=1, le=0xFFFFFFFF,
+        description="MQTT 5: seconds the broker keeps the session (and queues readings) while the gateway is away.")
+    keepalive: int = Field(30, ge=5, le=3600, description="Seconds between keep-alive pings.")
+    ca_file: Path | None = Field(None, description="CA certificate(s) that signed the broker's TLS certificate; "
+                                                   "setting it turns TLS on (default for mqtts://: the system's CAs).")
+    cert_file: Path | None = Field(None, description="Client certificate (PEM) for brokers that require one; needs key_file.")
+    key_file: Path | None = Field(None, description="Private key (PEM, unencrypted) of cert_file.")
+    connect_timeout: float = Field(10.0, gt=0, le=300, description="Seconds to wait for the broker to accept a connection "
+                                                                  "(auto: then MQTT 3.1.1 is tried).")
+    reconnect_min: float = Field(1.0, gt=0, description="Shortest wait, seconds, before reconnecting to the broker.")
+    reconnect_max: float = Field(60.0, gt=0, description="Longest wait, seconds: waits double from reconnect_min up to this, "
+                                                         "each randomised between half and all of it.")
 
     @field_validator("url")
     @classmethod
     def _mqtt_url(cls, value: str) -> str:
         parsed = urlparse(value)
-        if parsed.scheme != "mqtt" or not parsed.hostname:
-            raise ValueError(f"expected mqtt://host:port, got {value!r}")
+        if parsed.scheme not in ("mqtt", "mqtts") or not parsed.hostname:
+            raise ValueError(f"expected mqtt://host:port or mqtts://host:port, got {value!r}")
         return value
+
+    @model_validator(mode="after")
+    def _pairs(self) -> "MqttSection":
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("cert_file: a client certificate needs both cert_file and key_file")
+        if self.reconnect_max < self.reconnect_min:
+            raise ValueError(f"reconnect_max: must be at least reconnect_min ({self.reconnect_min:g})")
+        if self.password and not self.username:
+            raise ValueError("username: a password is set (in the file or EDGE_MQTT_PASSWORD) but no username")
+        return self
+
+    @property
+    def tls(self) -> bool:
+        return urlparse(self.url).scheme == "mqtts" or self.ca_file is not None or self.cert_file is not None
 
     @property
     def host(self) -> str:
@@ -70,7 +101,18 @@ class MqttSection(_Section):
 
     @property
     def port(self) -> int:
-        return urlparse(self.url).port or 1883
+        return urlparse(self.url).port or (8883 if urlparse(self.url).scheme == "mqtts" else 1883)
+
+
+class ModbusSection(_Section):
+    port: str = Field("", description="Serial port of the RS-485 line, e.g. /dev/ttyUSB0; empty: no Modbus polling. "
+                                      "Devices with a modbus_unit column in the registry are polled.")
+    baudrate: int = Field(9600, gt=0, description="Line speed, bits per second.")
+    parity: Literal["N", "E", "O"] = Field("N", description="Parity: N (none), E (even) or O (odd); 8 data bits, 1 stop bit.")
+    timeout: float = Field(0.5, gt=0, le=10, description="Seconds to wait for a device's reply before it counts as a timeout.")
+    function: Literal[3, 4] = Field(4, description="Read function: 3 (holding registers) or 4 (input registers).")
+    poll_interval: float = Field(60.0, gt=0, description="Seconds between polls of a device whose registry row has no poll_s.")
+    reopen_interval: float = Field(5.0, gt=0, description="Seconds between attempts to open a missing or failed serial port.")
 
 
 class UplinkSection(_Section):
@@ -96,7 +138,8 @@ class UplinkSection(_Section):
 
 class EngineSection(_Section):
     batch_max: int = Field(5000, ge=1, description="Most messages evaluated in one batch.")
-    batch_wait: float = Field(0.05, gt=0, description="Longest wait, seconds, to fill a batch.")
+    batch_wait: float = Field(0.02, gt=0, description="Longest wait, seconds, to fill a batch (bounds the latency it adds).")
+    batch_quiet: float = Field(0.001, gt=0, description="A batch is evaluated as soon as no message has come for this long.")
     queue_max: int = Field(50000, ge=100, description="Messages held between the network and the engine.")
     tick: float = Field(1.0, gt=0, le=60, description="Seconds between evaluations of rules that change with time alone.")
 
@@ -146,6 +189,7 @@ class GatewayConfig(_Section):
     registry: RegistrySection
     rules: RulesSection
     mqtt: MqttSection = MqttSection()
+    modbus: ModbusSection = ModbusSection()
     uplink: UplinkSection
     engine: EngineSection = EngineSection()
     outbox: OutboxSection = OutboxSection()
@@ -215,8 +259,19 @@ def load_config(path: Path) -> GatewayConfig:
         config.orders.categories = (base / config.orders.categories).resolve()
     if config.uplink.ca_file is not None:
         config.uplink.ca_file = (base / config.uplink.ca_file).resolve()
+    for name in ("ca_file", "cert_file", "key_file"):
+        value = getattr(config.mqtt, name)
+        if value is not None:
+            value = (base / value).resolve()
+            if not value.is_file():
+                raise ConfigError(f"{path}:{_key_line(text, ('mqtt', name))}: mqtt.{name}: no such file {str(value)!r}")
+            setattr(config.mqtt, name, value)
     config.uplink.token = os.environ.get("EDGE_UPLINK_TOKEN", config.uplink.token)
     config.mqtt.password = os.environ.get("EDGE_MQTT_PASSWORD", config.mqtt.password)
+    config.mqtt.username = os.environ.get("EDGE_MQTT_USERNAME", config.mqtt.username)
+    if config.mqtt.password and not config.mqtt.username:
+        raise ConfigError(f"{path}:{_key_line(text, ('mqtt', 'username'))}: mqtt.username: "
+                          "EDGE_MQTT_PASSWORD is set but there is no username (set mqtt.username or EDGE_MQTT_USERNAME)")
     if not config.mqtt.client_id:
         config.mqtt.client_id = f"edge-{config.gateway.id}"
     return config

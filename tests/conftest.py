@@ -179,3 +179,29 @@ class Misbehaving(ThreadingHTTPServer):
     @property
     def url(self):
         return f"http://127.0.0.1:{self.server_address[1]}"
+
+
+def make_tls_files(folder: Path, name: str = "ca") -> dict[str, Path]:
+    """With openssl: a CA, a server certificate for 127.0.0.1 and a client certificate, both signed by the CA.
+
+    Returns the paths: ca, server_cert, server_key, client_cert, client_key.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    files = {key: folder / f"{name}-{key}.pem" for key in ("ca", "ca_key", "server_cert", "server_key",
+                                                          "client_cert", "client_key")}
+
+    def run(*args: str) -> None:
+        subprocess.run(["openssl", *args], check=True, capture_output=True)
+
+    run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(files["ca_key"]), "-out", str(files["ca"]),
+        "-days", "1", "-subj", f"/CN=test {name}")
+    for who, subject, ext in (("server", "/CN=127.0.0.1", "subjectAltName=IP:127.0.0.1"),
+                              ("client", "/CN=edge-gateway", "extendedKeyUsage=clientAuth")):
+        request = folder / f"{name}-{who}.csr"
+        extfile = folder / f"{name}-{who}.ext"
+        extfile.write_text(ext + "\n")
+        run("req", "-newkey", "rsa:2048", "-nodes", "-keyout", str(files[f"{who}_key"]), "-out", str(request),
+            "-subj", subject)
+        run("x509", "-req", "-in", str(request), "-CA", str(files["ca"]), "-CAkey", str(files["ca_key"]),
+            "-CAcreateserial", "-out", str(files[f"{who}_cert"]), "-days", "1", "-extfile", str(extfile))
+    return files

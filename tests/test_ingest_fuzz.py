@@ -17,6 +17,7 @@ TOPICS = {
     "own_json": "devices/MH-0001/telemetry",
     "chirpstack": "application/street/device/a84041aabbccddeeff/event/up",
     "frigate": "frigate/events",
+    "modbus_rtu": "modbus/1/RMH-0001",
 }
 
 scalars = st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=80)
@@ -64,7 +65,7 @@ def _dumpable(doc) -> bool:
 
 @pytest.mark.parametrize("decoder", DECODERS, ids=lambda d: d.NAME)
 @settings(max_examples=300, deadline=None)
-@given(payload=payloads(), model=st.sampled_from([None, "MCL-300", "SBL-220", "FRIGATE"]))
+@given(payload=payloads(), model=st.sampled_from([None, "MCL-300", "SBL-220", "FRIGATE", "MC-200R", "SB-120R"]))
 def test_only_decode_error_comes_out(decoder, payload, model):
     try:
         message = decoder.decode(TOPICS[decoder.NAME], payload, lambda device: model)
@@ -95,3 +96,25 @@ def test_crasher_a_duration_that_overflows_is_refused():
     with pytest.raises(DecodeError) as caught:
         frigate.decode("frigate/events", orjson.dumps(event))
     assert caught.value.reason == "bad_timestamp"
+
+
+@settings(max_examples=300, deadline=None)
+@given(unit=st.integers(0, 255), function=st.integers(0, 255), body=st.binary(max_size=30),
+       regs=st.lists(st.integers(0, 0xFFFF), min_size=0, max_size=12), as_registers=st.booleans(),
+       model=st.sampled_from(["MC-200R", "SB-120R", None]))
+def test_modbus_frames_with_a_good_crc(unit, function, body, regs, as_registers, model):
+    """Random RTU replies with a correct CRC (random bytes almost never have one): only DecodeError comes out."""
+    import struct
+
+    from edge.ingest import modbus_rtu
+    from firmware_sim.protocols.modbus import with_crc
+
+    data = bytes([2 * len(regs)]) + struct.pack(f">{len(regs)}H", *regs) if as_registers else body
+    frame = with_crc(bytes([unit, function]) + data)
+    try:
+        message = modbus_rtu.decode("modbus/1/RMH-0001", frame, lambda device: model)
+    except DecodeError as error:
+        assert error.reason and isinstance(error.detail, str)
+        return
+    assert message.device_id == "RMH-0001" and message.ts > 0
+    assert all(isinstance(v, float) and math.isfinite(v) for v in message.values.values())

@@ -11,7 +11,7 @@ import orjson
 import paho.mqtt.client as mqtt
 import pytest
 
-from conftest import wait_until, write_gateway_config
+from conftest import ROOT, wait_until, write_gateway_config
 from edge.agent import Agent
 from edge.config import load_config
 from edge.ingest import chirpstack, frigate
@@ -153,3 +153,18 @@ def test_lorawan_and_camera_events_open_orders_through_a_real_broker(tmp_path, m
         reasons = Counter(row[0] for row in conn.execute("SELECT reason FROM quarantine"))
     assert reasons == {"truncated": 1, "unknown_fport": 1, "bad_base64": 1, "device_mismatch": 1,
                        "wrong_type": 1, "malformed_json": 1}
+
+
+@pytest.mark.parametrize("section", ["mqtt", "modbus"])
+def test_every_mqtt_and_modbus_key_is_in_the_example_config_and_has_a_description(section):
+    """Docs that cannot drift: config/gateway.toml shows every key (set or commented out)."""
+    import re
+
+    from edge.config import GatewayConfig
+
+    example = (ROOT / "config" / "gateway.toml").read_text()
+    model = GatewayConfig.model_fields[section].annotation
+    block = example.split(f"[{section}]", 1)[1].split("\n[", 1)[0]
+    for name, field in model.model_fields.items():
+        assert re.search(rf"^#? ?{name} = ", block, re.MULTILINE), f"[{section}] {name} is not in config/gateway.toml"
+        assert field.description, f"[{section}] {name} has no description"

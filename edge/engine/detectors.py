@@ -1,22 +1,30 @@
 """Streaming anomaly detector behind ``anomaly(metric)``: numba kernels over a per-series state.
 
 One detector, one configuration. Per (device, metric) series it keeps ``STATE_SIZE`` float64
-slots (256 bytes) and, at each reading, first judges the reading on the past only, then learns
-it ("score before you learn"). The score is in [0, 1]:
+slots (320 bytes) and, at each reading, first judges the reading on the past only, then learns
+it ("score before you learn"). The reading is judged in four ways and the highest score wins:
 
-- **0.75 to 1: a value outside every value this series has shown** (above its highest or below
-  its lowest). How far above 0.75 grows with how far outside the value is, in units of the
-  series' own range, and with how long the range had held: a series breaking out after a long
-  calm scores near 1; a series that keeps setting new records (a trend) stays near 0.75.
-- **0 to 0.75: how rare the value is within that range**, from a histogram of the recent
-  values (``BINS`` bins over [lowest, highest], decaying with a memory of ~``1 / (1 - DECAY)``
-  readings). A value in a bin holding a share p of the recent readings scores
-  ``-ln(p * BINS) / RARITY_SCALE`` (so a value as common as a uniform spread scores 0).
-- **An alarm is said once.** A score is reported only when it is higher than every score of
-  the last ~``REST_BLOCKS * REST_BLOCK`` readings; otherwise 0. A field engineer gets one high
-  score when something new happens, not one per reading while it lasts.
-- **Warm-up:** nothing is reported until ``WARMUP`` readings have been learned.
-- A NaN or infinite value scores 0 and is not learned.
+- **the value outside every value this series has shown** (above its highest or below its
+  lowest) by at least ``OUTSIDE_MARGIN`` of the range: ``RARE_CAP`` to 1. How far above
+  ``RARE_CAP`` grows with how far outside the value is (in units of the series' own range) and
+  with how long the range had held: a series breaking out after a long calm scores near 1. A
+  record by less than the margin (a trend creeping upwards, noise touching its old extreme) is
+  learned, not reported.
+- **the recent level outside every level shown**: the same rule applied to a smoothed copy of
+  the series (an exponential moving average over ~``1 / SMOOTH`` readings). It catches what no
+  single reading shows: a level that stays low or high for too long, spikes growing denser.
+- **a stuck sensor**: a run of identical readings that reaches ``RUN_MIN`` and is longer than
+  every run before it, judged once (the same break-out score, against the longest earlier run).
+- **a value within the range but in a rarely visited part of it**: 0 to ``RARE_CAP``, from a
+  histogram of recent values (``BINS`` bins over [lowest, highest], fading with a memory of
+  ~``1 / (1 - DECAY)`` readings). A bin holding a share p of the recent readings (with a small
+  prior ``PRIOR`` per bin, so no share is 0) gives a surprise ``s = -ln(p * BINS)`` (0 for a
+  value as common as a uniform spread) and the score ``RARE_CAP * (1 - exp(-s / RARITY_SCALE))``.
+
+Then **an alarm is said once**: a score is reported only when it is higher than every score of
+the last ~``REST_BLOCKS * REST_BLOCK`` readings; otherwise 0. Nothing is reported until
+``WARMUP`` readings have been learned (the smoothed view: ``WARMUP + SMOOTH_WARMUP``). A NaN or
+infinite value scores 0 and is not learned.
 
 The detector counts readings, not seconds: timestamps are accepted (the engine passes them)
 but neither irregular spacing, repeated stamps nor clocks going backwards change a score.
@@ -24,9 +32,11 @@ but neither irregular spacing, repeated stamps nor clocks going backwards change
 The state is ``STATE_SIZE`` slots of a plain float64 array from offset ``row``, so the rule
 engine's kernels keep one per series inside their own state array and call ``detector_step``
 from their own ``@njit`` code. Nothing here allocates: the engine's kernels are compiled
-without numba's reference counting (``_nrt=False``). edge/engine/detectors_reference.py is the
-same detector in plain Python; tests hold the two together step by step. docs/anomaly.md says
-what the score means for a rule and how it was measured (bench/bench_anomaly.py, NAB).
+without numba's reference counting (``_nrt=False``). The tunable constants reach the core as
+arguments (``_step``), so bench/anomaly_search.py can score other settings with this very code;
+``detector_step`` passes the module's constants. edge/engine/detectors_reference.py is the same
+detector in plain Python; tests hold the two together step by step. docs/anomaly.md says what
+the score means for a rule and how it was measured (bench/bench_anomaly.py, NAB).
 """
 
 from __future__ import annotations
@@ -36,14 +46,21 @@ import math
 import numpy as np
 from numba import njit
 
-# The one configuration (chosen on the NAB corpus as a whole; see docs/anomaly.md).
-BINS = 16  # histogram bins over [lowest, highest]
-DECAY = 0.9999  # per reading: the histogram's memory is ~10,000 readings
-WARMUP = 50.0  # readings learned before any score
-RARITY_SCALE = 8.0  # -ln(p * BINS) / RARITY_SCALE, capped at RARE_CAP
-RARE_CAP = 0.75  # the highest score a value within the range can get
+# The one configuration (chosen on the NAB corpus as a whole, checked by leaving each NAB group
+# out; see docs/anomaly.md and bench/results/anomaly.json).
+WARMUP = 100.0  # readings learned before any score
+RARE_CAP = 0.75  # the highest score a value within the range can get; breakouts score above it
+OUTSIDE_MARGIN = 0.01  # per range: a new record by less than this is learned, not reported
 OUTSIDE_DISTANCE = 2.0  # per range: 1 - exp(-OUTSIDE_DISTANCE * distance outside)
 OUTSIDE_CALM = 200.0  # readings: 1 - exp(-readings since the range last grew / OUTSIDE_CALM)
+RARITY_SCALE = 2.0  # RARE_CAP * (1 - exp(-surprise / RARITY_SCALE))
+DECAY = 0.9995  # per reading: the histogram's memory is ~2,000 readings
+PRIOR = 0.1  # weight every bin starts with when a share is taken (no share is ever 0)
+SMOOTH = 0.05  # the smoothed view: x_s += SMOOTH * (x - x_s), ~20 readings
+SMOOTH_WARMUP = 60.0  # readings before the smoothed view's range is learned (3 / SMOOTH)
+RUN_MIN = 10.0  # a run of identical readings scores only from this length on
+# Structure (not tuned): the histogram and the "said once" memory.
+BINS = 16  # histogram bins over [lowest, highest]
 REST_BLOCK = 25  # readings per block of the "said once" memory
 REST_BLOCKS = 8  # blocks remembered: a score must beat the last 200-225 readings' scores
 
@@ -53,14 +70,28 @@ S_LOW = 1  # lowest value learned (+inf before the first)
 S_HIGH = 2  # highest value learned (-inf before the first)
 S_WEIGHT = 3  # total (decayed) weight in the histogram
 S_LAST_GROWTH = 4  # S_COUNT when the range last grew
-S_BLOCK_MAX = 5  # highest score in the current rest block
-S_BLOCK_FILL = 6  # readings in the current rest block
-S_BLOCK_NEXT = 7  # which of the REST_BLOCKS slots the current block goes to when full
-S_BLOCKS = 8  # REST_BLOCKS slots: highest score of each of the last full blocks
+S_SMOOTH = 5  # the smoothed value (exponential moving average)
+S_SMOOTH_LOW = 6  # lowest smoothed value learned (+inf before the first)
+S_SMOOTH_HIGH = 7  # highest smoothed value learned (-inf before the first)
+S_SMOOTH_GROWTH = 8  # S_COUNT when the smoothed range last grew
+S_PREVIOUS = 9  # the last value learned
+S_RUN = 10  # readings equal to the one before them, in a row, up to the last one learned
+S_RUN_LONGEST = 11  # the longest such run that has ended
+S_RUN_GROWTH = 12  # S_COUNT when that run ended
+S_BLOCK_MAX = 13  # highest score in the current rest block
+S_BLOCK_FILL = 14  # readings in the current rest block
+S_BLOCK_NEXT = 15  # which of the REST_BLOCKS slots the current block goes to when full
+S_BLOCKS = 16  # REST_BLOCKS slots: highest score of each of the last full blocks
 S_HIST = S_BLOCKS + REST_BLOCKS  # BINS slots: histogram weights
 STATE_SIZE = S_HIST + BINS
 
 assert STATE_SIZE * 8 <= 4096
+
+# The tunable constants in the order _step takes them (bench/anomaly_search.py uses this).
+CONFIG_NAMES = ("WARMUP", "RARE_CAP", "OUTSIDE_MARGIN", "OUTSIDE_DISTANCE", "OUTSIDE_CALM", "RARITY_SCALE", "DECAY",
+                "PRIOR", "SMOOTH", "SMOOTH_WARMUP", "RUN_MIN")
+CONFIG = (WARMUP, RARE_CAP, OUTSIDE_MARGIN, OUTSIDE_DISTANCE, OUTSIDE_CALM, RARITY_SCALE, DECAY, PRIOR, SMOOTH,
+          SMOOTH_WARMUP, RUN_MIN)
 
 
 # The helpers are inlined into the engine's kernels, which are compiled without NRT.
@@ -74,38 +105,41 @@ def detector_init(state, row):
         state[row + k] = 0.0
     state[row + S_LOW] = np.inf
     state[row + S_HIGH] = -np.inf
+    state[row + S_SMOOTH_LOW] = np.inf
+    state[row + S_SMOOTH_HIGH] = -np.inf
 
 
 @inlined
 def _bin(x, low, high):
     span = high - low
-    if span <= 0.0:
+    if not span > 0.0:
         return 0
-    k = int((x - low) / span * BINS)
-    return min(BINS - 1, max(0, k))
+    u = (x - low) / span * BINS
+    if not u > 0.0:  # also NaN (an overflowing range)
+        return 0
+    if u >= BINS:
+        return BINS - 1
+    return int(u)
 
 
 @inlined
-def _judge(state, row, x):
-    """The raw score of x against the past (before the "said once" rule)."""
-    if state[row + S_COUNT] < WARMUP:
-        return 0.0
-    low = state[row + S_LOW]
-    high = state[row + S_HIGH]
+def _outside(v, low, high, calm, rare_cap, outside_margin, outside_distance, outside_calm):
+    """0 if v lies within [low, high] or less than outside_margin (in ranges) outside it, else the
+    break-out score in [rare_cap, 1]."""
     span = high - low
     if span <= 0.0:
         span = abs(high) * 0.01 + 1e-9
-    u = (x - low) / span
-    if u < 0.0 or u > 1.0:
-        distance = -u if u < 0.0 else u - 1.0
-        calm = state[row + S_COUNT] - state[row + S_LAST_GROWTH]
-        return RARE_CAP + (1.0 - RARE_CAP) * (1.0 - math.exp(-calm / OUTSIDE_CALM)) * (
-            1.0 - math.exp(-OUTSIDE_DISTANCE * distance)
-        )
-    share = state[row + S_HIST + _bin(x, low, high)] / state[row + S_WEIGHT]
-    if share <= 0.0:
-        return RARE_CAP
-    return max(0.0, min(RARE_CAP, -math.log(share * BINS) / RARITY_SCALE))
+    u = (v - low) / span
+    if u >= 0.0 and u <= 1.0:
+        return 0.0
+    distance = -u if u < 0.0 else u - 1.0
+    if not distance >= 0.0:  # NaN: an overflowing range; count it as far outside
+        distance = math.inf
+    if distance < outside_margin:
+        return 0.0
+    return rare_cap + (1.0 - rare_cap) * (1.0 - math.exp(-calm / outside_calm)) * (
+        1.0 - math.exp(-outside_distance * distance)
+    )
 
 
 @inlined
@@ -132,23 +166,68 @@ def _regrid(state, row, low, high, new_low, new_high):
 
 
 @inlined
-def _learn(state, row, x):
+def _judge(state, row, x, warmup, rare_cap, outside_margin, outside_distance, outside_calm, rarity_scale, prior,
+           smooth_warmup, run_min):
+    """The raw score of x (and of the smoothed value, already including x) against the past."""
+    count = state[row + S_COUNT]
+    if count < warmup:
+        return 0.0
+    low = state[row + S_LOW]
+    high = state[row + S_HIGH]
+    score = _outside(x, low, high, count - state[row + S_LAST_GROWTH], rare_cap, outside_margin,
+                     outside_distance, outside_calm)
+    if score == 0.0:
+        share = (state[row + S_HIST + _bin(x, low, high)] + prior) / (state[row + S_WEIGHT] + prior * BINS)
+        surprise = -math.log(share * BINS)
+        if surprise > 0.0:
+            score = rare_cap * (1.0 - math.exp(-surprise / rarity_scale))
+    if count >= warmup + smooth_warmup:
+        level = _outside(state[row + S_SMOOTH], state[row + S_SMOOTH_LOW], state[row + S_SMOOTH_HIGH],
+                         count - state[row + S_SMOOTH_GROWTH], rare_cap, outside_margin, outside_distance,
+                         outside_calm)
+        score = max(score, level)
+    # A run of identical readings is judged once: when it first gets longer than every run before.
+    run = state[row + S_RUN] + 1.0 if x == state[row + S_PREVIOUS] else 0.0
+    if run == max(run_min, state[row + S_RUN_LONGEST] + 1.0):
+        stuck = _outside(run, 0.0, state[row + S_RUN_LONGEST], count - state[row + S_RUN_GROWTH], rare_cap,
+                         0.0, outside_distance, outside_calm)
+        score = max(score, stuck)
+    return score
+
+
+@inlined
+def _learn(state, row, x, decay, smooth_warmup):
+    count = state[row + S_COUNT]
     low = state[row + S_LOW]
     high = state[row + S_HIGH]
     if x < low or x > high:
         new_low = min(low, x)
         new_high = max(high, x)
-        if state[row + S_COUNT] > 0.0:
+        if count > 0.0:
             _regrid(state, row, low, high, new_low, new_high)
-        state[row + S_LAST_GROWTH] = state[row + S_COUNT]
+        state[row + S_LAST_GROWTH] = count
         state[row + S_LOW] = new_low
         state[row + S_HIGH] = new_high
         low, high = new_low, new_high
     for k in range(BINS):
-        state[row + S_HIST + k] *= DECAY
+        state[row + S_HIST + k] *= decay
     state[row + S_HIST + _bin(x, low, high)] += 1.0
-    state[row + S_WEIGHT] = state[row + S_WEIGHT] * DECAY + 1.0
-    state[row + S_COUNT] += 1.0
+    state[row + S_WEIGHT] = state[row + S_WEIGHT] * decay + 1.0
+    if count >= smooth_warmup:
+        level = state[row + S_SMOOTH]
+        if level < state[row + S_SMOOTH_LOW] or level > state[row + S_SMOOTH_HIGH]:
+            state[row + S_SMOOTH_GROWTH] = count
+            state[row + S_SMOOTH_LOW] = min(state[row + S_SMOOTH_LOW], level)
+            state[row + S_SMOOTH_HIGH] = max(state[row + S_SMOOTH_HIGH], level)
+    if count > 0.0 and x == state[row + S_PREVIOUS]:
+        state[row + S_RUN] += 1.0
+    else:  # the run ended: remember it if it was the longest
+        if state[row + S_RUN] > state[row + S_RUN_LONGEST]:
+            state[row + S_RUN_LONGEST] = state[row + S_RUN]
+            state[row + S_RUN_GROWTH] = count
+        state[row + S_RUN] = 0.0
+    state[row + S_PREVIOUS] = x
+    state[row + S_COUNT] = count + 1.0
 
 
 @inlined
@@ -173,15 +252,29 @@ def _say_once(state, row, score):
 
 
 @inlined
+def _step(state, row, x, warmup, rare_cap, outside_margin, outside_distance, outside_calm, rarity_scale, decay, prior,
+          smooth, smooth_warmup, run_min):
+    """detector_step with the tunable constants as arguments."""
+    if not math.isfinite(x):
+        return 0.0
+    if state[row + S_COUNT] == 0.0:
+        state[row + S_SMOOTH] = x
+    else:
+        level = state[row + S_SMOOTH] + smooth * (x - state[row + S_SMOOTH])
+        state[row + S_SMOOTH] = level if math.isfinite(level) else x  # overflow: restart from x
+    score = _judge(state, row, x, warmup, rare_cap, outside_margin, outside_distance, outside_calm, rarity_scale, prior,
+                   smooth_warmup, run_min)
+    _learn(state, row, x, decay, smooth_warmup)
+    return _say_once(state, row, score)
+
+
+@inlined
 def detector_step(state, row, t, x):
     """Score x (at device time t, seconds) on the past only, in [0, 1]; then learn it.
     The series' state is state[row:row + STATE_SIZE]. A NaN or infinite x scores 0 and
     leaves the state unchanged."""
-    if not math.isfinite(x):
-        return 0.0
-    score = _judge(state, row, x)
-    _learn(state, row, x)
-    return _say_once(state, row, score)
+    return _step(state, row, x, WARMUP, RARE_CAP, OUTSIDE_MARGIN, OUTSIDE_DISTANCE, OUTSIDE_CALM, RARITY_SCALE, DECAY,
+                 PRIOR, SMOOTH, SMOOTH_WARMUP, RUN_MIN)
 
 
 @njit(cache=True)
@@ -192,4 +285,17 @@ def detector_run(ts, xs):
     out = np.empty(len(xs))
     for i in range(len(xs)):
         out[i] = detector_step(state, 0, ts[i], xs[i])
+    return out
+
+
+@njit(cache=True)
+def detector_run_config(xs, config):
+    """Scores of a whole series with other values of the tunable constants (``config`` in the
+    order of CONFIG_NAMES): for the benchmark's search and generality check, not for rules."""
+    state = np.empty(STATE_SIZE)
+    detector_init(state, 0)
+    out = np.empty(len(xs))
+    for i in range(len(xs)):
+        out[i] = _step(state, 0, xs[i], config[0], config[1], config[2], config[3], config[4], config[5],
+                       config[6], config[7], config[8], config[9], config[10])
     return out

@@ -1,8 +1,9 @@
 """The anomaly detector of edge/engine/detectors.py in plain Python, for tests (STYLE.md item 8).
 
-Written to read as the description in detectors.py, not as the kernel: named fields, a list for
-the histogram, a deque-free block memory. Same configuration constants (imported, so the two
-cannot drift apart on a setting); tests compare the two scores at every reading.
+Written to read as the description in detectors.py, not as the kernel: named fields, lists for
+the histogram and the block memory, one small class per "view" that breaks out. Same
+configuration constants (imported, so the two cannot drift apart on a setting); tests compare
+the two scores at every reading.
 """
 
 from __future__ import annotations
@@ -14,12 +15,62 @@ from edge.engine.detectors import (
     DECAY,
     OUTSIDE_CALM,
     OUTSIDE_DISTANCE,
+    OUTSIDE_MARGIN,
+    PRIOR,
     RARE_CAP,
     RARITY_SCALE,
     REST_BLOCK,
     REST_BLOCKS,
+    RUN_MIN,
+    SMOOTH,
+    SMOOTH_WARMUP,
     WARMUP,
 )
+
+
+def breakout(value: float, low: float, high: float, calm: float, margin: float = OUTSIDE_MARGIN) -> float:
+    """0 inside [low, high] or less than ``margin`` ranges outside it; else RARE_CAP and up, growing
+    with the distance outside and with the calm (readings since the range last grew)."""
+    span = high - low
+    if span <= 0:
+        span = abs(high) * 0.01 + 1e-9
+    u = (value - low) / span
+    if 0 <= u <= 1:
+        return 0.0
+    distance = -u if u < 0 else u - 1
+    if math.isnan(distance):  # an overflowing range
+        distance = math.inf
+    if distance < margin:
+        return 0.0
+    return RARE_CAP + (1 - RARE_CAP) * (1 - math.exp(-calm / OUTSIDE_CALM)) * (
+        1 - math.exp(-OUTSIDE_DISTANCE * distance)
+    )
+
+
+class Range:
+    """Lowest and highest value learned, and when the range last grew."""
+
+    def __init__(self) -> None:
+        self.low = math.inf
+        self.high = -math.inf
+        self.last_growth = 0
+
+    def learn(self, value: float, count: int) -> bool:
+        """Widen to include value; True if it grew."""
+        if self.low <= value <= self.high:
+            return False
+        self.low, self.high = min(self.low, value), max(self.high, value)
+        self.last_growth = count
+        return True
+
+
+def bin_of(x: float, low: float, high: float) -> int:
+    if not high - low > 0:
+        return 0
+    u = (x - low) / (high - low) * BINS
+    if not u > 0:  # also NaN (an overflowing range)
+        return 0
+    return BINS - 1 if u >= BINS else int(u)
 
 
 class ReferenceDetector:
@@ -27,53 +78,58 @@ class ReferenceDetector:
 
     def __init__(self) -> None:
         self.count = 0  # readings learned
-        self.low = math.inf
-        self.high = -math.inf
-        self.weight = 0.0  # decayed total of the histogram
-        self.last_growth = 0  # self.count when the range last grew
-        self.hist = [0.0] * BINS
+        self.range = Range()  # of the values
+        self.hist = [0.0] * BINS  # decayed weights of recent values per bin of self.range
+        self.weight = 0.0  # their total
+        self.level = 0.0  # the smoothed value
+        self.level_range = Range()  # of the smoothed values, learned from SMOOTH_WARMUP readings on
+        self.previous = 0.0
+        self.run = 0  # readings equal to the one before them, in a row
+        self.longest_run = 0  # the longest run that has ended ...
+        self.run_growth = 0  # ... and self.count when it ended
         self.block_max = 0.0  # "said once" memory: the current block ...
         self.block_fill = 0
         self.blocks = [0.0] * REST_BLOCKS  # ... and the last full blocks' highest scores
         self.block_next = 0
 
-    def _bin(self, x: float, low: float, high: float) -> int:
-        if high - low <= 0:
-            return 0
-        return min(BINS - 1, max(0, int((x - low) / (high - low) * BINS)))
-
     def judge(self, x: float) -> float:
         if self.count < WARMUP:
             return 0.0
-        span = self.high - self.low
-        if span <= 0:
-            span = abs(self.high) * 0.01 + 1e-9
-        u = (x - self.low) / span
-        if u < 0 or u > 1:
-            distance = -u if u < 0 else u - 1
-            calm = self.count - self.last_growth
-            return RARE_CAP + (1 - RARE_CAP) * (1 - math.exp(-calm / OUTSIDE_CALM)) * (
-                1 - math.exp(-OUTSIDE_DISTANCE * distance)
-            )
-        share = self.hist[self._bin(x, self.low, self.high)] / self.weight
-        if share <= 0:
-            return RARE_CAP
-        return max(0.0, min(RARE_CAP, -math.log(share * BINS) / RARITY_SCALE))
+        r = self.range
+        score = breakout(x, r.low, r.high, self.count - r.last_growth)
+        if score == 0:
+            share = (self.hist[bin_of(x, r.low, r.high)] + PRIOR) / (self.weight + PRIOR * BINS)
+            surprise = -math.log(share * BINS)
+            if surprise > 0:
+                score = RARE_CAP * (1 - math.exp(-surprise / RARITY_SCALE))
+        if self.count >= WARMUP + SMOOTH_WARMUP:
+            lr = self.level_range
+            score = max(score, breakout(self.level, lr.low, lr.high, self.count - lr.last_growth))
+        run = self.run + 1 if x == self.previous else 0
+        if run == max(RUN_MIN, self.longest_run + 1):  # judged once: when it first beats every run before
+            score = max(score, breakout(run, 0.0, self.longest_run, self.count - self.run_growth, margin=0.0))
+        return score
 
     def learn(self, x: float) -> None:
-        if x < self.low or x > self.high:
-            new_low, new_high = min(self.low, x), max(self.high, x)
-            if self.count > 0:
-                moved = [0.0] * BINS
-                for k, w in enumerate(self.hist):
-                    centre = self.low + (k + 0.5) * (self.high - self.low) / BINS
-                    moved[self._bin(centre, new_low, new_high)] += w
-                self.hist = moved
-            self.last_growth = self.count
-            self.low, self.high = new_low, new_high
+        r = self.range
+        low, high = r.low, r.high
+        if r.learn(x, self.count) and self.count > 0:
+            moved = [0.0] * BINS  # each old bin's weight goes where its centre falls now
+            for k, w in enumerate(self.hist):
+                moved[bin_of(low + (k + 0.5) * (high - low) / BINS, r.low, r.high)] += w
+            self.hist = moved
         self.hist = [w * DECAY for w in self.hist]
-        self.hist[self._bin(x, self.low, self.high)] += 1.0
+        self.hist[bin_of(x, r.low, r.high)] += 1.0
         self.weight = self.weight * DECAY + 1.0
+        if self.count >= SMOOTH_WARMUP:
+            self.level_range.learn(self.level, self.count)
+        if self.count > 0 and x == self.previous:
+            self.run += 1
+        else:  # the run ended
+            if self.run > self.longest_run:
+                self.longest_run, self.run_growth = self.run, self.count
+            self.run = 0
+        self.previous = x
         self.count += 1
 
     def say_once(self, score: float) -> float:
@@ -90,6 +146,11 @@ class ReferenceDetector:
     def step(self, t: float, x: float) -> float:
         if not math.isfinite(x):
             return 0.0
+        if self.count == 0:
+            self.level = x
+        else:
+            level = self.level + SMOOTH * (x - self.level)
+            self.level = level if math.isfinite(level) else x
         score = self.judge(x)
         self.learn(x)
         return self.say_once(score)

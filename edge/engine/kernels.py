@@ -14,6 +14,7 @@ report, so a sparse reporter's ``for`` ends on time.
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 from llvmlite import ir
@@ -21,8 +22,10 @@ from numba import njit, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
+from edge.engine import detectors, functions, program
 from edge.engine.detectors import STATE_SIZE as ANOMALY_STATE
 from edge.engine.detectors import detector_init, detector_step
+from edge.engine.numba_cache import flush_if_changed
 from edge.engine.functions import (
     BUCKETS, F_ABSENT, F_ANOMALY, F_AVG, F_CHANGED, F_COUNT, F_DELTA, F_MAX, F_MIN, F_RATE,
     F_STUCK, F_ZSCORE, STUCK_MIN_READINGS, ZSCORE_WARMUP,
@@ -647,3 +650,7 @@ def tick(
         if n_out + n_rules > capacity:
             break
     return n_out, d
+
+
+# The kernels compile in code from these files too: a change in any of them flushes their cache.
+flush_if_changed(globals(), [Path(__file__)] + [Path(m.__file__) for m in (detectors, functions, program)])

@@ -4,7 +4,8 @@ The event's ``data`` is the device's binary frame in base64; the codec is chosen
 registry's ``model`` for the device (``deviceInfo.deviceName`` is the registry id), or, when
 the registry has no codec model for it, by ``deviceInfo.deviceProfileName``. The reading's
 time is the event's ``time`` (LoRaWAN frames carry no clock); ``rssi_dbm`` comes from the
-first ``rxInfo`` entry.
+first ``rxInfo`` entry. The message's ``dedupe_key`` (device, ``fCnt``, fPort, data) lets the
+agent count an uplink heard by several gateways once (``edge/ingest/dedupe.py``).
 """
 
 from __future__ import annotations
@@ -95,4 +96,6 @@ def decode(topic: str, payload: bytes, model_of=None) -> Message:
         rssi = rx[0].get("rssi")
         if isinstance(rssi, (int, float)) and not isinstance(rssi, bool) and math.isfinite(rssi):
             values["rssi_dbm"] = float(rssi)
-    return Message(device_id, ts, values)
+    fcnt = event.get("fCnt")
+    key = (device_id, fcnt, fport, data) if isinstance(fcnt, int) and not isinstance(fcnt, bool) else None
+    return Message(device_id, ts, values, key)

@@ -71,6 +71,15 @@ def render(snap: dict) -> str:
     w.metric("edge_ingest_queue_capacity", "gauge", "Capacity of that queue ([engine] queue_max).", ingest["queue_max"])
     w.metric("edge_broker_connected", "gauge", "1 while subscribed to the device broker.",
              1 if ingest["broker_connected"] else 0)
+    w.metric("edge_duplicate_uplinks_total", "counter",
+             "LoRaWAN uplinks heard again (several gateways, same fCnt): evaluated once.", ingest["duplicate_uplinks"])
+    modbus = ingest["modbus"]
+    if modbus is not None:
+        w.metric("edge_modbus_polls_total", "counter", "Modbus RTU requests sent on the serial line.", modbus["polls"])
+        w.metric("edge_modbus_replies_total", "counter", "Modbus RTU replies received (bad ones are quarantined).",
+                 modbus["replies"])
+        w.metric("edge_modbus_port_errors_total", "counter", "Times the serial port could not be opened or failed.",
+                 modbus["port_errors"])
     w.metric("edge_rules_loaded", "gauge", "Rules running.", engine["rules"])
     w.metric("edge_rule_evaluations_total", "counter", "Rule evaluations on incoming messages (rules x messages).",
              engine["rule_evaluations"])

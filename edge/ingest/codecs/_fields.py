@@ -37,16 +37,33 @@ def pack(flags: int, fields: tuple[Field, ...], readings: dict[str, float]) -> b
     return struct.pack(layout, flags, *(f.raw(readings) for f in fields))
 
 
+_LAYOUTS: dict[int, tuple[struct.Struct, tuple[tuple[str, int, float], ...]]] = {}
+
+
+def _layout(fields: tuple[Field, ...]) -> tuple[struct.Struct, tuple[tuple[str, int, float], ...]]:
+    """The compiled frame layout of a field table, made once per table (codecs keep theirs for good)."""
+    known = _LAYOUTS.get(id(fields))
+    if known is None:
+        known = (struct.Struct(">B" + "".join(f.fmt for f in fields)),
+                 tuple((f.metric, f.sentinel, f.scale) for f in fields))
+        _LAYOUTS[id(fields)] = known
+        _KEEP.append(fields)  # the id stays this table's while the table lives
+    return known
+
+
+_KEEP: list = []
+
+
 def unpack(model: str, fport: int, data: bytes, fields: tuple[Field, ...]) -> tuple[int, dict[str, float]]:
-    layout = ">B" + "".join(f.fmt for f in fields)
-    size = struct.calcsize(layout)
+    layout, table = _layout(fields)
+    size = layout.size
     if len(data) < size:
         raise CodecError("truncated", f"{model} frame on fPort {fport} is {len(data)} bytes, expected {size}")
     if len(data) > size:
         raise CodecError("too_long", f"{model} frame on fPort {fport} is {len(data)} bytes, expected {size}")
-    flags, *raws = struct.unpack(layout, data)
+    flags, *raws = layout.unpack(data)
     readings = {}
-    for f, raw in zip(fields, raws):
-        if raw != f.sentinel:
-            readings[f.metric] = raw / f.scale
+    for (metric, sentinel, scale), raw in zip(table, raws):
+        if raw != sentinel:
+            readings[metric] = raw / scale
     return flags, readings
