@@ -312,3 +312,78 @@ def test_an_open_problem_getting_worse_by_the_step_gives_an_update(tmp_path):
     assert by_rule["water_high"] == [("open", 10.0), ("update", 30.0), ("update", 50.0), ("clear", 100.0)]
     assert by_rule["water_stepped"] == [("open", 10.0), ("update", 50.0), ("clear", 100.0)]
     assert by_rule["water_quiet"] == [("open", 10.0), ("clear", 60.0), ("open", 90.0), ("clear", 100.0)]
+
+
+# Rules the kernels may skip when none of their metrics changed value (a step "settles"):
+# conditions that overlap (a transition must be followed by a fresh look at the same values),
+# functions that cannot move between messages (zscore, absent) and ones that can (windows,
+# changed), functions behind a cheap side of `and`, and worsening updates of open orders.
+SETTLING_RULES = """rules:
+  - name: flip_flop
+    applies_to: {kind: manhole_cover}
+    when: tilt_deg > 10
+    clear_when: tilt_deg > 5
+    order: {category: c, severity: minor, title: "{device}"}
+  - name: unusual_behind_a_guard
+    applies_to: {kind: manhole_cover}
+    when: water_cm < 20 and zscore(water_cm, 30s) > 1
+    order: {category: c, severity: minor, title: "{device}"}
+  - name: not_silent
+    applies_to: {kind: manhole_cover}
+    when: not absent(10s) and open == 1
+    for: 3s
+    order: {category: c, severity: minor, title: "{device}"}
+  - name: window_or_value
+    applies_to: {kind: manhole_cover}
+    when: open == 1 or avg(tilt_deg, 10s) > 12
+    clear_when: open == 0 and changed(tilt_deg)
+    order: {category: c, severity: minor, title: "{device}"}
+  - name: rising_average
+    applies_to: {kind: manhole_cover}
+    when: avg(tilt_deg, 8s) > 12
+    order: {category: c, severity: minor, title: "{device}"}
+  - name: getting_worse
+    applies_to: {kind: manhole_cover}
+    when: tilt_deg >= 14
+    clear_when: tilt_deg < 2
+    worse_by: 5
+    order: {category: c, severity: minor, title: "{device}"}
+"""
+
+_repeating = st.tuples(
+    st.sampled_from(["c1", "c2"]),
+    st.integers(0, 40).map(float),
+    st.fixed_dictionaries(
+        {},
+        optional={
+            "tilt_deg": st.sampled_from([1.0, 8.0, 14.0, 20.0, 30.0]),
+            "water_cm": st.sampled_from([10.0, 10.0, 50.0]),
+            "open": st.sampled_from([0.0, 1.0]),
+        },
+    ),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(steps=st.lists(st.tuples(st.integers(0, 4), st.one_of(_repeating, st.just("tick"))), min_size=5, max_size=120),
+       repeat=st.integers(1, 3))
+def test_skipped_rules_match_the_reference_on_repeated_values(tmp_path_factory, steps, repeat):
+    tmp_path = tmp_path_factory.mktemp("rules")
+    rules, registry = make_rules(tmp_path, SETTLING_RULES), make_registry()
+    engine, reference = Engine(rules, registry, origin=0.0), ReferenceEngine(rules, registry, origin=0.0)
+    got, want, clock = [], [], 0.0
+    for gap, action in steps:
+        clock += gap
+        if action == "tick":
+            got += [(t.kind, t.rule.name, t.device.id, t.ts) for t in engine.tick(clock)]
+            want += reference.tick(clock)
+            continue
+        device, offset, values = action
+        for k in range(repeat):  # the same values again, a second apart
+            clock += 1.0 if k else 0.0
+            ts = clock - offset if offset > 35 else clock
+            builder = engine.builder()
+            builder.add(registry.get(device).index, ts, values, arrival=clock)
+            got += [(t.kind, t.rule.name, t.device.id, t.ts) for t in engine.process(builder.build())]
+            want += reference.message(device, ts, values, arrival=clock)
+    assert got == want

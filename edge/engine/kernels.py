@@ -460,8 +460,11 @@ def step_rule(r, d, t, at_message, code, args, aux, length, shapes, hold, since,
             reported[d, r] = latest[d, m] if m >= 0 else math.nan
             return OPEN
         return 0
-    since[d, r] = math.nan
-    flags[d, r, SETTLED] = not moving
+    # (written only when they change: a line that stays clean need not go back to memory)
+    if not math.isnan(since[d, r]):
+        since[d, r] = math.nan
+    if flags[d, r, SETTLED] == moving:
+        flags[d, r, SETTLED] = not moving
     if which == 0:
         return 0
     # Open and not clearing: has the problem got worse since it was last reported?
