@@ -43,6 +43,7 @@ ACTIVE, SETTLED = 0, 1  # flags[d, r, ACTIVE]: the rule is open for the device; 
 # atomic reference counting on each of them, which measured 30x slower on small rules.
 kernel = njit(cache=True, _nrt=False)
 inlined = njit(cache=True, _nrt=False, inline="always")  # helpers of the hot loop
+helper = njit(cache=True, _nrt=False)  # a larger helper, called (few arguments: cheap)
 
 
 @intrinsic
@@ -174,9 +175,10 @@ def init_state(state, inst_func, inst_off):
                 init_instance(inst_func[k], state, inst_off[d, k])
 
 
-@inlined
+@helper
 def instance_value(func, state, row, param, t, latest_value, latest_time, last_message):
-    """An instance's value at time ``t``."""
+    """An instance's value at time ``t``. (Compiled once and called, not inlined: the kernels
+    reach it from several places, and copies of its loops made the cold compile slow.)"""
     if func == F_ABSENT:
         return 1.0 if t - last_message >= param else 0.0
     if func == F_ZSCORE:
