@@ -8,9 +8,11 @@ import sys
 import threading
 import time
 import uuid
+from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+import paho.mqtt.client as mqtt
 import pytest
 import requests
 
@@ -205,3 +207,25 @@ def make_tls_files(folder: Path, name: str = "ca") -> dict[str, Path]:
         run("x509", "-req", "-in", str(request), "-CA", str(files["ca"]), "-CAkey", str(files["ca_key"]),
             "-CAcreateserial", "-out", str(files[f"{who}_cert"]), "-days", "1", "-extfile", str(extfile))
     return files
+
+
+@contextmanager
+def running_agent(config_path: Path, broker: Broker):
+    """An Agent in a thread of this process, ready and subscribed, and a connected MQTT client
+    to publish with; both stopped on leaving (the agent cleanly, as on SIGTERM)."""
+    from edge.agent import Agent
+    from edge.config import load_config
+
+    agent = Agent(load_config(config_path))
+    thread = threading.Thread(target=agent.run, name="agent", daemon=True)
+    thread.start()
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
+    try:
+        assert agent.ready.wait(60) and agent.subscriber.connected.wait(20)
+        client.connect(broker.host, broker.port)
+        client.loop_start()
+        yield agent, client
+    finally:
+        client.loop_stop()
+        agent.stop()
+        thread.join(30)

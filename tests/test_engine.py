@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import random
-import textwrap
 
 from hypothesis import event, given, settings
 from hypothesis import strategies as st

@@ -10,7 +10,7 @@ import orjson
 import paho.mqtt.client as mqtt
 import pytest
 
-from conftest import wait_until, write_gateway_config
+from conftest import running_agent, wait_until, write_gateway_config
 from edge.agent import Agent
 from edge.config import load_config
 from edge.ingest.decode import DecodeError, decode_telemetry
@@ -47,35 +47,27 @@ def test_bad_and_unknown_messages_do_not_stop_a_real_alarm(tmp_path, mosquitto):
     store = ReceiverStore(tmp_path / "receiver.db")
     server = ReceiverServer("127.0.0.1", 0, store)
     server.start_background()
-    agent = Agent(load_config(write_gateway_config(tmp_path, mosquitto.url, server.url)))
-    thread = threading.Thread(target=agent.run, daemon=True)
-    thread.start()
-    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
+    config = write_gateway_config(tmp_path, mosquitto.url, server.url)
     try:
-        assert agent.ready.wait(60) and agent.subscriber.connected.wait(20)
-        client.connect(mosquitto.host, mosquitto.port)
-        client.loop_start()
-        now = time.time()
+        with running_agent(config, mosquitto) as (agent, client):
+            now = time.time()
 
-        def publish(topic, payload):
-            client.publish(topic, payload, qos=1).wait_for_publish(5)
+            def publish(topic, payload):
+                client.publish(topic, payload, qos=1).wait_for_publish(5)
 
-        publish("devices/MH-0005/telemetry", b"{broken")
-        publish("devices/MH-0005/telemetry", orjson.dumps({"device": "MH-0006", "ts": now, "readings": {}}))
-        publish("devices/XX-9999/telemetry", orjson.dumps({"ts": now, "readings": {"tilt_deg": 80}}))
-        publish("devices/MH-0005/telemetry", orjson.dumps({"ts": now, "readings": {"tilt_deg": "high"}}))
-        for step in range(12):
-            publish("devices/MH-0005/telemetry", orjson.dumps({"ts": now + step, "readings": {"tilt_deg": 33.0}}))
+            publish("devices/MH-0005/telemetry", b"{broken")
+            publish("devices/MH-0005/telemetry", orjson.dumps({"device": "MH-0006", "ts": now, "readings": {}}))
+            publish("devices/XX-9999/telemetry", orjson.dumps({"ts": now, "readings": {"tilt_deg": 80}}))
+            publish("devices/MH-0005/telemetry", orjson.dumps({"ts": now, "readings": {"tilt_deg": "high"}}))
+            for step in range(12):
+                publish("devices/MH-0005/telemetry", orjson.dumps({"ts": now + step, "readings": {"tilt_deg": 33.0}}))
 
-        assert wait_until(lambda: store.stats()["orders"] == 1, 20)
-        assert agent.stats.quarantined == {"malformed_json": 1, "device_mismatch": 1, "wrong_type": 1}
-        assert agent.stats.unknown_devices == {"XX-9999": 1}
-        (order,) = store.orders()
-        assert order["device"] == "MH-0005"
+            assert wait_until(lambda: store.stats()["orders"] == 1, 20)
+            assert agent.stats.quarantined == {"malformed_json": 1, "device_mismatch": 1, "wrong_type": 1}
+            assert agent.stats.unknown_devices == {"XX-9999": 1}
+            (order,) = store.orders()
+            assert order["device"] == "MH-0005"
     finally:
-        client.loop_stop()
-        agent.stop()
-        thread.join(30)
         server.shutdown()
         store.close()
     with sqlite3.connect(tmp_path / "data" / "gateway.db") as conn:

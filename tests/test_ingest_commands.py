@@ -3,15 +3,11 @@
 from __future__ import annotations
 
 import subprocess
-import threading
 import time
 
 import orjson
-import paho.mqtt.client as mqtt
 
-from conftest import edge_command, wait_until, write_gateway_config
-from edge.agent import Agent
-from edge.config import load_config
+from conftest import edge_command, running_agent, wait_until, write_gateway_config
 from uplink.receiver import ReceiverServer, ReceiverStore
 
 
@@ -20,28 +16,19 @@ def test_quarantine_and_unknown_devices_are_listed(tmp_path, mosquitto, clean_en
     server = ReceiverServer("127.0.0.1", 0, store)
     server.start_background()
     config_path = write_gateway_config(tmp_path, mosquitto.url, server.url)
-    agent = Agent(load_config(config_path))
-    thread = threading.Thread(target=agent.run, daemon=True)
-    thread.start()
-    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
     try:
-        assert agent.ready.wait(60) and agent.subscriber.connected.wait(20)
-        client.connect(mosquitto.host, mosquitto.port)
-        client.loop_start()
-        now = time.time()
-        for payload in (b"{broken", b"[1]", b"{also broken"):
-            client.publish("devices/MH-0001/telemetry", payload, qos=1).wait_for_publish(5)
-        for step in range(3):
-            client.publish("devices/XX-0404/telemetry", orjson.dumps({"ts": now + step, "readings": {}}),
-                           qos=1).wait_for_publish(5)
-        client.publish("frigate/events", orjson.dumps({"type": "new", "after": {
-            "camera": "CAM-9999", "label": "car", "score": 0.9, "frame_time": now, "start_time": now}}),
-            qos=1).wait_for_publish(5)
-        assert wait_until(lambda: agent.stats.messages == 7, 20)
+        with running_agent(config_path, mosquitto) as (agent, client):
+            now = time.time()
+            for payload in (b"{broken", b"[1]", b"{also broken"):
+                client.publish("devices/MH-0001/telemetry", payload, qos=1).wait_for_publish(5)
+            for step in range(3):
+                client.publish("devices/XX-0404/telemetry", orjson.dumps({"ts": now + step, "readings": {}}),
+                               qos=1).wait_for_publish(5)
+            client.publish("frigate/events", orjson.dumps({"type": "new", "after": {
+                "camera": "CAM-9999", "label": "car", "score": 0.9, "frame_time": now, "start_time": now}}),
+                qos=1).wait_for_publish(5)
+            assert wait_until(lambda: agent.stats.messages == 7, 20)
     finally:
-        client.loop_stop()
-        agent.stop()
-        thread.join(30)
         server.shutdown()
         store.close()
 

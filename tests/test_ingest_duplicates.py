@@ -2,15 +2,11 @@
 
 from __future__ import annotations
 
-import threading
 import time
 
 import orjson
-import paho.mqtt.client as mqtt
 
-from conftest import wait_until, write_gateway_config
-from edge.agent import Agent
-from edge.config import load_config
+from conftest import running_agent, wait_until, write_gateway_config
 from edge.ingest import chirpstack
 from edge.ingest.dedupe import Duplicates
 from firmware_sim.protocols import lorawan
@@ -52,15 +48,8 @@ def test_decoder_gives_the_same_key_for_the_same_frame_from_two_gateways():
 def test_an_uplink_from_three_gateways_is_evaluated_once(tmp_path, mosquitto):
     registry = tmp_path / "devices.csv"
     registry.write_text(REGISTRY)
-    agent = Agent(load_config(write_gateway_config(tmp_path, mosquitto.url, "http://127.0.0.1:9",
-                                                   registry=registry.as_posix())))
-    thread = threading.Thread(target=agent.run, daemon=True)
-    thread.start()
-    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
-    try:
-        assert agent.ready.wait(60) and agent.subscriber.connected.wait(20)
-        client.connect(mosquitto.host, mosquitto.port)
-        client.loop_start()
+    config = write_gateway_config(tmp_path, mosquitto.url, "http://127.0.0.1:9", registry=registry.as_posix())
+    with running_agent(config, mosquitto) as (agent, client):
         now = time.time()
         frame, decoded = lorawan.report("street", "MH-L01", "MCL-300", now, COVER, False, 5, 5)
         for gateway, rssi in (("gw-a", -80), ("gw-b", -97), ("gw-c", -110)):
@@ -71,7 +60,3 @@ def test_an_uplink_from_three_gateways_is_evaluated_once(tmp_path, mosquitto):
         assert agent.stats.duplicate_uplinks == 2
         assert agent.stats.readings == 2 * len(decoded.readings)  # two frames, each once
         assert not agent.stats.quarantined
-    finally:
-        client.loop_stop()
-        agent.stop()
-        thread.join(30)

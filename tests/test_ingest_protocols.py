@@ -3,17 +3,13 @@
 from __future__ import annotations
 
 import sqlite3
-import threading
 import time
 from collections import Counter
 
 import orjson
-import paho.mqtt.client as mqtt
 import pytest
 
-from conftest import ROOT, wait_until, write_gateway_config
-from edge.agent import Agent
-from edge.config import load_config
+from conftest import ROOT, running_agent, wait_until, write_gateway_config
 from edge.ingest import chirpstack, frigate
 from edge.ingest.decode import DecodeError
 from edge.ingest.decoders import DEFAULT_TOPICS, decode, decoder_for
@@ -102,51 +98,42 @@ def test_lorawan_and_camera_events_open_orders_through_a_real_broker(tmp_path, m
     store = ReceiverStore(tmp_path / "receiver.db")
     server = ReceiverServer("127.0.0.1", 0, store)
     server.start_background()
-    agent = Agent(load_config(write_gateway_config(tmp_path, mosquitto.url, server.url,
-                                                   registry=registry.as_posix())))
-    thread = threading.Thread(target=agent.run, daemon=True)
-    thread.start()
-    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
+    config = write_gateway_config(tmp_path, mosquitto.url, server.url, registry=registry.as_posix())
     try:
-        assert agent.ready.wait(60) and agent.subscriber.connected.wait(20)
-        client.connect(mosquitto.host, mosquitto.port)
-        client.loop_start()
+        with running_agent(config, mosquitto) as (agent, client):
 
-        def publish(topic, payload):
-            client.publish(topic, payload, qos=1).wait_for_publish(5)
+            def publish(topic, payload):
+                client.publish(topic, payload, qos=1).wait_for_publish(5)
 
-        now = time.time()
-        # Bad messages first: each is quarantined, and nothing else is affected.
-        for n, variant in enumerate(lorawan.MALFORMED):
-            bad = lorawan.malformed("street", "MH-L01", "MCL-300", now - 400, COVER, n, n, variant)
-            publish(bad.topic, bad.payload)
-        good, _ = lorawan.report("street", "BIN-L01", "SBL-220", now - 400, BIN, False, 1, 1)
-        publish(lorawan.uplink_topic("street", "MH-L01"), good.payload)  # devEui of another device
-        publish(frigate.TOPIC_FILTER, b'{"type": "update", "before": null}')
-        publish(frigate.TOPIC_FILTER, camera_event("update", now - 400, now - 300)[:40])
-        publish(lorawan.uplink_topic("street", "XX-L99"),
-                lorawan.report("street", "XX-L99", "SBL-220", now - 400, BIN, False, 1, 1)[0].payload)
+            now = time.time()
+            # Bad messages first: each is quarantined, and nothing else is affected.
+            for n, variant in enumerate(lorawan.MALFORMED):
+                bad = lorawan.malformed("street", "MH-L01", "MCL-300", now - 400, COVER, n, n, variant)
+                publish(bad.topic, bad.payload)
+            good, _ = lorawan.report("street", "BIN-L01", "SBL-220", now - 400, BIN, False, 1, 1)
+            publish(lorawan.uplink_topic("street", "MH-L01"), good.payload)  # devEui of another device
+            publish(frigate.TOPIC_FILTER, b'{"type": "update", "before": null}')
+            publish(frigate.TOPIC_FILTER, camera_event("update", now - 400, now - 300)[:40])
+            publish(lorawan.uplink_topic("street", "XX-L99"),
+                    lorawan.report("street", "XX-L99", "SBL-220", now - 400, BIN, False, 1, 1)[0].payload)
 
-        for step in range(12):  # the cover tilted and open for 11 s of device time
-            frame, _ = lorawan.report("street", "MH-L01", "MCL-300", now - 300 + step, COVER, True, 10 + step, 10 + step)
+            for step in range(12):  # the cover tilted and open for 11 s of device time
+                frame, _ = lorawan.report("street", "MH-L01", "MCL-300", now - 300 + step, COVER, True, 10 + step, 10 + step)
+                publish(frame.topic, frame.payload)
+            frame, _ = lorawan.report("street", "BIN-L01", "SBL-220", now - 300, BIN, True, 2, 2)  # 92 % full
             publish(frame.topic, frame.payload)
-        frame, _ = lorawan.report("street", "BIN-L01", "SBL-220", now - 300, BIN, True, 2, 2)  # 92 % full
-        publish(frame.topic, frame.payload)
-        start = now - 400
-        publish(frigate.TOPIC_FILTER, camera_event("new", start, start))
-        for minute in range(1, 7):  # a car in the no-parking zone for 6 minutes of camera time
-            publish(frigate.TOPIC_FILTER, camera_event("update", start, start + 60 * minute))
+            start = now - 400
+            publish(frigate.TOPIC_FILTER, camera_event("new", start, start))
+            for minute in range(1, 7):  # a car in the no-parking zone for 6 minutes of camera time
+                publish(frigate.TOPIC_FILTER, camera_event("update", start, start + 60 * minute))
 
-        assert wait_until(lambda: store.stats()["orders"] == 3, 20)
-        assert {(o["device"], o["rule"]) for o in store.orders()} == {
-            ("MH-L01", "cover_tilted"), ("BIN-L01", "bin_full"), ("CAM-0001", "illegal_parking")}
-        assert agent.stats.quarantined == {"truncated": 1, "unknown_fport": 1, "bad_base64": 1,
-                                           "device_mismatch": 1, "wrong_type": 1, "malformed_json": 1}
-        assert agent.stats.unknown_devices == {"XX-L99": 1}
+            assert wait_until(lambda: store.stats()["orders"] == 3, 20)
+            assert {(o["device"], o["rule"]) for o in store.orders()} == {
+                ("MH-L01", "cover_tilted"), ("BIN-L01", "bin_full"), ("CAM-0001", "illegal_parking")}
+            assert agent.stats.quarantined == {"truncated": 1, "unknown_fport": 1, "bad_base64": 1,
+                                               "device_mismatch": 1, "wrong_type": 1, "malformed_json": 1}
+            assert agent.stats.unknown_devices == {"XX-L99": 1}
     finally:
-        client.loop_stop()
-        agent.stop()
-        thread.join(30)
         server.shutdown()
         store.close()
     with sqlite3.connect(tmp_path / "data" / "gateway.db") as conn:

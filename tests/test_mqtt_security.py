@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import getpass
 import random
-import ssl
 import subprocess
 import threading
 import time

@@ -81,7 +81,7 @@ def test_metrics_status_page_and_edge_status_of_a_running_gateway(tmp_path, mosq
         assert wait_until(lambda: "subscribed to" in log.read_text(), 60), log.read_text()
         assert requests.get(f"{base}/healthz", timeout=5).status_code == 200
         t0 = time.time() - 30
-        tilted = [(f"devices/MH-0003/telemetry", orjson.dumps({"device": "MH-0003", "ts": t0 + s,
+        tilted = [("devices/MH-0003/telemetry", orjson.dumps({"device": "MH-0003", "ts": t0 + s,
                                                                 "readings": {"tilt_deg": 31.0, "open": 1}}))
                   for s in (0, 6, 12)]
         publish(mosquitto.url, tilted + [("devices/MH-0001/telemetry", b"{not json"),

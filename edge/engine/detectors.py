@@ -268,7 +268,7 @@ def _step(state, row, x, warmup, rare_cap, outside_margin, outside_distance, out
     return _say_once(state, row, score)
 
 
-@inlined
+@njit(cache=True, _nrt=False)  # called, not inlined: the engine's kernels compile in seconds, not a minute
 def detector_step(state, row, t, x):
     """Score x (at device time t, seconds) on the past only, in [0, 1]; then learn it.
     The series' state is state[row:row + STATE_SIZE]. A NaN or infinite x scores 0 and
