@@ -35,7 +35,13 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_NAB_DIR = ROOT.parent / "shared" / "data" / "nab"
+# The benchmark data is used in place: shared/data/nab beside the checkout or beside any folder
+# above it (a clone in a subfolder of the workplace finds it too); NAB_DIR overrides.
+DEFAULT_NAB_DIR = next(
+    (folder / "shared" / "data" / "nab" for folder in ROOT.parents
+     if (folder / "shared" / "data" / "nab" / "combined_windows.json").exists()),
+    ROOT.parent / "shared" / "data" / "nab",
+)
 
 PROBATION_PERCENT = 0.15
 OUTSIDE = -1  # window id of a counted row outside every window
