@@ -15,7 +15,7 @@ import numpy as np
 from edge.engine import expr
 from edge.engine.functions import FUNCTIONS
 from edge.engine.rules import Rule
-from edge.engine.typecheck import strings_of
+from edge.engine.typecheck import calls_of, strings_of
 from edge.kinds import KIND_METRICS
 from edge.registry import Device, Registry
 
@@ -157,7 +157,7 @@ class _Compiler:
             self._emit(node.operand, out)
             out.append((OP_NEG if node.op == "-" else OP_NOT, 0.0, 0.0))
         elif isinstance(node, expr.Binary) and node.op in ("and", "or"):
-            if has_call(node.left) and not has_call(node.right):
+            if calls_of(node.left) and not calls_of(node.right):
                 # The same value either way round (no side effects, the result is 0 or 1), and the
                 # cheap side first often decides it without computing the function.
                 node = expr.Binary(node.op, node.right, node.left)
@@ -188,17 +188,6 @@ class _Compiler:
             self.instances.append(instance)
         else:
             raise ValueError(f"cannot compile {node!r}")
-
-
-def has_call(node: expr.Node) -> bool:
-    """Whether the expression calls a function (whose value may cost a walk over its window)."""
-    if isinstance(node, expr.Call):
-        return True
-    if isinstance(node, expr.Unary):
-        return has_call(node.operand)
-    if isinstance(node, expr.Binary):
-        return has_call(node.left) or has_call(node.right)
-    return False
 
 
 def shape_of(program: list[tuple[int, float, float]]) -> int:

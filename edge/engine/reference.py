@@ -14,7 +14,7 @@ from edge.engine.detectors_reference import reference_run
 from edge.engine.functions import BUCKETS, STUCK_MIN_READINGS, ZSCORE_WARMUP
 from edge.engine.program import applies
 from edge.engine.rules import Rule
-from edge.engine.typecheck import strings_of
+from edge.engine.typecheck import calls_of, strings_of
 from edge.registry import Registry
 
 OTHER = "(other)"
@@ -244,22 +244,12 @@ class ReferenceEngine:
                     continue
                 key = (rule.name, device.id)
                 pending = key + (key in self.active,) in self.since
-                timed = bool(_has_call(rule.when) or _has_call(rule.clear_when))
+                timed = bool(calls_of(rule.when) or calls_of(rule.clear_when))
                 if timed or pending:
                     step = self._step(rule, device, t)
                     if step:
                         out.append(step)
         return out
-
-
-def _has_call(node: expr.Node) -> bool:
-    if isinstance(node, expr.Call):
-        return True
-    if isinstance(node, expr.Unary):
-        return _has_call(node.operand)
-    if isinstance(node, expr.Binary):
-        return _has_call(node.left) or _has_call(node.right)
-    return False
 
 
 def evaluate(node: expr.Node, metrics: dict[str, float], params: dict[str, float]) -> float:
