@@ -46,53 +46,12 @@ import math
 import numpy as np
 from numba import njit
 
-# The one configuration (chosen on the NAB corpus as a whole, checked by leaving each NAB group
-# out; see docs/anomaly.md and bench/results/anomaly.json).
-WARMUP = 100.0  # readings learned before any score
-RARE_CAP = 0.75  # the highest score a value within the range can get; breakouts score above it
-OUTSIDE_MARGIN = 0.01  # per range: a new record by less than this is learned, not reported
-OUTSIDE_DISTANCE = 2.0  # per range: 1 - exp(-OUTSIDE_DISTANCE * distance outside)
-OUTSIDE_CALM = 200.0  # readings: 1 - exp(-readings since the range last grew / OUTSIDE_CALM)
-RARITY_SCALE = 2.0  # RARE_CAP * (1 - exp(-surprise / RARITY_SCALE))
-DECAY = 0.9995  # per reading: the histogram's memory is ~2,000 readings
-PRIOR = 0.1  # weight every bin starts with when a share is taken (no share is ever 0)
-SMOOTH = 0.05  # the smoothed view: x_s += SMOOTH * (x - x_s), ~20 readings
-SMOOTH_WARMUP = 60.0  # readings before the smoothed view's range is learned (3 / SMOOTH)
-RUN_MIN = 10.0  # a run of identical readings scores only from this length on
-# Structure (not tuned): the histogram and the "said once" memory.
-BINS = 16  # histogram bins over [lowest, highest]
-REST_BLOCK = 25  # readings per block of the "said once" memory
-REST_BLOCKS = 8  # blocks remembered: a score must beat the last 200-225 readings' scores
-
-# State layout (float64 slots).
-S_COUNT = 0  # readings learned
-S_LOW = 1  # lowest value learned (+inf before the first)
-S_HIGH = 2  # highest value learned (-inf before the first)
-S_WEIGHT = 3  # total (decayed) weight in the histogram
-S_LAST_GROWTH = 4  # S_COUNT when the range last grew
-S_SMOOTH = 5  # the smoothed value (exponential moving average)
-S_SMOOTH_LOW = 6  # lowest smoothed value learned (+inf before the first)
-S_SMOOTH_HIGH = 7  # highest smoothed value learned (-inf before the first)
-S_SMOOTH_GROWTH = 8  # S_COUNT when the smoothed range last grew
-S_PREVIOUS = 9  # the last value learned
-S_RUN = 10  # readings equal to the one before them, in a row, up to the last one learned
-S_RUN_LONGEST = 11  # the longest such run that has ended
-S_RUN_GROWTH = 12  # S_COUNT when that run ended
-S_BLOCK_MAX = 13  # highest score in the current rest block
-S_BLOCK_FILL = 14  # readings in the current rest block
-S_BLOCK_NEXT = 15  # which of the REST_BLOCKS slots the current block goes to when full
-S_BLOCKS = 16  # REST_BLOCKS slots: highest score of each of the last full blocks
-S_HIST = S_BLOCKS + REST_BLOCKS  # BINS slots: histogram weights
-STATE_SIZE = S_HIST + BINS
-
-assert STATE_SIZE * 8 <= 4096
-
-# The tunable constants in the order _step takes them (bench/anomaly_search.py uses this).
-CONFIG_NAMES = ("WARMUP", "RARE_CAP", "OUTSIDE_MARGIN", "OUTSIDE_DISTANCE", "OUTSIDE_CALM", "RARITY_SCALE", "DECAY",
-                "PRIOR", "SMOOTH", "SMOOTH_WARMUP", "RUN_MIN")
-CONFIG = (WARMUP, RARE_CAP, OUTSIDE_MARGIN, OUTSIDE_DISTANCE, OUTSIDE_CALM, RARITY_SCALE, DECAY, PRIOR, SMOOTH,
-          SMOOTH_WARMUP, RUN_MIN)
-
+from edge.engine.detector_state import (  # noqa: F401 (the settings and layout, re-exported)
+    WARMUP, RARE_CAP, OUTSIDE_MARGIN, OUTSIDE_DISTANCE, OUTSIDE_CALM, RARITY_SCALE, DECAY, PRIOR, SMOOTH,
+    SMOOTH_WARMUP, RUN_MIN, BINS, REST_BLOCK, REST_BLOCKS, S_COUNT, S_LOW, S_HIGH, S_WEIGHT, S_LAST_GROWTH,
+    S_SMOOTH, S_SMOOTH_LOW, S_SMOOTH_HIGH, S_SMOOTH_GROWTH, S_PREVIOUS, S_RUN, S_RUN_LONGEST, S_RUN_GROWTH,
+    S_BLOCK_MAX, S_BLOCK_FILL, S_BLOCK_NEXT, S_BLOCKS, S_HIST, STATE_SIZE, CONFIG_NAMES, CONFIG,
+)
 
 # The helpers are inlined into the engine's kernels, which are compiled without NRT.
 inlined = njit(cache=True, _nrt=False, inline="always")

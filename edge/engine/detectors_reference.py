@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 
-from edge.engine.detectors import (
+from edge.engine.detector_state import (
     BINS,
     DECAY,
     OUTSIDE_CALM,

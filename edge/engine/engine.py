@@ -1,7 +1,8 @@
 """The rule engine: readings in, rule transitions (open / clear) out.
 
 Readings are turned into numpy arrays once per batch; the kernels in ``kernels.py`` keep
-every device's state in arrays owned by this class. ``process`` handles a batch of
+every device's state in arrays owned by this class. They run built ahead of time when a
+module for their current source is built (aot.py, ``edge engine build``), else under numba. ``process`` handles a batch of
 messages; ``tick`` advances time for rules that can change without a new message.
 """
 
@@ -13,13 +14,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from edge.engine import kernels
-from edge.engine.program import Program, compile_rules
+from edge.engine import aot
+from edge.engine.program import ACTIVE, CLEAR, OPEN, SETTLED, UPDATE, Program, compile_rules
 from edge.engine.rules import Rule
 from edge.registry import Device, Registry
 
 
-KIND_NAMES = {kernels.OPEN: "open", kernels.CLEAR: "clear", kernels.UPDATE: "update"}
+KIND_NAMES = {OPEN: "open", CLEAR: "clear", UPDATE: "update"}
 
 
 @dataclass(frozen=True)
@@ -44,7 +45,11 @@ class ReadingBatch:
     """
 
     def __init__(self, dev: np.ndarray, met: np.ndarray, ts: np.ndarray, val: np.ndarray):
-        self.dev, self.met, self.ts, self.val = dev, met, ts, val
+        # the kernels take exactly these types, contiguous (no copy when they already are)
+        self.dev = np.ascontiguousarray(dev, dtype=np.int32)
+        self.met = np.ascontiguousarray(met, dtype=np.int32)
+        self.ts = np.ascontiguousarray(ts, dtype=np.float64)
+        self.val = np.ascontiguousarray(val, dtype=np.float64)
 
     def __len__(self) -> int:
         return int(self.dev.shape[0])
@@ -89,22 +94,23 @@ class BatchBuilder:
 
 
 class Engine:
-    def __init__(self, rules: list[Rule], registry: Registry, origin: float | None = None):
+    def __init__(self, rules: list[Rule], registry: Registry, origin: float | None = None,
+                 kernels: aot.Kernels | None = None):
+        self.kernels = aot.implementation() if kernels is None else kernels
         self.rules = rules
         self.registry = registry
         self.program = p = compile_rules(rules, registry)
-        self.origin = time.time() if origin is None else origin  # absent() counts from here for unseen devices
+        self.origin = float(time.time() if origin is None else origin)  # absent() counts from here for unseen devices
         n_dev, n_met, n_rules = len(registry), len(p.metric_names), len(rules)
         self.latest = np.full((n_dev, n_met), np.nan)
         self.latest_ts = np.full((n_dev, n_met), -np.inf)
         # device-major: one device's state lies together (see kernels.step_rule)
         self.since = np.full((n_dev, n_rules), np.nan)  # since when the condition in force has held
         self.flags = np.zeros((n_dev, n_rules, 2), dtype=np.bool_)
-        self.active = self.flags[:, :, kernels.ACTIVE]  # views
-        self.settled = self.flags[:, :, kernels.SETTLED]
+        self.active = self.flags[:, :, ACTIVE]  # views
+        self.settled = self.flags[:, :, SETTLED]
         self.reported = np.full((n_dev, n_rules), np.nan)  # value of the worsening metric last reported
         self.state = np.full(p.state_size, np.nan)
-        kernels.init_state(self.state, p.inst_func, p.inst_off)
         capacity = max(1024, 4 * n_rules)
         self._out_rule = np.zeros(capacity, dtype=np.int32)
         self._out_dev = np.zeros(capacity, dtype=np.int32)
@@ -115,6 +121,43 @@ class Engine:
         self.late_readings = 0
         self.evaluations = 0
         self._rule_index = {rule.name: r for r, rule in enumerate(rules)}
+        self.kernels.init_state(*self.init_args())
+
+    def init_args(self) -> tuple:
+        p = self.program
+        return self.state, p.inst_func, p.inst_off
+
+    def batch_args(self, batch: ReadingBatch, start: int) -> tuple:
+        """The arguments of kernels.run_batch for ``batch`` from reading ``start``."""
+        p = self.program
+        return (
+            batch.dev, batch.met, batch.ts, batch.val, int(start),
+            self.latest, self.latest_ts, p.params,
+            p.code, p.args, p.aux, p.length, p.shapes, p.hold, p.rule_metrics, p.rule_mask, p.metric_learns,
+            p.dev_layout, p.layout_ptr, p.layout_rules, p.layout_inst, p.state_base, p.state_width,
+            self.since, self.flags,
+            self.state, p.inst_func, p.inst_metric, p.inst_param, p.metric_inst_ptr, p.metric_inst,
+            self.origin,
+            p.worse_metric, p.worse_dir, p.worse_step, self.reported,
+            self._out_rule, self._out_dev, self._out_kind, self._out_ts, self._out_vals,
+            self._stack,
+        )
+
+    def tick_args(self, now: float, start: int) -> tuple:
+        """The arguments of kernels.tick at gateway time ``now`` from device ``start``."""
+        p = self.program
+        return (
+            float(now), int(start),
+            self.latest, self.latest_ts, p.params,
+            p.code, p.args, p.aux, p.length, p.shapes, p.hold, p.rule_metrics, p.timed,
+            p.dev_layout, p.layout_ptr, p.layout_rules, p.layout_inst, p.state_base,
+            self.since, self.flags,
+            self.state, p.inst_func, p.inst_metric, p.inst_param,
+            self.origin,
+            p.worse_metric, p.worse_dir, p.worse_step, self.reported,
+            self._out_rule, self._out_dev, self._out_kind, self._out_ts, self._out_vals,
+            self._stack,
+        )
 
     def _state_index(self, k: int) -> np.ndarray:
         """Indexes into the state array of instance ``k``: one row per device (-1 rows where it does not apply)."""
@@ -146,22 +189,11 @@ class Engine:
 
     def process(self, batch: ReadingBatch, force: bool = False) -> list[Transition]:
         transitions: list[Transition] = []
-        p = self.program
+        run_batch = self.kernels.run_batch
         start = 0
         while start < len(batch) or force:
             force = False
-            n_out, start, late, considered = kernels.run_batch(
-                batch.dev, batch.met, batch.ts, batch.val, start,
-                self.latest, self.latest_ts, p.params,
-                p.code, p.args, p.aux, p.length, p.shapes, p.hold, p.rule_metrics, p.rule_mask, p.metric_learns,
-                p.dev_layout, p.layout_ptr, p.layout_rules, p.layout_inst, p.state_base, p.state_width,
-                self.since, self.flags,
-                self.state, p.inst_func, p.inst_metric, p.inst_param, p.metric_inst_ptr, p.metric_inst,
-                self.origin,
-                p.worse_metric, p.worse_dir, p.worse_step, self.reported,
-                self._out_rule, self._out_dev, self._out_kind, self._out_ts, self._out_vals,
-                self._stack,
-            )
+            n_out, start, late, considered = run_batch(*self.batch_args(batch, start))
             self.late_readings += late
             self.evaluations += considered  # rules x messages
             transitions.extend(self._collect(n_out))
@@ -170,23 +202,12 @@ class Engine:
     def tick(self, now: float, start: int = 0) -> list[Transition]:
         """Evaluate the rules that can change with time alone, at gateway time ``now``."""
         transitions: list[Transition] = []
-        p = self.program
+        tick = self.kernels.tick
         n_dev = len(self.registry)
         first = True
         while start < n_dev or first:
             first = False
-            n_out, start = kernels.tick(
-                now, start,
-                self.latest, self.latest_ts, p.params,
-                p.code, p.args, p.aux, p.length, p.shapes, p.hold, p.rule_metrics, p.timed,
-                p.dev_layout, p.layout_ptr, p.layout_rules, p.layout_inst, p.state_base,
-                self.since, self.flags,
-                self.state, p.inst_func, p.inst_metric, p.inst_param,
-                self.origin,
-                p.worse_metric, p.worse_dir, p.worse_step, self.reported,
-                self._out_rule, self._out_dev, self._out_kind, self._out_ts, self._out_vals,
-                self._stack,
-            )
+            n_out, start = tick(*self.tick_args(now, start))
             transitions.extend(self._collect(n_out))
         return transitions
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from edge.engine.detectors import STATE_SIZE as ANOMALY_STATE
+from edge.engine.detector_state import STATE_SIZE as ANOMALY_STATE
 
 BUCKETS = 8
 

@@ -14,7 +14,6 @@ report, so a sparse reporter's ``for`` ends on time.
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import numpy as np
 from llvmlite import ir
@@ -22,22 +21,20 @@ from numba import njit, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from edge.engine import detectors, functions, program
 from edge.engine.detectors import STATE_SIZE as ANOMALY_STATE
 from edge.engine.detectors import detector_init, detector_step
+from edge.engine.aot import SOURCES
 from edge.engine.numba_cache import flush_if_changed
 from edge.engine.functions import (
     BUCKETS, F_ABSENT, F_ANOMALY, F_AVG, F_CHANGED, F_COUNT, F_DELTA, F_MAX, F_MIN, F_RATE,
     F_STUCK, F_ZSCORE, STUCK_MIN_READINGS, ZSCORE_WARMUP,
 )
 from edge.engine.program import (
-    OP_ADD, OP_AND, OP_BOOL, OP_CALL, OP_CONST, OP_DIV, OP_EQ, OP_GE, OP_GT, OP_JF, OP_JT, OP_LE, OP_LT,
+    ACTIVE, CLEAR, OPEN, SETTLED, UPDATE, OP_ADD, OP_AND, OP_BOOL, OP_CALL, OP_CONST, OP_DIV, OP_EQ, OP_GE, OP_GT, OP_JF, OP_JT, OP_LE, OP_LT,
     OP_METRIC, OP_MLE, OP_MLT, OP_MGE, OP_MGT, OP_MEQ, OP_MUL, OP_NE, OP_NEG, OP_NOT, OP_PARAM, OP_SUB,
     SHAPE_CALL, SHAPE_FUSED, SHAPE_GENERAL,
 )
 
-OPEN, CLEAR, UPDATE = 1, 2, 3  # UPDATE: an open order's problem got worse
-ACTIVE, SETTLED = 0, 1  # flags[d, r, ACTIVE]: the rule is open for the device; SETTLED: see step_rule
 
 # No NRT: these kernels never allocate, and with it every call that passes arrays pays
 # atomic reference counting on each of them, which measured 30x slower on small rules.
@@ -658,4 +655,4 @@ def tick(
 
 
 # The kernels compile in code from these files too: a change in any of them flushes their cache.
-flush_if_changed(globals(), [Path(__file__)] + [Path(m.__file__) for m in (detectors, functions, program)])
+flush_if_changed(globals(), SOURCES)

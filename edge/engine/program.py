@@ -31,6 +31,10 @@ OP_JF, OP_JT, OP_BOOL = 19, 20, 21  # short-circuit and/or: jump to the argument
 # Fused "metric <cmp> constant", the commonest shape: argument = metric, aux = constant.
 OP_MLT, OP_MLE, OP_MGT, OP_MGE, OP_MEQ, OP_MNE = 22, 23, 24, 25, 26, 27
 # Shapes of a whole program the kernels run without the interpreter's loop (same results):
+# What the kernels report and keep per device and rule.
+OPEN, CLEAR, UPDATE = 1, 2, 3  # transitions; UPDATE: an open order's problem got worse
+ACTIVE, SETTLED = 0, 1  # flags[d, r, ACTIVE]: the rule is open for the device; SETTLED: see kernels.step_rule
+
 SHAPE_GENERAL = 0
 SHAPE_FUSED = 1  # metric <cmp> constant: one fused opcode
 SHAPE_CALL = 2  # f(...): one OP_CALL, true when its value is

@@ -81,6 +81,9 @@ def render(snap: dict) -> str:
         w.metric("edge_modbus_port_errors_total", "counter", "Times the serial port could not be opened or failed.",
                  modbus["port_errors"])
     w.metric("edge_rules_loaded", "gauge", "Rules running.", engine["rules"])
+    w.metric("edge_engine_kernels_ahead_of_time", "gauge",
+             "1 when the engine runs kernels built ahead of time (edge engine build), 0 when numba compiled them.",
+             1 if engine.get("kernels") == "ahead-of-time" else 0)
     w.metric("edge_rule_evaluations_total", "counter", "Rule evaluations on incoming messages (rules x messages).",
              engine["rule_evaluations"])
     w.metric("edge_rule_reloads_total", "counter", "Rule files reloaded successfully.", engine["rule_reloads"])

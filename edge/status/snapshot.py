@@ -108,7 +108,7 @@ def from_agent(agent: "Agent", now: float) -> dict:
             "rules": len(agent.rules), "rule_evaluations": engine.evaluations, "batches": s.batches,
             "batch_seconds_total": s.engine_seconds, "last_batch_seconds": s.last_batch_seconds,
             "rule_reloads": s.rule_reloads, "rule_errors": s.rule_errors, "last_rule_error": s.last_rule_error,
-            "alerts_raised": s.alerts_raised,
+            "alerts_raised": s.alerts_raised, "kernels": engine.kernels.kind,
         },
         "uplink": {
             "url": config.uplink.url, "mode": config.uplink.mode, "uplinked": sender.uplinked,

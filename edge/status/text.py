@@ -38,7 +38,7 @@ def render(snap: dict, source: str) -> str:
         errors = f"; {engine['rule_errors']} rule file(s) refused, latest: {engine['last_rule_error'].splitlines()[0]}" \
             if engine["rule_errors"] else "; no rule errors"
         lines.append(f"engine     {engine['rules']} rules, {engine['rule_evaluations']:,} evaluations, "
-                     f"last batch {batch}{errors}")
+                     f"last batch {batch}, kernels {engine.get('kernels', '?')}{errors}")
         latency = f"{uplink['latency_last_s'] * 1000:.0f} ms" if uplink["latency_last_s"] is not None else "-"
         last_error = f"; last error: {uplink['last_error']}" if uplink["last_error"] else ""
         lines.append(f"uplink     {uplink['state']}: last answer {_ago(uplink['last_ok_at'], now)}, latency {latency}; "
