@@ -18,9 +18,10 @@
    the outbox (it reads gateway.db every 2 ms) minus the time the publisher handed the reading
    to paho. p50, p99, max.
 3. Memory of that ``edge run`` process (VmRSS from /proc): after start with 10,000 devices,
-   peak during the latency run; and what dominates: a bare interpreter with numpy, numba,
-   paho and sqlite3 imported, then after the engine for 10,000 devices is compiled, and the
-   engine's state arrays.
+   peak during the latency run, and which kernels it ran (built ahead of time by ``edge engine
+   build``, or numba's); and what dominates, in a separate process each way: a bare
+   interpreter, then with the gateway's imports, then with the engine for 10,000 devices
+   ready, and the engine's state arrays.
 4. Decode-only rate of each decoder in this process.
 
     .venv/bin/python bench/bench_ingest.py [--messages N] [--rounds R] [--rate R] [--seconds S] [--only PART]
@@ -297,8 +298,9 @@ def big_registry(path: Path, n: int) -> None:
     path.write_text("\n".join(lines) + "\n")
 
 
-def memory_floor(registry: Path) -> dict:
-    """RSS of a bare interpreter with the gateway's heavy imports, then with the engine compiled for the registry."""
+def memory_floor(registry: Path, kernels: str) -> dict:
+    """RSS of a bare interpreter, then with the gateway's imports, then with the engine for the
+    registry warmed up, with ``kernels`` ("aot": built ahead of time, if built; "jit": numba)."""
     code = f"""
 import sys, json
 sys.path.insert(0, {str(ROOT)!r})
@@ -307,8 +309,8 @@ def rss():
         if line.startswith('VmRSS:'):
             return int(line.split()[1]) / 1024
 out = {{'python': rss()}}
-import numpy, numba, paho.mqtt.client, sqlite3, orjson
-out['numpy_numba_paho_sqlite3_imported'] = rss()
+import edge.agent, paho.mqtt.client, sqlite3, orjson
+out['gateway_imports'] = rss()
 from pathlib import Path
 from edge.registry import Registry
 from edge.engine import Engine, load_rules
@@ -318,11 +320,18 @@ registry = Registry.load(Path({str(registry)!r}))
 rules = load_rules([Path({str(ROOT / 'rules')!r})], Categories.load(default_categories()).keys())
 engine = Engine(rules, registry)
 engine.warm_up()
-out['engine_compiled_10k_devices'] = rss()
+out['engine_ready_10k_devices'] = rss()
 out['engine_state_arrays'] = engine.state_bytes() / 2**20
-print(json.dumps({{k: round(v, 1) for k, v in out.items()}}))
+out = {{k: round(v, 1) for k, v in out.items()}}
+out['kernels'] = engine.kernels.kind
+out['numba_imported'] = 'numba' in sys.modules
+print(json.dumps(out))
 """
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    env = dict(os.environ)
+    env.pop("EDGE_KERNELS", None)
+    if kernels == "jit":
+        env["EDGE_KERNELS"] = "jit"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env)
     if result.returncode:
         raise RuntimeError(result.stderr[-2000:])
     return json.loads(result.stdout.strip().splitlines()[-1])
@@ -340,6 +349,7 @@ def latency_and_memory(rate: float, seconds: float, devices: int, workdir: Path,
     ready = threading.Event()
     spy = None
     log_tail: list[str] = []
+    kernels_line: list[str] = []
 
     def read_log():
         for line in process.stderr:
@@ -347,6 +357,8 @@ def latency_and_memory(rate: float, seconds: float, devices: int, workdir: Path,
             del log_tail[:-50]
             if "connected to MQTT broker" in line:
                 ready.set()
+            if "engine kernels:" in line:
+                kernels_line.append(line.split("engine kernels:", 1)[1].strip())
 
     threading.Thread(target=read_log, daemon=True).start()
     db_path = workdir / "data-bench-latency" / "gateway.db"
@@ -445,10 +457,12 @@ def latency_and_memory(rate: float, seconds: float, devices: int, workdir: Path,
         },
         "memory": {
             "devices": devices,
+            "edge_run_kernels": kernels_line[0] if kernels_line else "unknown",
             "edge_run_rss_idle_mb": round(idle_rss, 1),
             "edge_run_rss_during_latency_run_max_sampled_mb": round(max(samples + [end_rss]), 1),
             "edge_run_peak_rss_vmhwm_mb": round(peak_rss, 1),
-            "floor": memory_floor(registry),
+            "floor": {"kernels_built_ahead_of_time": memory_floor(registry, "aot"),
+                      "kernels_numba_jit": memory_floor(registry, "jit")},
         },
     }
 

@@ -7,6 +7,7 @@ the batch in hand, lets the uplink flush what it can, and closes the database.
 
 from __future__ import annotations
 
+import gc
 import logging
 import threading
 import time
@@ -141,6 +142,9 @@ class Agent:
             if state == "opened":
                 self.engine.mark_active(rule, device)
         self.engine.warm_up()
+        # What start-up built (registry, rules, engine, modules) lives as long as the process:
+        # out of the collector's sight, a full collection does not walk it while orders wait.
+        gc.freeze()
         uplink = threading.Thread(target=self.sender.run, name="uplink", daemon=True)
         uplink.start()
         self.subscriber.start()
