@@ -23,7 +23,7 @@ from edge.ingest.dedupe import Duplicates
 from edge.ingest.inbox import Inbox
 from edge.ingest.modbus_poll import ModbusPoller, ModbusSetupError, polled_devices
 from edge.ingest.mqtt import MqttSubscriber, RawMessage, TlsSettings
-from edge.ingest.quarantine import record_unknown
+from edge.ingest.quarantine import record_unknown, trim as trim_quarantine
 from edge.orders import OrderBook
 from edge.orders.categories import Categories
 from edge.paths import default_categories
@@ -53,6 +53,7 @@ class Stats:
     other_changes: Counter = field(default_factory=Counter)  # grouped, escalated
     batches: int = 0
     evicted: Counter = field(default_factory=Counter)
+    quarantine_trimmed: int = 0  # quarantined messages deleted beyond [outbox] quarantine_max
     telemetry_summaries: int = 0
     rule_reloads: int = 0
     rule_errors: int = 0
@@ -118,6 +119,7 @@ class Agent:
         self.started_at = time.time()
         self.notifier = Notifier()
         self.status_server: StatusServer | None = None
+        self._quarantine_added = True  # trim at the first tick: the file may hold more than quarantine_max
 
     @property
     def uplinked(self) -> int:
@@ -217,6 +219,10 @@ class Agent:
                     outbox.put_telemetry(device, interval, body)
             self.stats.telemetry_summaries += len(due)
             self._uplink_wake.set()
+        if self._quarantine_added:
+            self._quarantine_added = False
+            with transaction(db) as conn:
+                self.stats.quarantine_trimmed += trim_quarantine(conn, self.config.outbox.quarantine_max)
         for eviction in outbox.enforce_budget(self.config.outbox.max_bytes, self.config.outbox.evict_orders):
             self.stats.evicted[eviction.step] += eviction.rows
 
@@ -297,6 +303,7 @@ class Agent:
                 )
                 record_unknown(conn, [(device, *seen) for device, seen in unknown.items()])
             if quarantine:
+                self._quarantine_added = True
                 log.warning("quarantined %d malformed message(s)", len(quarantine))
         self._record(changes)
         self.subscriber.ack(batch)  # only now: everything this batch changed is on disk

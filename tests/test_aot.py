@@ -106,6 +106,19 @@ def test_a_module_built_from_other_sources_is_never_loaded(tmp_path, built, monk
     assert chosen.kind == "jit" and "edge engine build" in chosen.where
 
 
+def test_a_damaged_module_is_refused_and_numba_runs_the_gateway(tmp_path, built, monkeypatch, caplog):
+    module = aot.find(built)
+    (tmp_path / module.name).write_bytes(b"\0" * 4096)  # zeroed, as a file system may leave it after a power cut
+    monkeypatch.setenv("EDGE_KERNELS_DIR", str(tmp_path))
+    monkeypatch.delenv("EDGE_KERNELS", raising=False)
+    monkeypatch.setattr(aot, "_chosen", None)
+    monkeypatch.delitem(sys.modules, aot.module_name(), raising=False)  # import from the file, not the cache
+    with caplog.at_level("WARNING", logger="edge.engine.aot"):
+        chosen = aot.implementation()
+    assert chosen.kind == "jit"
+    assert "does not load" in caplog.text
+
+
 GATEWAY_START = """
 import sys
 from pathlib import Path

@@ -76,6 +76,36 @@ def test_bad_and_unknown_messages_do_not_stop_a_real_alarm(tmp_path, mosquitto):
     assert [row[2] for row in rows] == ["malformed_json", "device_mismatch", "wrong_type"]
 
 
+def test_a_device_sending_garbage_forever_keeps_only_the_newest_quarantined_and_every_count(tmp_path, mosquitto):
+    store = ReceiverStore(tmp_path / "receiver.db")
+    server = ReceiverServer("127.0.0.1", 0, store)
+    server.start_background()
+    config = write_gateway_config(tmp_path, mosquitto.url, server.url)
+    config.write_text(config.read_text() + "\n[outbox]\nquarantine_max = 100\n")
+    db_path = tmp_path / "data" / "gateway.db"
+
+    def kept() -> list[bytes]:
+        with sqlite3.connect(db_path) as conn:
+            return [row[0] for row in conn.execute("SELECT payload FROM quarantine ORDER BY id")]
+
+    try:
+        with running_agent(config, mosquitto) as (agent, client):
+            now = time.time()
+            for n in range(250):
+                client.publish("devices/MH-0007/telemetry", b"{garbage %d" % n, qos=1)
+            for step in range(12):
+                client.publish("devices/MH-0005/telemetry", orjson.dumps({"ts": now + step, "readings": {"tilt_deg": 33.0}}),
+                               qos=1).wait_for_publish(5)
+            assert wait_until(lambda: store.stats()["orders"] == 1, 20)  # the real alarm still gets through
+            assert wait_until(lambda: agent.stats.quarantined["malformed_json"] == 250, 20)
+            assert wait_until(lambda: len(kept()) == 100, 10)  # trimmed at the next tick
+            assert agent.stats.quarantine_trimmed == 150
+            assert kept() == [b"{garbage %d" % n for n in range(150, 250)]  # the newest
+    finally:
+        server.shutdown()
+        store.close()
+
+
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")  # the injected crash
 def test_a_reading_is_acknowledged_only_after_its_batch_is_committed(tmp_path, mosquitto, monkeypatch):
     """The gateway dies while committing a batch: the broker still has the readings and sends them again."""

@@ -72,6 +72,25 @@ def test_acknowledged_rows_go_first_and_orders_only_when_configured(tmp_path):
     db.conn.close()
 
 
+def test_quarantined_messages_go_after_acknowledged_rows_and_before_telemetry(tmp_path):
+    db = open_database(tmp_path / "gateway.db")
+    fill(db, orders=100, telemetry_devices=10, intervals=2)
+    outbox = Outbox(db)
+    outbox.mark_sent([(f"o{o}", 1) for o in range(50)])
+    with transaction(db) as conn:
+        conn.executemany("INSERT INTO quarantine (received_at, topic, payload, reason, detail) VALUES (?, ?, ?, ?, ?)",
+                         [(float(n), "devices/MH-0007/telemetry", b"{" + b"x" * 1000, "malformed_json", "")
+                          for n in range(2000)])
+    budget = outbox.used_bytes() - 100_000 - 700_000  # more than the acknowledged rows, less than the quarantine too
+    evictions = outbox.enforce_budget(budget)
+    assert [e.step for e in evictions] == ["acknowledged", "quarantine"]
+    assert outbox.used_bytes() <= budget
+    left = [row[0] for row in db.execute("SELECT received_at FROM quarantine ORDER BY id").fetchall()]
+    assert 0 < len(left) < 2000 and left == [float(n) for n in range(2000 - len(left), 2000)]  # the oldest went
+    assert kinds(db) == {"order": 50, "telemetry": 20}  # nothing unacknowledged went
+    db.conn.close()
+
+
 def test_telemetry_summaries_per_device_and_interval():
     summaries = TelemetrySummaries(interval=60)
     assert summaries.due(1000.0) == []  # starts collecting interval 16

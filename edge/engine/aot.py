@@ -6,9 +6,10 @@ resident memory and take most of a second to start. ``edge engine build`` compil
 kernels, from the same source, into a Python extension module (numba.pycc) in
 ``kernels_dir()``, and the engine loads that with no numba at all.
 
-The module's name carries a digest of the files the kernels are built from (``SOURCES``) and
-of numpy's major version, so a module built from other sources is never loaded: after an
-upgrade the engine falls back to numba, and says so, until the module is built again. The
+The module's name carries a digest of the files the kernels are built from (``SOURCES``), of
+numpy's major version and of the CPU's instruction set, so a module built from other sources
+or for another CPU is never loaded: after an upgrade, or on a box cloned from another's
+image, the engine falls back to numba, and says so, until the module is built again. The
 build is tuned for the CPU it runs on: build on the gateway itself (scripts/setup does).
 
 Environment: ``EDGE_KERNELS=jit`` makes the engine use numba even when a built module exists
@@ -23,6 +24,7 @@ import importlib.machinery
 import importlib.util
 import logging
 import os
+import platform
 import shutil
 import sys
 import tempfile
@@ -51,12 +53,25 @@ class Kernels(NamedTuple):
     where: str  # the module's file, or why numba is used
 
 
+def cpu_signature() -> str:
+    """The machine and its CPU's feature flags (the build uses every instruction this CPU has)."""
+    flags = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith(("flags", "Features")):
+                flags = " ".join(sorted(line.split(":", 1)[1].split()))
+                break
+    except OSError:
+        pass
+    return f"{platform.machine()} {flags}"
+
+
 def digest() -> str:
-    """Digest of the kernels' sources and numpy's major version (the extension's ABI)."""
+    """Digest of the kernels' sources, numpy's major version (the extension's ABI) and the CPU."""
     h = hashlib.sha256()
     for path in SOURCES:
         h.update(path.name.encode() + b"\0" + path.read_bytes())
-    h.update(f"numpy{np.__version__.split('.')[0]}".encode())
+    h.update(f"numpy{np.__version__.split('.')[0]}\0{cpu_signature()}".encode())
     return h.hexdigest()
 
 
@@ -118,7 +133,12 @@ def implementation() -> Kernels:
     global _chosen
     if _chosen is None:
         forced = os.environ.get("EDGE_KERNELS") == "jit"
-        chosen = None if forced else ahead_of_time()
+        chosen = None
+        if not forced:
+            try:
+                chosen = ahead_of_time()
+            except (ImportError, OSError) as error:  # a damaged file: the gateway still runs, on numba
+                log.warning("engine kernels: the built module does not load (%s); using numba", error)
         if chosen is not None:
             log.info("engine kernels: built ahead of time, %s", chosen.where)
         else:

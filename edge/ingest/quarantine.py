@@ -9,7 +9,7 @@ from __future__ import annotations
 import sqlite3
 from typing import Iterable
 
-__all__ = ["quarantined", "record_unknown", "unknown_devices"]
+__all__ = ["quarantined", "record_unknown", "trim", "unknown_devices"]
 
 
 def record_unknown(conn: sqlite3.Connection, seen: Iterable[tuple[str, float, float, int, str]]) -> None:
@@ -33,6 +33,18 @@ def quarantined(conn: sqlite3.Connection, reason: str | None = None, limit: int 
     args.append(limit)
     columns = ("id", "received_at", "topic", "payload", "reason", "detail")
     return [dict(zip(columns, row)) for row in conn.execute(sql, args)]
+
+
+def trim(conn: sqlite3.Connection, keep: int) -> int:
+    """Delete all but the newest ``keep`` quarantined messages; returns how many went.
+
+    A device that keeps sending garbage (or a dead Modbus sensor, polled forever) must not
+    fill the disk: the newest examples are enough to diagnose it, and the count of every
+    message quarantined, per reason, stays in /metrics."""
+    row = conn.execute("SELECT id FROM quarantine ORDER BY id DESC LIMIT 1 OFFSET ?", [max(keep, 0)]).fetchone()
+    if row is None:
+        return 0
+    return conn.execute("DELETE FROM quarantine WHERE id <= ?", [row[0]]).rowcount
 
 
 def unknown_devices(conn: sqlite3.Connection) -> list[dict]:

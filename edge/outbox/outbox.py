@@ -9,9 +9,10 @@ Nothing unacknowledged is deleted, except by ``enforce_budget`` when the file ou
 disk budget, in this order, each step logged and recorded in the ``evictions`` table:
 
 1. acknowledged rows, oldest first (already delivered; each order's state stays in ``orders``);
-2. unsent telemetry summaries, oldest first, keeping the newest summary of each device;
-3. the newest telemetry summaries too;
-4. unsent order revisions, oldest first: only when ``evict_orders`` is set (default: never;
+2. quarantined payloads, oldest first (examples of bad input; their counts stay in /metrics);
+3. unsent telemetry summaries, oldest first, keeping the newest summary of each device;
+4. the newest telemetry summaries too;
+5. unsent order revisions, oldest first: only when ``evict_orders`` is set (default: never;
    the file then grows past its budget rather than lose an order).
 """
 
@@ -128,26 +129,25 @@ class Outbox:
 
     def enforce_budget(self, max_bytes: int, evict_orders: bool = False) -> list[Eviction]:
         """Evict, step by step as documented above, until the file is within ``max_bytes``."""
+        outbox = "DELETE FROM outbox WHERE seq IN (SELECT seq FROM outbox WHERE {} ORDER BY seq LIMIT ?)"
         steps = [
-            ("acknowledged", "sent_at IS NOT NULL"),
-            ("telemetry_old", "sent_at IS NULL AND kind = 'telemetry' AND seq NOT IN "
-                              "(SELECT max(seq) FROM outbox WHERE kind = 'telemetry' GROUP BY order_id)"),
-            ("telemetry_latest", "sent_at IS NULL AND kind = 'telemetry'"),
+            ("acknowledged", outbox.format("sent_at IS NOT NULL")),
+            ("quarantine", "DELETE FROM quarantine WHERE id IN (SELECT id FROM quarantine ORDER BY id LIMIT ?)"),
+            ("telemetry_old", outbox.format("sent_at IS NULL AND kind = 'telemetry' AND seq NOT IN "
+                                            "(SELECT max(seq) FROM outbox WHERE kind = 'telemetry' GROUP BY order_id)")),
+            ("telemetry_latest", outbox.format("sent_at IS NULL AND kind = 'telemetry'")),
         ]
         if evict_orders:
-            steps.append(("order_revisions", "sent_at IS NULL AND kind = 'order'"))
+            steps.append(("order_revisions", outbox.format("sent_at IS NULL AND kind = 'order'")))
         done: list[Eviction] = []
-        for step, where in steps:
+        for step, delete in steps:
             before = self.used_bytes()
             if before <= max_bytes:
                 break
             evicted = 0
             while self.used_bytes() > max_bytes:
                 with transaction(self.db) as conn:
-                    cursor = conn.execute(
-                        f"DELETE FROM outbox WHERE seq IN (SELECT seq FROM outbox WHERE {where} ORDER BY seq LIMIT ?)",
-                        [EVICTION_CHUNK],
-                    )
+                    cursor = conn.execute(delete, [EVICTION_CHUNK])
                 if cursor.rowcount == 0:
                     break
                 evicted += cursor.rowcount

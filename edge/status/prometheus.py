@@ -67,6 +67,9 @@ def render(snap: dict) -> str:
     w.metric("edge_resident_memory_bytes", "gauge", "Resident memory of the agent process.", agent["resident_bytes"])
     w.metric("edge_messages_total", "counter", "MQTT messages taken from the broker.", ingest["messages"])
     w.metric("edge_readings_total", "counter", "Readings (one metric of one message) decoded.", ingest["readings"])
+    w.metric("edge_quarantine_trimmed_total", "counter",
+             "Quarantined messages deleted to keep only the newest [outbox] quarantine_max.",
+             ingest.get("quarantine_trimmed", 0))
     w.metric("edge_ingest_queue_depth", "gauge", "Messages between the network and the engine.", ingest["queue_depth"])
     w.metric("edge_ingest_queue_capacity", "gauge", "Capacity of that queue ([engine] queue_max).", ingest["queue_max"])
     w.metric("edge_broker_connected", "gauge", "1 while subscribed to the device broker.",

@@ -98,7 +98,7 @@ def from_agent(agent: "Agent", now: float) -> dict:
             "messages": s.messages, "readings": s.readings, "queue_depth": agent.inbox.qsize(),
             "queue_max": config.engine.queue_max, "broker": config.mqtt.url,
             "broker_connected": agent.subscriber.connected.is_set(),
-            "duplicate_uplinks": s.duplicate_uplinks,
+            "duplicate_uplinks": s.duplicate_uplinks, "quarantine_trimmed": s.quarantine_trimmed,
             "modbus": None if agent.poller is None else {
                 "port": config.modbus.port, "polls": agent.poller.polls, "replies": agent.poller.replies,
                 "unchanged": agent.poller.unchanged, "port_errors": agent.poller.port_errors,
