@@ -22,7 +22,7 @@ import threading
 import time
 from dataclasses import dataclass
 
-from firmware_sim.protocols.modbus import check_crc, with_crc
+from edge.ingest.modbus_map import check_crc, with_crc
 
 from edge.ingest import modbus_rtu
 from edge.ingest.inbox import Full

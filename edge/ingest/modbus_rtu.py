@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import struct
 
-from firmware_sim.protocols.modbus import REGISTER_MAPS, Reg, check_crc, from_registers
+from edge.ingest.modbus_map import REGISTER_MAPS, Reg, check_crc, from_registers
 
 from edge.ingest.decode import DecodeError, Message
 
