@@ -120,15 +120,25 @@ def build_devices(scenario: Scenario) -> list[tuple[Device, str]]:
     return devices
 
 
+def modbus_units(devices: list[tuple[Device, str]]) -> dict[str, int]:
+    """The Modbus unit id of each device on the RS-485 bus: 1, 2, ... in the scenario's order."""
+    return {device.id: unit for unit, (device, _) in enumerate((d for d in devices if d[1] == "modbus"), start=1)}
+
+
 def write_registry(devices: list[tuple[Device, str]], path: Path) -> None:
-    """The registry CSV the gateway needs for this scenario's devices."""
-    params = sorted({name for device, _ in devices for name in device.params})
+    """The registry CSV the gateway needs for this scenario's devices (with the ``modbus_unit``
+    it polls each Modbus device at, when there are any)."""
+    units = modbus_units(devices)
+    params = sorted({name for device, _ in devices for name in device.params} - {"modbus_unit"})
+    if units:
+        params.append("modbus_unit")
     with path.open("w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
         writer.writerow(["id", "kind", "model", "address", "lat", "lon", "grid", "zone", "team", *params])
         for device, _ in devices:
+            values = {**device.params, "modbus_unit": units.get(device.id)}
             writer.writerow([device.id, device.kind, device.model, device.address, device.lat, device.lon, device.grid,
-                             device.zone, device.team, *(_cell(device.params.get(p)) for p in params)])
+                             device.zone, device.team, *(_cell(values.get(p)) for p in params)])
 
 
 def _cell(value: float | None) -> str:
@@ -169,7 +179,7 @@ class Simulation:
         for group in sc.devices:
             for n in range(group.count):
                 groups[f"{group.id_prefix}-{group.first + n:04d}"] = group
-        units = 0
+        units = modbus_units(self.devices)
         for device, protocol in self.devices:
             cls = KINDS[device.kind]
             rng = random.Random(f"{sc.seed}:{device.id}")
@@ -181,9 +191,8 @@ class Simulation:
                 sim.alarm_water_cm = sc.thresholds.water_alarm_cm + 5  # the firmware alarms a little before
             node = Node(device, protocol, sim, sc.timing_for(device.kind, groups.get(device.id)))
             if protocol == "modbus":
-                units += 1
-                node.unit = units
-                self.bank.add(units, device.kind)
+                node.unit = units[device.id]
+                self.bank.add(node.unit, device.kind)
             self.nodes.append(node)
             self.by_id[device.id] = node
             if device.kind != "camera" and sc.initial_report:

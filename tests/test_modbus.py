@@ -186,3 +186,18 @@ def test_a_bad_modbus_registry_is_refused_before_start(tmp_path, mosquitto):
 
 def test_shipped_registry_has_no_modbus_devices():
     assert polled_devices(Registry.load(REGISTRY), 60.0) == []
+
+
+def test_the_simulators_registry_has_the_unit_ids_the_simulator_serves(tmp_path):
+    from pathlib import Path
+
+    from firmware_sim.scenario import load_scenario
+    from firmware_sim.simulation import Simulation, write_registry
+
+    scenario = load_scenario(Path(__file__).resolve().parent.parent / "config" / "scenarios" / "rs485.yaml")
+    simulation = Simulation(scenario)
+    write_registry(simulation.devices, tmp_path / "registry.csv")
+    polled = polled_devices(Registry.load(tmp_path / "registry.csv"), 60.0)
+    served = {node.reg.id: node.unit for node in simulation.nodes if node.protocol == "modbus"}
+    assert len(served) == 6 and sorted(served.values()) == [1, 2, 3, 4, 5, 6]
+    assert {p.device_id: p.unit for p in polled} == served
