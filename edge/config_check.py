@@ -1,7 +1,8 @@
 """``edge config check``: everything that would stop the gateway, found before it starts.
 
 First the file itself (TOML syntax, unknown keys, wrong types: edge/config.py), then what it
-points to: the registry and rule files load, the category table loads and has every rule's
+points to: the registry and rule files load (with ``[modbus] port`` set, the registry's Modbus
+columns are valid), the category table loads and has every rule's
 category, every file named by a ``*_file`` key exists, and the data folder can be written.
 Each problem is ``file:line: message``, with the line of the key in the config file, or
 the line in the rule file for a rule's own problems.
@@ -44,9 +45,16 @@ def _check_registry(config: GatewayConfig, at) -> list[str]:
     if not config.registry.path.is_file():
         return [at("registry", "path", f"no such file: {config.registry.path}")]
     try:
-        Registry.load(config.registry.path)
+        registry = Registry.load(config.registry.path)
     except RegistryError as error:
         return [at("registry", "path", line) for line in str(error).splitlines()]
+    if config.modbus.port:  # polled: every Modbus device needs a unit id of its own and a known model
+        from edge.ingest.modbus_poll import ModbusSetupError, polled_devices
+
+        try:
+            polled_devices(registry, config.modbus.poll_interval)
+        except ModbusSetupError as error:
+            return [at("registry", "path", f"{config.registry.path}: {error} ([modbus] port is set, so it is polled)")]
     return []
 
 

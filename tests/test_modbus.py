@@ -201,3 +201,16 @@ def test_the_simulators_registry_has_the_unit_ids_the_simulator_serves(tmp_path)
     served = {node.reg.id: node.unit for node in simulation.nodes if node.protocol == "modbus"}
     assert len(served) == 6 and sorted(served.values()) == [1, 2, 3, 4, 5, 6]
     assert {p.device_id: p.unit for p in polled} == served
+
+
+def test_config_check_finds_a_bad_modbus_registry_when_the_line_is_polled(tmp_path):
+    from edge.config_check import check_config
+
+    registry = tmp_path / "devices.csv"
+    registry.write_text(RTU_DEVICES.replace(",3,0.1", ",1,0.1"))  # two devices at unit 1
+    config = write_gateway_config(tmp_path, "mqtt://127.0.0.1:1", "http://127.0.0.1:9", registry=registry.as_posix())
+    assert check_config(config) == []  # not polled: the columns are only parameters
+    config.write_text(config.read_text() + '\n[modbus]\nport = "/dev/ttyUSB0"\n')
+    (problem,) = check_config(config)
+    assert problem.startswith(f"{config}:") and "registry.path" in problem
+    assert "modbus_unit 1 is already RMH-0001's" in problem and "[modbus] port is set" in problem
