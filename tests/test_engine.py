@@ -185,7 +185,7 @@ _cover = st.tuples(
 )
 _action = st.one_of(
     st.tuples(st.integers(0, 4), st.one_of(_cover, _camera, _message)),
-    st.tuples(st.integers(0, 6), st.just("tick")),
+    st.tuples(st.integers(0, 6), st.sampled_from(["tick", "tick", "tick set back"])),  # the gateway's clock set back 9 s
 )
 
 
@@ -202,9 +202,10 @@ def test_kernel_matches_reference_with_functions_ticks_and_skewed_clocks(tmp_pat
 
     for gap, action in steps:
         clock += gap
-        if action == "tick":
-            got += [name(t) for t in engine.tick(clock)]
-            want += reference.tick(clock)
+        if action in ("tick", "tick set back"):
+            now = clock - 9.0 if action == "tick set back" else clock
+            got += [name(t) for t in engine.tick(now)]
+            want += reference.tick(now)
             continue
         device, offset, values = action
         ts = clock - offset if offset > 35 else clock
@@ -217,6 +218,24 @@ def test_kernel_matches_reference_with_functions_ticks_and_skewed_clocks(tmp_pat
     event(f"transitions: {min(len(want), 5)}+" if len(want) >= 5 else f"transitions: {len(want)}")
     for kind, rule, device, ts in want:
         event(f"rule fired: {rule}")
+
+
+def test_a_device_clock_never_runs_back_before_its_newest_report(tmp_path):
+    """A tick at a gateway time before the last report arrived (the gateway's clock set back)
+    evaluates at the device's newest time; so does a late report. Kernel and reference agree."""
+    rules, registry = make_rules(tmp_path, FUNCTION_RULES), make_registry()
+    engine, reference = Engine(rules, registry, origin=0.0), ReferenceEngine(rules, registry, origin=0.0)
+    got, want = [], []
+    for ts, values in [(1.0, {"tilt_deg": 30.0}), (2.0, {"tilt_deg": 30.0}),
+                       (11.0, {"tilt_deg": 1.0, "open": 0.0}), (12.0, {"tilt_deg": 1.0, "open": 0.0}),
+                       (5.0, {"water_cm": 50.0})]:  # the last one late, with a metric it is the newest for
+        builder = engine.builder()
+        builder.add(registry.get("c2").index, ts, values, arrival=ts)
+        got += [(t.kind, t.rule.name, t.device.id, t.ts) for t in engine.process(builder.build())]
+        want += reference.message("c2", ts, values, arrival=ts)
+    got += [(t.kind, t.rule.name, t.device.id, t.ts) for t in engine.tick(11.0)]
+    want += reference.tick(11.0)
+    assert got == want == [("open", "avg_tilt", "c2", 11.0), ("open", "odd_tilt", "c2", 11.0)]
 
 
 def test_text_evidence_and_camera_duration(tmp_path):

@@ -597,6 +597,11 @@ def run_batch(
                 break
         if not fresh:
             continue
+        # A late message (older than the device's newest) is evaluated at the device's newest
+        # time: a device's clock never runs backwards (and the window slots hold nothing older
+        # than their newest readings allow).
+        if latest_ts[d, 0] > t:
+            t = latest_ts[d, 0]
         for p in range(layout_ptr[layout], layout_ptr[layout + 1]):
             r = layout_rules[p]
             if flags[d, r, SETTLED] and (rule_mask[r] & changed) == 0:
@@ -633,7 +638,8 @@ def tick(
     d = start_device
     while d < n_dev:
         if latest_ts[d, 0] > -math.inf:
-            t = now - (latest[d, 0] - latest_ts[d, 0])  # the device's clock, run on from its last report
+            # the device's clock, run on from its last report, and never back before that report
+            t = max(now - (latest[d, 0] - latest_ts[d, 0]), latest_ts[d, 0])
         else:
             t = now
         layout = dev_layout[d]

@@ -227,9 +227,10 @@ class ReferenceEngine:
         if not fresh:
             return []
         out = []
+        now = max(ts, self.last_message[device_id][0]) if device_id in self.last_message else ts  # never backwards
         for rule in self.rules:
             if applies(rule, device):
-                step = self._step(rule, device, ts)
+                step = self._step(rule, device, now)
                 if step:
                     out.append(step)
         return out
@@ -238,7 +239,7 @@ class ReferenceEngine:
         out = []
         for device in self.registry.devices:
             last = self.last_message.get(device.id)
-            t = now - (last[1] - last[0]) if last else now
+            t = max(now - (last[1] - last[0]), last[0]) if last else now  # never before its last report
             for rule in self.rules:
                 if not applies(rule, device):
                     continue
