@@ -238,6 +238,31 @@ def test_a_device_clock_never_runs_back_before_its_newest_report(tmp_path):
     assert got == want == [("open", "avg_tilt", "c2", 11.0), ("open", "odd_tilt", "c2", 11.0)]
 
 
+def test_a_function_a_rule_uses_twice_is_one_state_learnt_once(tmp_path):
+    """`when` and the clear_when made from it, or a function written twice, share one state;
+    the same function in another rule has its own (its state carries over with its rule)."""
+    text = FUNCTION_RULES.replace("when: avg(tilt_deg, 20s) > 12 and count(tilt_deg, 10s) >= 2",
+                                  "when: avg(tilt_deg, 20s) > 12 and avg(tilt_deg, 20s) < 25 and count(tilt_deg, 10s) >= 2")
+    text += """  - name: avg_tilt_again
+    applies_to: {kind: manhole_cover}
+    when: avg(tilt_deg, 20s) > 20
+    order: {category: c, severity: minor, title: "{device}"}
+"""
+    rules, registry = make_rules(tmp_path, text), make_registry()
+    program = Engine(rules, registry).program
+    names = [rule.name for rule in rules]
+    instances = [(names[i.rule], i.function, i.param) for i in program.instances]
+    assert instances.count(("avg_tilt", "avg", 20.0)) == 1
+    assert instances.count(("avg_tilt_again", "avg", 20.0)) == 1
+    assert instances.count(("odd_tilt", "zscore", 30.0)) == 1  # in `when` and in `clear_when`
+    assert len(instances) == len(set(instances))
+    messages = [("c1", float(t), {"tilt_deg": v}) for t, v in enumerate([1, 30, 30, 14, 30, 2, 2, 30, 30, 30, 1, 1])]
+    reference = ReferenceEngine(rules, registry)
+    want = [t for m in messages for t in reference.message(*m)]
+    assert {rule for _, rule, _, _ in want} >= {"avg_tilt", "avg_tilt_again"}
+    assert run_kernel(Engine(rules, registry), registry, messages, 3) == want
+
+
 def test_text_evidence_and_camera_duration(tmp_path):
     rules, registry = make_rules(tmp_path, FUNCTION_RULES), make_registry()
     engine = Engine(rules, registry, origin=0.0)

@@ -138,6 +138,7 @@ class _Compiler:
         self.param_index = param_index
         self.texts = texts
         self.instances: list[Instance] = []
+        self._instance_index: dict[Instance, int] = {}
         self.rule = 0
 
     def compile(self, node: expr.Node) -> list[tuple[int, float, float]]:
@@ -187,9 +188,13 @@ class _Compiler:
                     metric = self.metric_index[arg.name]
                 else:
                     param = arg.value
+            # One instance per (rule, function, metric, parameter): `when` and the `clear_when`
+            # made from it (or a function written twice) share one state, learnt once per reading.
             instance = Instance(self.rule, node.name, metric, param)
-            out.append((OP_CALL, float(len(self.instances)), 0.0))
-            self.instances.append(instance)
+            k = self._instance_index.setdefault(instance, len(self.instances))
+            if k == len(self.instances):
+                self.instances.append(instance)
+            out.append((OP_CALL, float(k), 0.0))
         else:
             raise ValueError(f"cannot compile {node!r}")
 
