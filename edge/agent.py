@@ -146,6 +146,7 @@ class Agent:
         self.engine.warm_up()
         # What start-up built (registry, rules, engine, modules) lives as long as the process:
         # out of the collector's sight, a full collection does not walk it while orders wait.
+        gc.collect()  # (start-up's garbage first: frozen objects are never freed)
         gc.freeze()
         uplink = threading.Thread(target=self.sender.run, name="uplink", daemon=True)
         uplink.start()

@@ -139,8 +139,9 @@ def engine_build(directory: Path | None, if_missing: bool) -> None:
 
     from edge.engine import aot
 
-    if if_missing and aot.find(directory) is not None:
-        click.echo(f"up to date: {aot.find(directory)}")
+    found = aot.find(directory) if if_missing else None
+    if found is not None:
+        click.echo(f"up to date: {found}")
         return
     click.echo("building the engine's kernels for this machine's CPU (tens of seconds, once) ...", err=True)
     started = time.perf_counter()

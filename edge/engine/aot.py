@@ -163,6 +163,7 @@ def _signatures() -> dict[str, object]:
                         "    order: {category: manhole_cover_displaced, severity: major, title: '{device}'}\n")
         rules = load_rules([path])
     registry = Registry([Device("D1", "manhole_cover", "m", "a", 0.0, 0.0, "G", "Z", "t", 0, {})], [])
+    # no kernel runs here (init_state does nothing): only the types of the arguments are read
     engine = Engine(rules, registry, origin=0.0, kernels=Kernels(None, None, _no_init, "signatures", ""))
     empty_i, empty_f = np.zeros(0, np.int32), np.zeros(0, np.float64)
     batch_args = engine.batch_args(ReadingBatch(empty_i, empty_i, empty_f, empty_f), 0)

@@ -2,8 +2,9 @@
 
 Readings are turned into numpy arrays once per batch; the kernels in ``kernels.py`` keep
 every device's state in arrays owned by this class. They run built ahead of time when a
-module for their current source is built (aot.py, ``edge engine build``), else under numba. ``process`` handles a batch of
-messages; ``tick`` advances time for rules that can change without a new message.
+module for their current source is built (aot.py, ``edge engine build``), else under numba.
+``process`` handles a batch of messages; ``tick`` advances time for rules that can change
+without a new message.
 """
 
 from __future__ import annotations
