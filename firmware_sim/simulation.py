@@ -122,7 +122,8 @@ def build_devices(scenario: Scenario) -> list[tuple[Device, str]]:
 
 def modbus_units(devices: list[tuple[Device, str]]) -> dict[str, int]:
     """The Modbus unit id of each device on the RS-485 bus: 1, 2, ... in the scenario's order."""
-    return {device.id: unit for unit, (device, _) in enumerate((d for d in devices if d[1] == "modbus"), start=1)}
+    on_bus = [device.id for device, protocol in devices if protocol == "modbus"]
+    return {device_id: unit for unit, device_id in enumerate(on_bus, start=1)}
 
 
 def write_registry(devices: list[tuple[Device, str]], path: Path) -> None:
