@@ -87,7 +87,7 @@ def test_built_kernels_give_what_numba_gives_transition_for_transition_and_state
     assert len(results["aot"]) > 50
     assert {kind for kind, *_ in results["aot"]} == {"open", "clear", "update"}
     assert results["aot"] == results["jit"]
-    for name in ("latest", "latest_ts", "since", "flags", "reported", "state"):
+    for name in ("latest", "latest_ts", "since", "active", "quiet", "reported", "state"):
         np.testing.assert_array_equal(getattr(engines["aot"], name), getattr(engines["jit"], name), err_msg=name)
 
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from edge.engine import aot
-from edge.engine.program import ACTIVE, CLEAR, OPEN, SETTLED, UPDATE, Program, compile_rules
+from edge.engine.program import CLEAR, OPEN, QUIET_RULES, SETTLED, UPDATE, Program, compile_rules
 from edge.engine.rules import Rule
 from edge.registry import Device, Registry
 
@@ -107,9 +107,8 @@ class Engine:
         self.latest_ts = np.full((n_dev, n_met), -np.inf)
         # device-major: one device's state lies together (see kernels.step_rule)
         self.since = np.full((n_dev, n_rules), np.nan)  # since when the condition in force has held
-        self.flags = np.zeros((n_dev, n_rules, 2), dtype=np.bool_)
-        self.active = self.flags[:, :, ACTIVE]  # views
-        self.settled = self.flags[:, :, SETTLED]
+        self.active = np.zeros((n_dev, n_rules), dtype=np.bool_)  # the rule's order is open for the device
+        self.quiet = np.zeros((n_dev, 2), dtype=np.uint64)  # rules that need no step (see kernels.step_rule)
         self.reported = np.full((n_dev, n_rules), np.nan)  # value of the worsening metric last reported
         self.state = np.full(p.state_size, np.nan)
         capacity = max(1024, 4 * n_rules)
@@ -134,9 +133,9 @@ class Engine:
         return (
             batch.dev, batch.met, batch.ts, batch.val, int(start),
             self.latest, self.latest_ts, p.params,
-            p.code, p.args, p.aux, p.length, p.shapes, p.hold, p.rule_metrics, p.rule_mask, p.metric_learns,
-            p.dev_layout, p.layout_ptr, p.layout_rules, p.layout_inst, p.state_base, p.state_width,
-            self.since, self.flags,
+            p.code, p.args, p.aux, p.length, p.shapes, p.hold, p.rule_metrics, p.metric_learns,
+            p.dev_layout, p.layout_ptr, p.layout_rules, p.layout_inst, p.layout_readers, p.state_base, p.state_width,
+            self.since, self.active, self.quiet,
             self.state, p.inst_func, p.inst_metric, p.inst_param, p.metric_inst_ptr, p.metric_inst,
             self.origin,
             p.worse_metric, p.worse_dir, p.worse_step, self.reported,
@@ -152,7 +151,7 @@ class Engine:
             self.latest, self.latest_ts, p.params,
             p.code, p.args, p.aux, p.length, p.shapes, p.hold, p.rule_metrics, p.timed,
             p.dev_layout, p.layout_ptr, p.layout_rules, p.layout_inst, p.state_base,
-            self.since, self.flags,
+            self.since, self.active, self.quiet,
             self.state, p.inst_func, p.inst_metric, p.inst_param,
             self.origin,
             p.worse_metric, p.worse_dir, p.worse_step, self.reported,
@@ -184,7 +183,9 @@ class Engine:
         if r is not None and device is not None and self.program.applies[device.index, r] \
                 and not self.active[device.index, r]:
             self.active[device.index, r] = True
-            self.settled[device.index, r] = False
+            position = self.program.position(device.index, r)
+            if position < QUIET_RULES:
+                self.quiet[device.index, SETTLED] &= ~np.uint64(1 << position)
             self.since[device.index, r] = np.nan  # clearing starts afresh
             self.reported[device.index, r] = np.nan
 
@@ -270,6 +271,6 @@ class Engine:
         return kept
 
     def state_bytes(self) -> int:
-        arrays = (self.latest, self.latest_ts, self.since, self.flags, self.reported, self.state)
+        arrays = (self.latest, self.latest_ts, self.since, self.active, self.quiet, self.reported, self.state)
         return int(sum(a.nbytes for a in arrays))
 

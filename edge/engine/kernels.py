@@ -19,6 +19,7 @@ import numpy as np
 from llvmlite import ir
 from numba import njit, types
 from numba.core import cgutils
+from numba.cpython.unsafe.numbers import trailing_zeros
 from numba.extending import intrinsic
 
 from edge.engine.detectors import STATE_SIZE as ANOMALY_STATE
@@ -30,7 +31,7 @@ from edge.engine.functions import (
     F_STUCK, F_ZSCORE, STUCK_MIN_READINGS, ZSCORE_WARMUP,
 )
 from edge.engine.program import (
-    ACTIVE, CLEAR, OPEN, SETTLED, UPDATE,
+    CLEAR, LEARNT, OPEN, QUIET_RULES, SETTLED, UPDATE,
     OP_ADD, OP_AND, OP_BOOL, OP_CALL, OP_CONST, OP_DIV, OP_EQ, OP_GE, OP_GT, OP_JF, OP_JT, OP_LE, OP_LT,
     OP_METRIC, OP_MLE, OP_MLT, OP_MGE, OP_MGT, OP_MEQ, OP_MUL, OP_NE, OP_NEG, OP_NOT, OP_PARAM, OP_SUB,
     SHAPE_CALL, SHAPE_FUSED, SHAPE_GENERAL,
@@ -60,6 +61,9 @@ def prefetch(typingctx, array, index):
         return context.get_dummy_value()
 
     return types.void(array, index), codegen
+
+
+MOVES, LEARNS = 1, 2  # what a condition's function calls did (see run_program)
 
 
 @inlined
@@ -263,16 +267,18 @@ def instance_value(func, state, row, param, t, latest_value, latest_time, last_m
 @inlined
 def call(k, d, t, at_message, latest, latest_ts, state, inst_func, inst_metric, inst_param, layout_inst, layout,
          base, origin):
-    """Function instance ``k``'s value for device ``d`` at time ``t``, and whether it moves (see run_program)."""
+    """Function instance ``k``'s value for device ``d`` at time ``t``, and its effect (see run_program)."""
     m = inst_metric[k]
     func = inst_func[k]
-    moving = not (at_message & ((func == F_ZSCORE) | (func == F_ANOMALY) | ((func == F_ABSENT) & (inst_param[k] > 0.0))))
+    learns = (func == F_ZSCORE) | (func == F_ANOMALY)
+    moving = not (at_message & (learns | ((func == F_ABSENT) & (inst_param[k] > 0.0))))
+    effect = (MOVES if moving else 0) | (LEARNS if learns else 0)
     last_message = latest_ts[d, 0] if latest_ts[d, 0] > -math.inf else origin
     value_now = latest[d, m] if m >= 0 else math.nan
     time_now = latest_ts[d, m] if m >= 0 else math.nan
     value = instance_value(func, state, base + layout_inst[layout, k], inst_param[k], t, value_now, time_now,
                            last_message)
-    return value, moving
+    return value, effect
 
 
 @inlined
@@ -312,12 +318,12 @@ def run_shape(shape, code, args, aux, r, w, d, t, at_message, latest, latest_ts,
               inst_param, layout_inst, layout, base, origin):
     """The commonest programs without the interpreter's loop (see program.SHAPE_*); same results."""
     if shape == SHAPE_FUSED:
-        return fused_compare(code[r, w, 0], latest[d, int(args[r, w, 0])], aux[r, w, 0]), False
-    value, moving = call(int(args[r, w, 0]), d, t, at_message, latest, latest_ts, state, inst_func, inst_metric,
+        return fused_compare(code[r, w, 0], latest[d, int(args[r, w, 0])], aux[r, w, 0]), 0
+    value, effect = call(int(args[r, w, 0]), d, t, at_message, latest, latest_ts, state, inst_func, inst_metric,
                          inst_param, layout_inst, layout, base, origin)
     if shape == SHAPE_CALL:
-        return _truthy(value), moving
-    return compare(code[r, w, 2], value, args[r, w, 1]), moving  # SHAPE_CALL_CMP
+        return _truthy(value), effect
+    return compare(code[r, w, 2], value, args[r, w, 1]), effect  # SHAPE_CALL_CMP
 
 
 @inlined
@@ -325,15 +331,16 @@ def run_program(code, args, aux, r, w, length, d, t, at_message, latest, latest_
                 state, inst_func, inst_metric, inst_param, layout_inst, layout, base, origin):
     """Run program ``w`` (0 opens, 1 clears) of rule ``r`` for device ``d`` at time ``t``.
 
-    Returns (True or False, moving): ``moving`` when the program called a function whose value
-    may change with no change of a metric. At a message (``at_message``: a message with its
-    marker, so the device's last message is at ``t`` or later) ``absent`` with a positive
-    duration is 0, and ``zscore`` and ``anomaly`` change only with a fresh reading of their
-    metric: those do not move. Anything else called does.
+    Returns (True or False, effect). ``effect`` has MOVES when the program called a function
+    whose value may change with no change of a metric, and LEARNS when it called one that
+    changes with every fresh reading of its metric, even of the same value (``zscore``,
+    ``anomaly``). At a message (``at_message``: a message with its marker, so the device's last
+    message is at ``t`` or later) ``absent`` with a positive duration is 0, and ``zscore`` and
+    ``anomaly`` change only with a fresh reading: those do not move. Anything else called does.
 
     The device's function states start at ``base`` in ``state``; ``layout_inst[layout, k]``
     is where instance ``k`` lies from there."""
-    moving = False
+    effect = 0
     top = -1
     i = 0
     while i < length:
@@ -366,9 +373,9 @@ def run_program(code, args, aux, r, w, length, d, t, at_message, latest, latest_
             top += 1
             stack[top] = params[d, int(args[r, w, i])]
         elif op == OP_CALL:
-            value, moves = call(int(args[r, w, i]), d, t, at_message, latest, latest_ts, state, inst_func,
-                                inst_metric, inst_param, layout_inst, layout, base, origin)
-            moving |= moves
+            value, called = call(int(args[r, w, i]), d, t, at_message, latest, latest_ts, state, inst_func,
+                                 inst_metric, inst_param, layout_inst, layout, base, origin)
+            effect |= called
             top += 1
             stack[top] = value
         elif op == OP_NEG:
@@ -406,8 +413,8 @@ def run_program(code, args, aux, r, w, length, d, t, at_message, latest, latest_
             stack[top] = v
         i += 1
     if top < 0:
-        return False, moving
-    return _truthy(stack[0]), moving
+        return False, effect
+    return _truthy(stack[0]), effect
 
 
 @inlined
@@ -432,27 +439,30 @@ def evaluate(code, args, aux, r, w, length, d, t, latest, latest_ts, params, sta
 
 
 @inlined
-def step_rule(r, d, t, at_message, code, args, aux, length, shapes, hold, since, flags, latest, latest_ts, params,
-              stack, state, inst_func, inst_metric, inst_param, layout_inst, layout, base, origin,
+def step_rule(r, bit, d, t, at_message, code, args, aux, length, shapes, hold, since, active, quiet, latest, latest_ts,
+              params, stack, state, inst_func, inst_metric, inst_param, layout_inst, layout, base, origin,
               worse_metric, worse_dir, worse_step, reported):
     """Advance rule ``r`` for device ``d`` at time ``t``; returns OPEN, CLEAR, UPDATE or 0.
 
     ``since[d, r]`` is the device time from which the condition in force (``when`` while
     not active, ``clear_when`` while active) has held, NaN when it does not.
-    ``flags[d, r, SETTLED]`` records that this step returned 0, changed nothing, and would
-    again as long as the rule's metrics keep their values: its conditions were decided by
-    metric values and functions that cannot move between messages (see ``run_program``).
+    ``bit`` is the rule's bit in the device's ``quiet`` words (0 for a rule without one).
+    Bit set in ``quiet[d, SETTLED]``: this step returned 0, changed nothing, and would again
+    as long as the rule's metrics keep their values: its conditions were decided by metric
+    values and functions that cannot move between messages (see ``run_program``). In
+    ``quiet[d, LEARNT]``: and it called a function that learns, so a fresh reading of one of
+    the rule's metrics unsettles it even when the value is the same.
     """
-    which = 1 if flags[d, r, ACTIVE] else 0
-    holds, moving = condition(shapes[r, which], code, args, aux, r, which, length[r, which], d, t, at_message, latest,
+    which = 1 if active[d, r] else 0
+    holds, effect = condition(shapes[r, which], code, args, aux, r, which, length[r, which], d, t, at_message, latest,
                               latest_ts, params, stack, state, inst_func, inst_metric, inst_param, layout_inst, layout,
                               base, origin)
     if holds:
-        flags[d, r, SETTLED] = False
+        unsettle(quiet, d, bit)
         if math.isnan(since[d, r]):
             since[d, r] = t
         if t - since[d, r] >= hold[r, which]:
-            flags[d, r, ACTIVE] = which == 0
+            active[d, r] = which == 0
             since[d, r] = math.nan
             if which == 1:
                 return CLEAR
@@ -463,8 +473,10 @@ def step_rule(r, d, t, at_message, code, args, aux, length, shapes, hold, since,
     # (written only when they change: a line that stays clean need not go back to memory)
     if not math.isnan(since[d, r]):
         since[d, r] = math.nan
-    if flags[d, r, SETTLED] == moving:
-        flags[d, r, SETTLED] = not moving
+    if (effect & MOVES) != 0:
+        unsettle(quiet, d, bit)
+    else:
+        settle(quiet, d, bit, (effect & LEARNS) != 0)
     if which == 0:
         return 0
     # Open and not clearing: has the problem got worse since it was last reported?
@@ -480,16 +492,35 @@ def step_rule(r, d, t, at_message, code, args, aux, length, shapes, hold, since,
         return 0
     worse = (value - last) * worse_dir[r]
     if worse > 0.0 and worse >= worse_step[r]:
-        holds, moving = condition(shapes[r, 0], code, args, aux, r, 0, length[r, 0], d, t, at_message, latest,
+        holds, effect = condition(shapes[r, 0], code, args, aux, r, 0, length[r, 0], d, t, at_message, latest,
                                   latest_ts, params, stack, state, inst_func, inst_metric, inst_param, layout_inst,
                                   layout, base, origin)
+        if holds or (effect & MOVES) != 0:
+            unsettle(quiet, d, bit)
+        elif (effect & LEARNS) != 0 and (quiet[d, SETTLED] & bit) != 0:
+            quiet[d, LEARNT] |= bit
         if holds:
             reported[d, r] = value
-            flags[d, r, SETTLED] = False
             return UPDATE
-        if moving:
-            flags[d, r, SETTLED] = False
     return 0
+
+
+@inlined
+def settle(quiet, d, bit, learnt):
+    """Mark a rule settled (see step_rule), writing the words only when they change."""
+    if (quiet[d, SETTLED] & bit) != bit:
+        quiet[d, SETTLED] |= bit
+    if learnt:
+        if (quiet[d, LEARNT] & bit) != bit:
+            quiet[d, LEARNT] |= bit
+    elif (quiet[d, LEARNT] & bit) != 0:
+        quiet[d, LEARNT] &= ~bit
+
+
+@inlined
+def unsettle(quiet, d, bit):
+    if (quiet[d, SETTLED] & bit) != 0:
+        quiet[d, SETTLED] &= ~bit
 
 
 @inlined
@@ -504,23 +535,17 @@ def _emit(n_out, r, d, kind, t, latest, rule_metrics, out_rule, out_dev, out_kin
 
 
 @inlined
-def metric_bit(m):
-    """The bit of metric ``m`` in a rule's input mask (metrics past 63 share the last bit)."""
-    return np.uint64(1) << np.uint64(min(m, 63))
-
-
-@inlined
-def _prefetch_device(d, latest, latest_ts, since, flags, state, state_base, state_width):
+def _prefetch_device(d, latest, latest_ts, active, quiet, state, state_base, state_width):
     """Ask the cache for device ``d``'s state, which a message a little later in the batch will need."""
     n_met = latest.shape[1]
     for at in range(0, n_met, 8):
         prefetch(latest, d * n_met + at)
         prefetch(latest_ts, d * n_met + at)
-    n_rules = since.shape[1]
-    for at in range(0, n_rules, 8):
-        prefetch(since, d * n_rules + at)
-    for at in range(0, 2 * n_rules, 64):
-        prefetch(flags, d * 2 * n_rules + at)
+    # (not ``since``: only the few rules stepped read it, and fetching all of it cost more)
+    n_rules = active.shape[1]
+    for at in range(0, n_rules, 64):
+        prefetch(active, d * n_rules + at)
+    prefetch(quiet, 2 * d)
     base = state_base[d]
     for at in range(0, state_width[d], 8):
         prefetch(state, base + at)
@@ -533,9 +558,9 @@ PREFETCH_AHEAD = 48  # readings (about 8 messages) between asking for a device's
 def run_batch(
     dev, met, ts, val, start,
     latest, latest_ts, params,
-    code, args, aux, length, shapes, hold, rule_metrics, rule_mask, metric_learns,
-    dev_layout, layout_ptr, layout_rules, layout_inst, state_base, state_width,
-    since, flags,
+    code, args, aux, length, shapes, hold, rule_metrics, metric_learns,
+    dev_layout, layout_ptr, layout_rules, layout_inst, layout_readers, state_base, state_width,
+    since, active, quiet,
     state, inst_func, inst_metric, inst_param, metric_inst_ptr, metric_inst,
     origin,
     worse_metric, worse_dir, worse_step, reported,
@@ -549,8 +574,8 @@ def run_batch(
     (metric 0). Its fresh readings update the device's latest values and function states;
     then the rules that apply to the device are stepped once, at the message's time, except
     those that cannot have changed: settled at their last step (see ``step_rule``) and none
-    of their metrics changed value in this message (or, for a metric with a zscore or an
-    anomaly, had a fresh reading).
+    of their metrics changed value in this message (nor, when their last step called a
+    zscore or an anomaly, had a fresh reading).
 
     Stops early, at a message boundary, when the output arrays could overflow; the caller
     then empties them and calls again from the returned index.
@@ -568,21 +593,26 @@ def run_batch(
         t = ts[i]
         while ahead < n and ahead <= i + PREFETCH_AHEAD:
             if ahead == 0 or dev[ahead] != dev[ahead - 1]:
-                _prefetch_device(dev[ahead], latest, latest_ts, since, flags, state, state_base, state_width)
+                _prefetch_device(dev[ahead], latest, latest_ts, active, quiet, state, state_base, state_width)
             ahead += 1
         layout = dev_layout[d]
         base = state_base[d]
+        first = layout_ptr[layout]
+        count = layout_ptr[layout + 1] - first
         marked = met[i] == 0
         if marked:
-            considered += layout_ptr[layout + 1] - layout_ptr[layout]
+            considered += count
         fresh = False
-        changed = np.uint64(0)
+        changed = np.uint64(0)  # the device's rules that read a metric whose value changed
+        learning = np.uint64(0)  # ... that read a metric with a fresh reading a function learns from
         while True:
             m = met[i]
             if t > latest_ts[d, m]:
                 x = val[i]
-                if not (latest[d, m] == x) or metric_learns[m]:
-                    changed |= metric_bit(m)
+                if not (latest[d, m] == x):
+                    changed |= layout_readers[layout, m]
+                if metric_learns[m]:
+                    learning |= layout_readers[layout, m]
                 latest[d, m] = x
                 latest_ts[d, m] = t
                 fresh = True
@@ -603,13 +633,29 @@ def run_batch(
         # than their newest readings allow).
         if latest_ts[d, 0] > t:
             t = latest_ts[d, 0]
-        for p in range(layout_ptr[layout], layout_ptr[layout + 1]):
-            r = layout_rules[p]
-            if flags[d, r, SETTLED] and (rule_mask[r] & changed) == 0:
-                continue
-            kind = step_rule(r, d, t, marked, code, args, aux, length, shapes, hold, since, flags, latest,
-                             latest_ts, params, stack, state, inst_func, inst_metric, inst_param, layout_inst, layout,
-                             base, origin, worse_metric, worse_dir, worse_step, reported)
+        # The rules to step, as bits of their places among the device's rules: those not
+        # settled, and those whose inputs changed.
+        todo = ~quiet[d, SETTLED] | changed | (learning & quiet[d, LEARNT])
+        if count < QUIET_RULES:
+            todo &= (np.uint64(1) << np.uint64(count)) - np.uint64(1)
+        else:
+            todo &= (np.uint64(1) << np.uint64(QUIET_RULES)) - np.uint64(1)
+        while todo != 0:
+            p = np.int64(trailing_zeros(todo))
+            bit = np.uint64(1) << np.uint64(p)
+            todo ^= bit
+            r = layout_rules[first + p]
+            kind = step_rule(r, bit, d, t, marked, code, args, aux, length, shapes, hold, since, active, quiet,
+                             latest, latest_ts, params, stack, state, inst_func, inst_metric, inst_param, layout_inst,
+                             layout, base, origin, worse_metric, worse_dir, worse_step, reported)
+            if kind != 0:
+                _emit(n_out, r, d, kind, t, latest, rule_metrics, out_rule, out_dev, out_kind, out_ts, out_vals)
+                n_out += 1
+        for p in range(QUIET_RULES, count):  # rules without a bit: always stepped
+            r = layout_rules[first + p]
+            kind = step_rule(r, np.uint64(0), d, t, marked, code, args, aux, length, shapes, hold, since, active,
+                             quiet, latest, latest_ts, params, stack, state, inst_func, inst_metric, inst_param,
+                             layout_inst, layout, base, origin, worse_metric, worse_dir, worse_step, reported)
             if kind != 0:
                 _emit(n_out, r, d, kind, t, latest, rule_metrics, out_rule, out_dev, out_kind, out_ts, out_vals)
                 n_out += 1
@@ -624,7 +670,7 @@ def tick(
     latest, latest_ts, params,
     code, args, aux, length, shapes, hold, rule_metrics, timed,
     dev_layout, layout_ptr, layout_rules, layout_inst, state_base,
-    since, flags,
+    since, active, quiet,
     state, inst_func, inst_metric, inst_param,
     origin,
     worse_metric, worse_dir, worse_step, reported,
@@ -645,11 +691,13 @@ def tick(
             t = now
         layout = dev_layout[d]
         base = state_base[d]
-        for p in range(layout_ptr[layout], layout_ptr[layout + 1]):
-            r = layout_rules[p]
+        first = layout_ptr[layout]
+        for p in range(layout_ptr[layout + 1] - first):
+            r = layout_rules[first + p]
             if not timed[r] and math.isnan(since[d, r]):
                 continue
-            kind = step_rule(r, d, t, False, code, args, aux, length, shapes, hold, since, flags, latest,
+            bit = np.uint64(1) << np.uint64(p) if p < QUIET_RULES else np.uint64(0)
+            kind = step_rule(r, bit, d, t, False, code, args, aux, length, shapes, hold, since, active, quiet, latest,
                              latest_ts, params, stack, state, inst_func, inst_metric, inst_param, layout_inst, layout,
                              base, origin, worse_metric, worse_dir, worse_step, reported)
             if kind != 0:

@@ -33,7 +33,9 @@ OP_MLT, OP_MLE, OP_MGT, OP_MGE, OP_MEQ, OP_MNE = 22, 23, 24, 25, 26, 27
 # Shapes of a whole program the kernels run without the interpreter's loop (same results):
 # What the kernels report and keep per device and rule.
 OPEN, CLEAR, UPDATE = 1, 2, 3  # transitions; UPDATE: an open order's problem got worse
-ACTIVE, SETTLED = 0, 1  # flags[d, r, ACTIVE]: the rule is open for the device; SETTLED: see kernels.step_rule
+# quiet[d, SETTLED] and quiet[d, LEARNT]: bit p for the device's p-th rule (see kernels.step_rule)
+SETTLED, LEARNT = 0, 1
+QUIET_RULES = 63  # rules past the 63rd of a device have no bit: they are stepped at every message
 
 SHAPE_GENERAL = 0
 SHAPE_FUSED = 1  # metric <cmp> constant: one fused opcode
@@ -92,7 +94,6 @@ class Program:
     hold: np.ndarray  # float64 [rules, 2]: `for` and `clear_for`, seconds
     applies: np.ndarray  # bool [devices, rules]
     rule_metrics: np.ndarray  # int32 [rules, k]: metrics each rule reads, -1 padded
-    rule_mask: np.ndarray  # uint64 [rules]: bit min(m, 63) set for each metric m the rule reads
     metric_learns: np.ndarray  # bool [metrics]: a zscore or anomaly learns from the metric's readings
     timed: np.ndarray  # bool [rules]: the condition can change with time alone (functions)
     worse_metric: np.ndarray  # int32 [rules]: the metric whose getting worse revises an open order, or -1
@@ -111,6 +112,8 @@ class Program:
     layout_ptr: np.ndarray  # int32 [layouts + 1]: the layout's rules are
     layout_rules: np.ndarray  # int32: layout_rules[layout_ptr[l]:layout_ptr[l + 1]], ascending
     layout_inst: np.ndarray  # int64 [layouts, instances]: offset from the device's first slot, or -1
+    # bit p (p < QUIET_RULES) for each p-th rule of the layout that reads metric m
+    layout_readers: np.ndarray  # uint64 [layouts, metrics]
     state_base: np.ndarray  # int64 [devices]: the device's first state slot
     state_width: np.ndarray  # int64 [devices]: its number of state slots
     inst_width: np.ndarray  # int32 [instances]: floats per device
@@ -118,6 +121,13 @@ class Program:
     metric_inst: np.ndarray  # int32: metric_inst[metric_inst_ptr[m]:metric_inst_ptr[m + 1]]
     state_size: int
     stack_size: int
+
+    def position(self, d: int, r: int) -> int:
+        """Rule ``r``'s place among the rules of device ``d`` (its bit in the kernels' ``quiet``), or -1."""
+        layout = self.dev_layout[d]
+        mine = self.layout_rules[self.layout_ptr[layout]:self.layout_ptr[layout + 1]]
+        p = int(np.searchsorted(mine, r))
+        return p if p < len(mine) and mine[p] == r else -1
 
 
 def applies(rule: Rule, device: Device) -> bool:
@@ -322,18 +332,19 @@ def compile_rules(rules: list[Rule], registry: Registry) -> Program:
     for instance in instances:
         if instance.function in ("zscore", "anomaly"):
             metric_learns[instance.metric] = True
-    rule_mask = np.zeros(n, dtype=np.uint64)
-    for r, rule in enumerate(rules):
-        for name in rule.metrics:
-            rule_mask[r] |= np.uint64(1) << np.uint64(min(metric_index[name], 63))
+    layout_readers = np.zeros((max(1, len(layout_rows)), len(metric_names)), dtype=np.uint64)
+    for l, row in enumerate(layout_rows):
+        for position, r in enumerate(np.flatnonzero(row)[:QUIET_RULES]):
+            for name in rules[r].metrics:
+                layout_readers[l, metric_index[name]] |= np.uint64(1) << np.uint64(position)
     params = np.full((n_dev, max(1, len(registry.param_names))), np.nan)
     for device in registry.devices:
         for name, value in device.params.items():
             params[device.index, param_index[name]] = value
     return Program(
-        metric_names, text_metrics, texts, code, args, aux, lengths, shapes, hold, applies_to, rule_metrics, rule_mask,
+        metric_names, text_metrics, texts, code, args, aux, lengths, shapes, hold, applies_to, rule_metrics,
         metric_learns, timed, worse_metric, worse_dir, worse_step, params, instances, inst_func, inst_metric, inst_param, inst_rule, inst_off,
-        dev_layout, layout_ptr, layout_rules, layout_inst, state_base, state_width, inst_width,
+        dev_layout, layout_ptr, layout_rules, layout_inst, layout_readers, state_base, state_width, inst_width,
         metric_inst_ptr, metric_inst, offset, stack,
     )
 
