@@ -430,3 +430,24 @@ def test_skipped_rules_match_the_reference_on_repeated_values(tmp_path_factory, 
             got += [(t.kind, t.rule.name, t.device.id, t.ts) for t in engine.process(builder.build())]
             want += reference.message(device, ts, values, arrival=clock)
     assert got == want
+
+
+def test_a_device_with_more_rules_than_settle_bits_matches_the_reference(tmp_path):
+    # The kernels keep a bit per rule of a device for its first 63 rules (program.QUIET_RULES);
+    # the rules past those are stepped at every message. Both kinds must give the reference's results.
+    lines = ["rules:"]
+    for i in range(70):
+        lines += [f"  - name: tilt_over_{i}", "    applies_to: {kind: manhole_cover}", f"    when: tilt_deg > {i}",
+                  f"    clear_when: tilt_deg < {i} - 3", "    for: 2s",
+                  "    order: {category: c, severity: minor, title: \"{device}\"}"]
+    rules, registry = make_rules(tmp_path, "\n".join(lines) + "\n"), make_registry()
+    engine, reference = Engine(rules, registry, origin=0.0), ReferenceEngine(rules, registry, origin=0.0)
+    tilts = [0.0, 10.0, 10.0, 66.5, 66.5, 66.5, 66.5, 5.0, 5.0, 5.0, 68.0, 68.0, 68.0, 68.0, 0.0, 0.0, 0.0]
+    messages = [("c1", float(2 * step), {"tilt_deg": tilt}) for step, tilt in enumerate(tilts)]
+    got = run_kernel(engine, registry, messages, batch_size=3)
+    want = [event for device, ts, values in messages for event in reference.message(device, ts, values)]
+    assert got == want
+    opened = {name for kind, name, _, _ in got if kind == "open"}
+    assert {"tilt_over_0", "tilt_over_62", "tilt_over_63", "tilt_over_66", "tilt_over_67"} <= opened
+    assert "tilt_over_69" not in opened
+    assert {name for kind, name, _, _ in got if kind == "clear"} >= {"tilt_over_63", "tilt_over_66"}
