@@ -518,6 +518,12 @@ def settle(quiet, d, bit, learnt):
 
 
 @inlined
+def quiet_bit(p):
+    """The bit of a device's ``p``-th rule in its ``quiet`` words; 0 past the first QUIET_RULES."""
+    return np.uint64(1) << np.uint64(p) if p < QUIET_RULES else np.uint64(0)
+
+
+@inlined
 def unsettle(quiet, d, bit):
     if (quiet[d, SETTLED] & bit) != 0:
         quiet[d, SETTLED] &= ~bit
@@ -634,26 +640,20 @@ def run_batch(
         if latest_ts[d, 0] > t:
             t = latest_ts[d, 0]
         # The rules to step, as bits of their places among the device's rules: those not
-        # settled, and those whose inputs changed.
+        # settled, and those whose inputs changed; then every rule without a bit.
         todo = ~quiet[d, SETTLED] | changed | (learning & quiet[d, LEARNT])
-        if count < QUIET_RULES:
-            todo &= (np.uint64(1) << np.uint64(count)) - np.uint64(1)
-        else:
-            todo &= (np.uint64(1) << np.uint64(QUIET_RULES)) - np.uint64(1)
-        while todo != 0:
-            p = np.int64(trailing_zeros(todo))
-            bit = np.uint64(1) << np.uint64(p)
-            todo ^= bit
+        todo &= (np.uint64(1) << np.uint64(min(count, QUIET_RULES))) - np.uint64(1)
+        p = 0
+        while True:
+            if todo != 0:
+                p = np.int64(trailing_zeros(todo))
+                todo &= todo - np.uint64(1)
+            else:
+                p = max(p + 1, QUIET_RULES)
+                if p >= count:
+                    break
             r = layout_rules[first + p]
-            kind = step_rule(r, bit, d, t, marked, code, args, aux, length, shapes, hold, since, active, quiet,
-                             latest, latest_ts, params, stack, state, inst_func, inst_metric, inst_param, layout_inst,
-                             layout, base, origin, worse_metric, worse_dir, worse_step, reported)
-            if kind != 0:
-                _emit(n_out, r, d, kind, t, latest, rule_metrics, out_rule, out_dev, out_kind, out_ts, out_vals)
-                n_out += 1
-        for p in range(QUIET_RULES, count):  # rules without a bit: always stepped
-            r = layout_rules[first + p]
-            kind = step_rule(r, np.uint64(0), d, t, marked, code, args, aux, length, shapes, hold, since, active,
+            kind = step_rule(r, quiet_bit(p), d, t, marked, code, args, aux, length, shapes, hold, since, active,
                              quiet, latest, latest_ts, params, stack, state, inst_func, inst_metric, inst_param,
                              layout_inst, layout, base, origin, worse_metric, worse_dir, worse_step, reported)
             if kind != 0:
@@ -696,8 +696,7 @@ def tick(
             r = layout_rules[first + p]
             if not timed[r] and math.isnan(since[d, r]):
                 continue
-            bit = np.uint64(1) << np.uint64(p) if p < QUIET_RULES else np.uint64(0)
-            kind = step_rule(r, bit, d, t, False, code, args, aux, length, shapes, hold, since, active, quiet, latest,
+            kind = step_rule(r, quiet_bit(p), d, t, False, code, args, aux, length, shapes, hold, since, active, quiet, latest,
                              latest_ts, params, stack, state, inst_func, inst_metric, inst_param, layout_inst, layout,
                              base, origin, worse_metric, worse_dir, worse_step, reported)
             if kind != 0:
