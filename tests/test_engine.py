@@ -125,6 +125,17 @@ def test_interrupted_condition_starts_over_and_late_readings_are_ignored(tmp_pat
     assert engine.late_readings == 2  # the late message's marker and its reading
 
 
+def test_a_wait_carried_over_to_reloaded_rules_ends_on_time(tmp_path):
+    registry = make_registry()
+    before = Engine(make_rules(tmp_path), registry)
+    assert run_kernel(before, registry, [("c1", 100.0, {"tilt_deg": 20})], 10) == []  # `for: 10s` starts
+    after = Engine(make_rules(tmp_path), registry)
+    assert "tilted" in after.carry_over(before)
+    assert run_kernel(after, registry, [("c1", 105.0, {"tilt_deg": 20}), ("c1", 110.0, {"tilt_deg": 20})], 10) == [
+        ("open", "tilted", "c1", 110.0),  # from 100, not from the first message after the reload
+    ]
+
+
 def test_registry_parameters_and_missing_parameters(tmp_path):
     registry = make_registry()
     engine = Engine(make_rules(tmp_path), registry)

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from edge.engine import aot
-from edge.engine.program import CLEAR, OPEN, QUIET_RULES, SETTLED, UPDATE, Program, compile_rules
+from edge.engine.program import CLEAR, OPEN, PENDING, QUIET_RULES, SETTLED, UPDATE, Program, compile_rules
 from edge.engine.rules import Rule
 from edge.registry import Device, Registry
 
@@ -108,7 +108,7 @@ class Engine:
         # device-major: one device's state lies together (see kernels.step_rule)
         self.since = np.full((n_dev, n_rules), np.nan)  # since when the condition in force has held
         self.active = np.zeros((n_dev, n_rules), dtype=np.bool_)  # the rule's order is open for the device
-        self.quiet = np.zeros((n_dev, 2), dtype=np.uint64)  # rules that need no step (see kernels.step_rule)
+        self.quiet = np.zeros((n_dev, 3), dtype=np.uint64)  # rules that need no step (see kernels.step_rule)
         self.reported = np.full((n_dev, n_rules), np.nan)  # value of the worsening metric last reported
         self.state = np.full(p.state_size, np.nan)
         capacity = max(1024, 4 * n_rules)
@@ -268,6 +268,7 @@ class Engine:
                 rows = new_index[:, 0] >= 0
                 self.state[new_index[rows]] = old.state[old_index[rows]]
             kept.append(rule.name)
+        self.quiet[:, PENDING] = ~np.uint64(0)  # times carried over: each rule's is looked at once
         return kept
 
     def state_bytes(self) -> int:

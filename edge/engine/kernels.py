@@ -31,7 +31,7 @@ from edge.engine.functions import (
     F_STUCK, F_ZSCORE, STUCK_MIN_READINGS, ZSCORE_WARMUP,
 )
 from edge.engine.program import (
-    CLEAR, LEARNT, OPEN, QUIET_RULES, SETTLED, UPDATE,
+    CLEAR, LEARNT, OPEN, PENDING, QUIET_RULES, SETTLED, UPDATE,
     OP_ADD, OP_AND, OP_BOOL, OP_CALL, OP_CONST, OP_DIV, OP_EQ, OP_GE, OP_GT, OP_JF, OP_JT, OP_LE, OP_LT,
     OP_METRIC, OP_MLE, OP_MLT, OP_MGE, OP_MGT, OP_MEQ, OP_MUL, OP_NE, OP_NEG, OP_NOT, OP_PARAM, OP_SUB,
     SHAPE_CALL, SHAPE_FUSED, SHAPE_GENERAL,
@@ -451,7 +451,9 @@ def step_rule(r, bit, d, t, at_message, code, args, aux, length, shapes, hold, s
     as long as the rule's metrics keep their values: its conditions were decided by metric
     values and functions that cannot move between messages (see ``run_program``). In
     ``quiet[d, LEARNT]``: and it called a function that learns, so a fresh reading of one of
-    the rule's metrics unsettles it even when the value is the same.
+    the rule's metrics unsettles it even when the value is the same. Clear in
+    ``quiet[d, PENDING]``: ``since[d, r]`` is NaN, and need not be read (most steps find their
+    condition false, and no other step of a message reads the device's ``since`` row).
     """
     which = 1 if active[d, r] else 0
     holds, effect = condition(shapes[r, which], code, args, aux, r, which, length[r, which], d, t, at_message, latest,
@@ -459,11 +461,19 @@ def step_rule(r, bit, d, t, at_message, code, args, aux, length, shapes, hold, s
                               base, origin)
     if holds:
         unsettle(quiet, d, bit)
-        if math.isnan(since[d, r]):
+        started = t
+        if (quiet[d, PENDING] & bit) != 0 or bit == 0:  # it may have held before
+            started = since[d, r]
+            if math.isnan(started):
+                started = t
+                since[d, r] = t
+        else:
+            quiet[d, PENDING] |= bit
             since[d, r] = t
-        if t - since[d, r] >= hold[r, which]:
+        if t - started >= hold[r, which]:
             active[d, r] = which == 0
             since[d, r] = math.nan
+            quiet[d, PENDING] &= ~bit
             if which == 1:
                 return CLEAR
             m = worse_metric[r]
@@ -471,8 +481,10 @@ def step_rule(r, bit, d, t, at_message, code, args, aux, length, shapes, hold, s
             return OPEN
         return 0
     # (written only when they change: a line that stays clean need not go back to memory)
-    if not math.isnan(since[d, r]):
-        since[d, r] = math.nan
+    if (quiet[d, PENDING] & bit) != 0 or bit == 0:
+        if not math.isnan(since[d, r]):
+            since[d, r] = math.nan
+        quiet[d, PENDING] &= ~bit
     if (effect & MOVES) != 0:
         unsettle(quiet, d, bit)
     else:
@@ -551,7 +563,7 @@ def _prefetch_device(d, latest, latest_ts, active, quiet, state, state_base, sta
     n_rules = active.shape[1]
     for at in range(0, n_rules, 64):
         prefetch(active, d * n_rules + at)
-    prefetch(quiet, 2 * d)
+    prefetch(quiet, quiet.shape[1] * d)
     base = state_base[d]
     for at in range(0, state_width[d], 8):
         prefetch(state, base + at)

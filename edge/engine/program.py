@@ -33,8 +33,9 @@ OP_MLT, OP_MLE, OP_MGT, OP_MGE, OP_MEQ, OP_MNE = 22, 23, 24, 25, 26, 27
 # Shapes of a whole program the kernels run without the interpreter's loop (same results):
 # What the kernels report and keep per device and rule.
 OPEN, CLEAR, UPDATE = 1, 2, 3  # transitions; UPDATE: an open order's problem got worse
-# quiet[d, SETTLED] and quiet[d, LEARNT]: bit p for the device's p-th rule (see kernels.step_rule)
-SETTLED, LEARNT = 0, 1
+# quiet[d, SETTLED], quiet[d, LEARNT] and quiet[d, PENDING]: bit p for the device's p-th rule
+# (see kernels.step_rule)
+SETTLED, LEARNT, PENDING = 0, 1, 2
 QUIET_RULES = 63  # rules past the 63rd of a device have no bit: they are stepped at every message
 
 SHAPE_GENERAL = 0
