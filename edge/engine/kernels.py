@@ -461,15 +461,11 @@ def step_rule(r, bit, d, t, at_message, code, args, aux, length, shapes, hold, s
                               base, origin)
     if holds:
         unsettle(quiet, d, bit)
-        started = t
-        if (quiet[d, PENDING] & bit) != 0 or bit == 0:  # it may have held before
-            started = since[d, r]
-            if math.isnan(started):
-                started = t
-                since[d, r] = t
-        else:
-            quiet[d, PENDING] |= bit
+        started = since[d, r] if pending(quiet, d, bit) else math.nan
+        if math.isnan(started):
+            started = t
             since[d, r] = t
+            quiet[d, PENDING] |= bit
         if t - started >= hold[r, which]:
             active[d, r] = which == 0
             since[d, r] = math.nan
@@ -481,7 +477,7 @@ def step_rule(r, bit, d, t, at_message, code, args, aux, length, shapes, hold, s
             return OPEN
         return 0
     # (written only when they change: a line that stays clean need not go back to memory)
-    if (quiet[d, PENDING] & bit) != 0 or bit == 0:
+    if pending(quiet, d, bit):
         if not math.isnan(since[d, r]):
             since[d, r] = math.nan
         quiet[d, PENDING] &= ~bit
@@ -533,6 +529,12 @@ def settle(quiet, d, bit, learnt):
 def quiet_bit(p):
     """The bit of a device's ``p``-th rule in its ``quiet`` words; 0 past the first QUIET_RULES."""
     return np.uint64(1) << np.uint64(p) if p < QUIET_RULES else np.uint64(0)
+
+
+@inlined
+def pending(quiet, d, bit):
+    """Whether ``since[d, r]`` of the rule with ``bit`` may hold a time (see step_rule)."""
+    return bit == 0 or (quiet[d, PENDING] & bit) != 0
 
 
 @inlined
