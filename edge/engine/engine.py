@@ -108,7 +108,8 @@ class Engine:
         # device-major: one device's state lies together (see kernels.step_rule)
         self.since = np.full((n_dev, n_rules), np.nan)  # since when the condition in force has held
         self.active = np.zeros((n_dev, n_rules), dtype=np.bool_)  # the rule's order is open for the device
-        self.quiet = np.zeros((n_dev, 3), dtype=np.uint64)  # rules that need no step (see kernels.step_rule)
+        # bit words of the device's rules: settled, learnt, pending (see kernels.step_rule)
+        self.quiet = np.zeros((n_dev, PENDING + 1), dtype=np.uint64)
         self.reported = np.full((n_dev, n_rules), np.nan)  # value of the worsening metric last reported
         self.state = np.full(p.state_size, np.nan)
         capacity = max(1024, 4 * n_rules)

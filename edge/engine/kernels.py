@@ -708,9 +708,10 @@ def tick(
         first = layout_ptr[layout]
         for p in range(layout_ptr[layout + 1] - first):
             r = layout_rules[first + p]
-            if not timed[r] and math.isnan(since[d, r]):
-                continue
-            kind = step_rule(r, quiet_bit(p), d, t, False, code, args, aux, length, shapes, hold, since, active, quiet, latest,
+            bit = quiet_bit(p)
+            if not timed[r] and (not pending(quiet, d, bit) or math.isnan(since[d, r])):
+                continue  # no function, no wait: time alone cannot change it
+            kind = step_rule(r, bit, d, t, False, code, args, aux, length, shapes, hold, since, active, quiet, latest,
                              latest_ts, params, stack, state, inst_func, inst_metric, inst_param, layout_inst, layout,
                              base, origin, worse_metric, worse_dir, worse_step, reported)
             if kind != 0:
