@@ -63,6 +63,40 @@ def prefetch(typingctx, array, index):
     return types.void(array, index), codegen
 
 
+@intrinsic
+def load(typingctx, array, index):
+    """``array``'s element at flat ``index``, which must be >= 0.
+
+    ``array[index]`` with a signed index costs a compare and a select: numba turns a negative
+    index into one from the end. The window functions' slot loops (``update_instance``,
+    ``instance_value``) index the state only from a device's row, never from the end, and
+    read it through ``load`` and ``store``."""
+    if not isinstance(array, types.Array) or not isinstance(index, types.Integer):
+        return None
+
+    def codegen(context, builder, signature, args):
+        data = context.make_array(signature.args[0])(context, builder, args[0]).data
+        return context.unpack_value(builder, signature.args[0].dtype, builder.gep(data, [args[1]]))
+
+    return array.dtype(array, index), codegen
+
+
+@intrinsic
+def store(typingctx, array, index, value):
+    """Set ``array``'s element at flat ``index`` (>= 0) to ``value`` (see ``load``)."""
+    if not isinstance(array, types.Array) or not isinstance(index, types.Integer):
+        return None
+
+    def codegen(context, builder, signature, args):
+        data = context.make_array(signature.args[0])(context, builder, args[0]).data
+        dtype = signature.args[0].dtype
+        value = context.cast(builder, args[2], signature.args[2], dtype)
+        context.pack_value(builder, dtype, value, builder.gep(data, [args[1]]))
+        return context.get_dummy_value()
+
+    return types.void(array, index, value), codegen
+
+
 MOVES, LEARNS = 1, 2  # what a condition's function calls did (see run_program)
 
 
@@ -91,71 +125,71 @@ def update_instance(func, state, row, param, ts, x):
         number = int(math.floor(ts * BUCKETS / param))
         size = slot_size(func)
         at = row + (number % BUCKETS) * size
-        fresh = state[at] != float(number)
+        fresh = load(state, at) != float(number)
         if fresh:
-            state[at] = float(number)
+            store(state, at, float(number))
         if func == F_AVG:
             if fresh:
-                state[at + 1] = 0.0
-                state[at + 2] = 0.0
-            state[at + 1] += 1.0
-            state[at + 2] += x
+                store(state, at + 1, 0.0)
+                store(state, at + 2, 0.0)
+            store(state, at + 1, load(state, at + 1) + 1.0)
+            store(state, at + 2, load(state, at + 2) + x)
         elif func == F_MIN:
-            if fresh or x < state[at + 1]:
-                state[at + 1] = x
+            if fresh or x < load(state, at + 1):
+                store(state, at + 1, x)
         elif func == F_MAX:
-            if fresh or x > state[at + 1]:
-                state[at + 1] = x
+            if fresh or x > load(state, at + 1):
+                store(state, at + 1, x)
         elif func == F_COUNT:
             if fresh:
-                state[at + 1] = 0.0
-            state[at + 1] += 1.0
+                store(state, at + 1, 0.0)
+            store(state, at + 1, load(state, at + 1) + 1.0)
         elif func == F_DELTA or func == F_RATE:
             if fresh:
-                state[at + 1] = ts
-                state[at + 2] = x
+                store(state, at + 1, ts)
+                store(state, at + 2, x)
         else:  # F_STUCK
             if fresh:
-                state[at + 1] = 0.0
-                state[at + 2] = x
-                state[at + 3] = x
-                state[at + 4] = ts
-            state[at + 1] += 1.0
-            if x < state[at + 2]:
-                state[at + 2] = x
-            if x > state[at + 3]:
-                state[at + 3] = x
+                store(state, at + 1, 0.0)
+                store(state, at + 2, x)
+                store(state, at + 3, x)
+                store(state, at + 4, ts)
+            store(state, at + 1, load(state, at + 1) + 1.0)
+            if x < load(state, at + 2):
+                store(state, at + 2, x)
+            if x > load(state, at + 3):
+                store(state, at + 3, x)
     elif func == F_ZSCORE:  # n, mean, var, last_ts, z of the latest reading
-        n = state[row]
-        mean = state[row + 1]
-        var = state[row + 2]
+        n = load(state, row)
+        mean = load(state, row + 1)
+        var = load(state, row + 2)
         if n >= ZSCORE_WARMUP:
             if var > 0.0:
-                state[row + 4] = (x - mean) / math.sqrt(var)
+                store(state, row + 4, (x - mean) / math.sqrt(var))
             elif x == mean:
-                state[row + 4] = 0.0
+                store(state, row + 4, 0.0)
             else:
-                state[row + 4] = math.copysign(math.inf, x - mean)
+                store(state, row + 4, math.copysign(math.inf, x - mean))
         else:
-            state[row + 4] = math.nan
+            store(state, row + 4, math.nan)
         if n == 0.0:
-            state[row + 1] = x
-            state[row + 2] = 0.0
+            store(state, row + 1, x)
+            store(state, row + 2, 0.0)
         else:
-            alpha = max(1.0 - 2.0 ** (-(ts - state[row + 3]) / param), 1.0 / (n + 1.0))
+            alpha = max(1.0 - 2.0 ** (-(ts - load(state, row + 3)) / param), 1.0 / (n + 1.0))
             diff = x - mean
             increment = alpha * diff
-            state[row + 1] = mean + increment
-            state[row + 2] = (1.0 - alpha) * (var + diff * increment)
-        state[row] = n + 1.0
-        state[row + 3] = ts
+            store(state, row + 1, mean + increment)
+            store(state, row + 2, (1.0 - alpha) * (var + diff * increment))
+        store(state, row, n + 1.0)
+        store(state, row + 3, ts)
     elif func == F_CHANGED:  # last value, time of the last change
-        last = state[row]
+        last = load(state, row)
         if last == last and x != last:
-            state[row + 1] = ts
-        state[row] = x
+            store(state, row + 1, ts)
+        store(state, row, x)
     elif func == F_ANOMALY:  # the detector's state, then the score of the latest reading
-        state[row + ANOMALY_STATE] = detector_step(state, row, ts, x)
+        store(state, row + ANOMALY_STATE, detector_step(state, row, ts, x))
 
 
 @inlined
@@ -184,11 +218,11 @@ def instance_value(func, state, row, param, t, latest_value, latest_time, last_m
     if func == F_ABSENT:
         return 1.0 if t - last_message >= param else 0.0
     if func == F_ZSCORE:
-        return state[row + 4]
+        return load(state, row + 4)
     if func == F_CHANGED:
-        return 1.0 if state[row + 1] == t else 0.0
+        return 1.0 if load(state, row + 1) == t else 0.0
     if func == F_ANOMALY:
-        return state[row + ANOMALY_STATE]
+        return load(state, row + ANOMALY_STATE)
     # Windowed: the slots whose number lies in (top - BUCKETS, top]; one loop per function,
     # so each loop body is straight-line code.
     top = math.floor(t * BUCKETS / param)
@@ -198,47 +232,47 @@ def instance_value(func, state, row, param, t, latest_value, latest_time, last_m
         total = 0.0
         for b in range(BUCKETS):
             at = row + b * 3
-            k = state[at]
+            k = load(state, at)
             if (k > low_k) & (k <= top):
-                count += state[at + 1]
-                total += state[at + 2]
+                count += load(state, at + 1)
+                total += load(state, at + 2)
         return total / count if count != 0.0 else math.nan
     if func == F_MIN:
         low = math.inf
         for b in range(BUCKETS):
             at = row + b * 2
-            k = state[at]
+            k = load(state, at)
             if (k > low_k) & (k <= top):
                 count += 1.0
-                low = min(low, state[at + 1])
+                low = min(low, load(state, at + 1))
         return low if count != 0.0 else math.nan
     if func == F_MAX:
         high = -math.inf
         for b in range(BUCKETS):
             at = row + b * 2
-            k = state[at]
+            k = load(state, at)
             if (k > low_k) & (k <= top):
                 count += 1.0
-                high = max(high, state[at + 1])
+                high = max(high, load(state, at + 1))
         return high if count != 0.0 else math.nan
     if func == F_COUNT:
         for b in range(BUCKETS):
             at = row + b * 2
-            k = state[at]
+            k = load(state, at)
             if (k > low_k) & (k <= top):
-                count += state[at + 1]
+                count += load(state, at + 1)
         return count
     if func == F_DELTA or func == F_RATE:
         first_ts = math.inf
         first_value = math.nan
         for b in range(BUCKETS):
             at = row + b * 3
-            k = state[at]
+            k = load(state, at)
             if (k > low_k) & (k <= top):
                 count += 1.0
-                if state[at + 1] < first_ts:
-                    first_ts = state[at + 1]
-                    first_value = state[at + 2]
+                if load(state, at + 1) < first_ts:
+                    first_ts = load(state, at + 1)
+                    first_value = load(state, at + 2)
         if count == 0.0:
             return math.nan
         if func == F_DELTA:
@@ -251,12 +285,12 @@ def instance_value(func, state, row, param, t, latest_value, latest_time, last_m
         first_ts = math.inf
         for b in range(BUCKETS):
             at = row + b * 5
-            k = state[at]
+            k = load(state, at)
             if (k > low_k) & (k <= top):
-                count += state[at + 1]
-                low = min(low, state[at + 2])
-                high = max(high, state[at + 3])
-                first_ts = min(first_ts, state[at + 4])
+                count += load(state, at + 1)
+                low = min(low, load(state, at + 2))
+                high = max(high, load(state, at + 3))
+                first_ts = min(first_ts, load(state, at + 4))
         ok = (count >= STUCK_MIN_READINGS) & (high == low) & (latest_time - first_ts >= param / 2)
         return 1.0 if ok else 0.0
     return math.nan
