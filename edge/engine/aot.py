@@ -180,11 +180,14 @@ def _no_init(*args) -> None:
     return None
 
 
-def build(directory: Path | None = None) -> Path:
+def build(directory: Path | None = None, cpu: str = "host") -> Path:
     """Compile the kernels into an extension module in ``directory``; returns its path.
 
     Takes about as long as numba's first compile (tens of seconds). The module appears
-    atomically: an engine starting meanwhile finds either no module or a whole one."""
+    atomically: an engine starting meanwhile finds either no module or a whole one. ``cpu``
+    is the LLVM name of the CPU to tune for; only "host" makes a module the gateway should
+    run (another, such as "haswell", is for tools that cannot run every instruction of this
+    CPU: bench/bench_engine_instructions.py runs the kernels under valgrind)."""
     from numba.core.errors import NumbaPendingDeprecationWarning
 
     from edge.engine import kernels
@@ -200,7 +203,7 @@ def build(directory: Path | None = None) -> Path:
         with tempfile.TemporaryDirectory(dir=directory) as scratch:
             cc = CC(name)
             cc.output_dir = scratch
-            cc.target_cpu = "host"
+            cc.target_cpu = cpu
             cc.use_nrt = False  # the kernels never allocate (see kernels.py)
             cc.verbose = False
             for export in EXPORTS:
