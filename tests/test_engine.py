@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import random
 
 from hypothesis import event, given, settings
@@ -247,6 +248,21 @@ def test_a_device_clock_never_runs_back_before_its_newest_report(tmp_path):
     got += [(t.kind, t.rule.name, t.device.id, t.ts) for t in engine.tick(11.0)]
     want += reference.tick(11.0)
     assert got == want == [("open", "avg_tilt", "c2", 11.0), ("open", "odd_tilt", "c2", 11.0)]
+
+
+def test_a_value_that_is_not_a_finite_number_is_not_a_reading(tmp_path):
+    """NaN and infinity are dropped, as if the metric were absent from those reports: they
+    neither become the latest value nor enter a window (whose scans weigh each slot by 0 or 1,
+    which needs finite values). Kernel and reference agree."""
+    rules, registry = make_rules(tmp_path, FUNCTION_RULES), make_registry()
+    engine, reference = Engine(rules, registry, origin=0.0), ReferenceEngine(rules, registry, origin=0.0)
+    messages = [("c1", 1.0, {"tilt_deg": 14.0}), ("c1", 2.0, {"tilt_deg": math.nan}),
+                ("c1", 3.0, {"tilt_deg": math.inf}), ("c1", 4.0, {"tilt_deg": 14.0}), ("c1", 9.0, {"tilt_deg": -math.inf})]
+    want = [t for m in messages for t in reference.message(*m)]
+    # avg 14 > 12 with two readings in 10 s from 4.0; `for: 5s` ends at the report at 9.0
+    assert run_kernel(engine, registry, messages, 2) == want == [("open", "avg_tilt", "c1", 9.0)]
+    tilt = engine.program.metric_names.index("tilt_deg")
+    assert (engine.latest[0, tilt], engine.latest_ts[0, tilt]) == (14.0, 4.0)
 
 
 def test_a_function_a_rule_uses_twice_is_one_state_learnt_once(tmp_path):

@@ -76,11 +76,16 @@ class BatchBuilder:
         val.append(ts if arrival is None else arrival)
         for name, value in values.items():
             m = index.get(name)
-            if m is not None:
-                dev.append(device_index)
-                met.append(m)
-                tss.append(ts)
-                val.append(self.texts.code(value) if isinstance(value, str) else value)
+            if m is None:
+                continue
+            if isinstance(value, str):
+                value = self.texts.code(value)
+            elif not math.isfinite(value):  # not a reading (the window scans need finite values)
+                continue
+            dev.append(device_index)
+            met.append(m)
+            tss.append(ts)
+            val.append(value)
 
     def __len__(self) -> int:
         return len(self.dev)

@@ -98,6 +98,7 @@ def store(typingctx, array, index, value):
 
 
 MOVES, LEARNS = 1, 2  # what a condition's function calls did (see run_program)
+FAR = 1e300  # added to a slot's value outside the window: no reading comes near it
 
 
 @inlined
@@ -194,8 +195,17 @@ def update_instance(func, state, row, param, ts, x):
 
 @inlined
 def init_instance(func, state, row):
-    """The state of an instance before its first reading."""
-    if func == F_ZSCORE:
+    """The state of an instance before its first reading.
+
+    A window's slots start with no number (NaN: in no window) and zero in every field, so a
+    scan can multiply a field by 0 for a slot outside the window (see ``instance_value``)."""
+    if func <= F_STUCK:
+        size = slot_size(func)
+        for b in range(BUCKETS):
+            store(state, row + b * size, math.nan)
+            for f in range(1, size):
+                store(state, row + b * size + f, 0.0)
+    elif func == F_ZSCORE:
         state[row] = 0.0  # n
     elif func == F_ANOMALY:
         detector_init(state, row)
@@ -211,6 +221,12 @@ def init_state(state, inst_func, inst_off):
                 init_instance(inst_func[k], state, inst_off[d, k])
 
 
+@inlined
+def in_window(number, low_k, top):
+    """1.0 for a slot whose ``number`` lies in (low_k, top], else 0.0 (also for NaN: no number)."""
+    return np.float64((number > low_k) & (number <= top))
+
+
 @helper
 def instance_value(func, state, row, param, t, latest_value, latest_time, last_message):
     """An instance's value at time ``t``. (Compiled once and called, not inlined: the kernels
@@ -223,8 +239,12 @@ def instance_value(func, state, row, param, t, latest_value, latest_time, last_m
         return 1.0 if load(state, row + 1) == t else 0.0
     if func == F_ANOMALY:
         return load(state, row + ANOMALY_STATE)
-    # Windowed: the slots whose number lies in (top - BUCKETS, top]; one loop per function,
-    # so each loop body is straight-line code.
+    # Windowed: the slots whose number lies in (top - BUCKETS, top]. Each scan weighs every slot
+    # by ``inside``, 1.0 in the window and 0.0 outside, instead of branching on it: which slots
+    # are in the window depends on the data, and a branch per slot was often mispredicted. A
+    # field is always finite (zero until written; readings are finite numbers, see
+    # engine.BatchBuilder), so a weight of 0.0 leaves a sum as it was, and a value moved FAR off
+    # loses every min and max.
     top = math.floor(t * BUCKETS / param)
     low_k = top - BUCKETS
     count = 0.0
@@ -232,49 +252,37 @@ def instance_value(func, state, row, param, t, latest_value, latest_time, last_m
         total = 0.0
         for b in range(BUCKETS):
             at = row + b * 3
-            k = load(state, at)
-            if (k > low_k) & (k <= top):
-                count += load(state, at + 1)
-                total += load(state, at + 2)
+            inside = in_window(load(state, at), low_k, top)
+            count += load(state, at + 1) * inside
+            total += load(state, at + 2) * inside
         return total / count if count != 0.0 else math.nan
-    if func == F_MIN:
+    if func == F_MIN or func == F_MAX:
+        sign = 1.0 if func == F_MIN else -1.0  # the max is minus the min of minus the values
         low = math.inf
         for b in range(BUCKETS):
             at = row + b * 2
-            k = load(state, at)
-            if (k > low_k) & (k <= top):
-                count += 1.0
-                low = min(low, load(state, at + 1))
-        return low if count != 0.0 else math.nan
-    if func == F_MAX:
-        high = -math.inf
-        for b in range(BUCKETS):
-            at = row + b * 2
-            k = load(state, at)
-            if (k > low_k) & (k <= top):
-                count += 1.0
-                high = max(high, load(state, at + 1))
-        return high if count != 0.0 else math.nan
+            inside = in_window(load(state, at), low_k, top)
+            count += inside
+            low = min(low, sign * load(state, at + 1) + (1.0 - inside) * FAR)
+        return sign * low if count != 0.0 else math.nan
     if func == F_COUNT:
         for b in range(BUCKETS):
             at = row + b * 2
-            k = load(state, at)
-            if (k > low_k) & (k <= top):
-                count += load(state, at + 1)
+            count += load(state, at + 1) * in_window(load(state, at), low_k, top)
         return count
     if func == F_DELTA or func == F_RATE:
         first_ts = math.inf
-        first_value = math.nan
         for b in range(BUCKETS):
             at = row + b * 3
-            k = load(state, at)
-            if (k > low_k) & (k <= top):
-                count += 1.0
-                if load(state, at + 1) < first_ts:
-                    first_ts = load(state, at + 1)
-                    first_value = load(state, at + 2)
+            inside = in_window(load(state, at), low_k, top)
+            count += inside
+            first_ts = min(first_ts, load(state, at + 1) + (1.0 - inside) * FAR)
         if count == 0.0:
             return math.nan
+        first_value = 0.0  # the value of the one slot in the window holding the earliest reading
+        for b in range(BUCKETS):
+            at = row + b * 3
+            first_value += load(state, at + 2) * np.float64(load(state, at + 1) == first_ts)
         if func == F_DELTA:
             return latest_value - first_value
         span = latest_time - first_ts
@@ -285,12 +293,12 @@ def instance_value(func, state, row, param, t, latest_value, latest_time, last_m
         first_ts = math.inf
         for b in range(BUCKETS):
             at = row + b * 5
-            k = load(state, at)
-            if (k > low_k) & (k <= top):
-                count += load(state, at + 1)
-                low = min(low, load(state, at + 2))
-                high = max(high, load(state, at + 3))
-                first_ts = min(first_ts, load(state, at + 4))
+            inside = in_window(load(state, at), low_k, top)
+            away = (1.0 - inside) * FAR
+            count += load(state, at + 1) * inside
+            low = min(low, load(state, at + 2) + away)
+            high = max(high, load(state, at + 3) - away)
+            first_ts = min(first_ts, load(state, at + 4) + away)
         ok = (count >= STUCK_MIN_READINGS) & (high == low) & (latest_time - first_ts >= param / 2)
         return 1.0 if ok else 0.0
     return math.nan

@@ -220,6 +220,8 @@ class ReferenceEngine:
                 continue
             if isinstance(value, str) and value not in self.known_texts:
                 value = OTHER
+            elif not isinstance(value, str) and not math.isfinite(value):
+                continue  # not a reading
             series = self.series.setdefault((device_id, name), _Series())
             if not series.readings or ts > series.readings[-1][0]:
                 series.add(ts, value)
