@@ -43,6 +43,8 @@ class ReadingBatch:
     """Readings as parallel arrays: device index, metric index, device time, value.
 
     Each message starts with a marker reading (metric 0) whose value is its arrival time.
+    Values are finite numbers (the kernels' window scans rely on it); BatchBuilder, which
+    makes every batch the engine processes, drops any other value.
     """
 
     def __init__(self, dev: np.ndarray, met: np.ndarray, ts: np.ndarray, val: np.ndarray):
