@@ -22,7 +22,6 @@ Needs valgrind (Debian package ``valgrind``).
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import re
 import shutil
@@ -45,12 +44,9 @@ def workload(devices: int, messages: int, kernels):
     """bench_engine.py's rules, registry and messages over ``devices`` devices."""
     import bench_engine
 
-    from edge.engine import Engine, load_rules
+    from edge.engine import Engine
 
-    with tempfile.TemporaryDirectory() as tmp:
-        extra = Path(tmp) / "extra.yaml"
-        extra.write_text(bench_engine.EXTRA_RULES)
-        rules = load_rules([ROOT / "rules", extra])
+    rules = bench_engine.bench_rules()
     bench_engine.DEVICES = devices
     registry = bench_engine.make_registry()
     _, batch, _ = bench_engine.make_messages(registry, Engine(rules, registry, kernels=kernels), messages)
@@ -65,11 +61,7 @@ def child(kernels_dir: Path, devices: int, messages: int) -> None:
     built = sorted(kernels_dir.glob("edge_kernels_*.so"))
     if len(built) != 1:
         sys.exit(f"want one edge_kernels_*.so in {kernels_dir}, found {len(built)}")
-    name = built[0].name.split(".", 1)[0]
-    spec = importlib.util.spec_from_file_location(name, built[0])
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    kernels = aot.Kernels(module.run_batch, module.tick, module.init_state, "ahead-of-time", str(built[0]))
+    kernels = aot.kernels_of(aot.load_file(built[0]))
     rules, registry, batch = workload(devices, messages, kernels)
     engine = Engine(rules, registry, origin=1_763_000_000.0, kernels=kernels)
     engine.warm_up()

@@ -98,8 +98,11 @@ def find(directory: Path | None = None) -> Path | None:
 def load(directory: Path | None = None) -> ModuleType | None:
     """Import the built module for the current sources; None when there is none."""
     path = find(directory)
-    if path is None:
-        return None
+    return None if path is None else load_file(path)
+
+
+def load_file(path: Path) -> ModuleType:
+    """Import the built module at ``path``, whatever sources it was built from."""
     name = path.name.split(".", 1)[0]
     if name in sys.modules:
         return sys.modules[name]
@@ -116,8 +119,11 @@ _chosen: Kernels | None = None
 def ahead_of_time(directory: Path | None = None) -> Kernels | None:
     """The kernels of the module built for the current sources, or None."""
     module = load(directory)
-    if module is None:
-        return None
+    return None if module is None else kernels_of(module)
+
+
+def kernels_of(module: ModuleType) -> Kernels:
+    """The kernels of a built module (see ``load_file``)."""
     return Kernels(module.run_batch, module.tick, module.init_state, "ahead-of-time", module.__file__)
 
 

@@ -218,9 +218,10 @@ class ReferenceEngine:
         for name, value in values.items():
             if name not in self.referenced:
                 continue
-            if isinstance(value, str) and value not in self.known_texts:
-                value = OTHER
-            elif not isinstance(value, str) and not math.isfinite(value):
+            if isinstance(value, str):
+                if value not in self.known_texts:
+                    value = OTHER
+            elif not math.isfinite(value):
                 continue  # not a reading
             series = self.series.setdefault((device_id, name), _Series())
             if not series.readings or ts > series.readings[-1][0]:
