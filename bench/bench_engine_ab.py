@@ -4,18 +4,23 @@ On this shared machine the engine's throughput moves by 10 to 30 % within an hou
 runs of bench_engine.py made apart cannot show a 10 % change. This times version A, then B,
 then A again..., each in a fresh process on the same core with bench_engine.py's workload,
 and reports B's time over A's for each pair: a drift of the machine moves both sides of a
-pair alike.
+pair alike. A turn's time is its fastest pass (other work on the machine only ever adds time,
+and it comes in bursts that can slow a whole turn); the result is the median over the pairs.
+Run it with the same version on both sides (HEAD HEAD) to see how far pairs scatter by noise
+alone.
 
 A version is a git revision (checked out in a scratch worktree) or ``.``, the working tree
 as it is. Each gets its kernels built ahead of time, for this CPU, into a scratch directory
 (about a minute each): the figures are for the kernels the gateway would run.
 
-``--rules FILE`` times, in place of bench_engine.py's extra rules, the rules in FILE beside
-the shipped ones: with a file holding one rule (or ``rules: []``), A against A shows what
-that one rule costs.
+``--rules`` sets the rules beside the shipped ones: ``bench`` (bench_engine.py's six extra
+rules, the default), ``shipped`` (none), or a rule file; ``--rules-b`` sets them for B alone.
+So ``HEAD HEAD --rules shipped --rules-b bench`` shows what the six extra rules cost, and
+``--rules-b FILE`` with one rule in FILE what that rule costs.
 
     .venv/bin/python bench/bench_engine_ab.py HEAD~1 .          # the last commit against the working tree
     .venv/bin/python bench/bench_engine_ab.py HEAD . --devices 100 --pairs 6
+    .venv/bin/python bench/bench_engine_ab.py HEAD HEAD --rules shipped --rules-b bench
 
 Prints each side's throughput and the ratios, and writes them to bench/results/engine_ab.json.
 """
@@ -37,7 +42,7 @@ ROOT = Path(__file__).resolve().parent.parent
 BUILD = "import sys; from pathlib import Path; from edge.engine import aot; aot.build(Path(sys.argv[1]))"
 
 
-def child(tree: Path, devices: int, messages: int, rounds: int, rules_file: str | None) -> None:
+def child(tree: Path, devices: int, messages: int, rounds: int, extra: str) -> None:
     """In a fresh process, with ``tree``'s sources first on sys.path: time its engine, print JSON."""
     sys.path.insert(0, str(tree))
     sys.path.insert(0, str(tree / "bench"))
@@ -47,10 +52,12 @@ def child(tree: Path, devices: int, messages: int, rounds: int, rules_file: str 
 
     os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[-1]})  # one core, the same for every turn
     bench_engine.DEVICES = devices
-    if rules_file is None:
+    if extra == "bench":
         rules = bench_engine.bench_rules()
+    elif extra == "shipped":
+        rules = load_rules([tree / "rules"])
     else:
-        rules = load_rules([tree / "rules", Path(rules_file)])
+        rules = load_rules([tree / "rules", Path(extra)])
     registry = bench_engine.make_registry()
     probe = Engine(rules, registry)
     if probe.kernels.kind != "ahead-of-time":
@@ -77,13 +84,12 @@ def build(tree: Path, kernels: Path) -> None:
     subprocess.run([sys.executable, "-c", BUILD, str(kernels)], check=True, env=env, cwd=tree)
 
 
-def turn(tree: Path, kernels: Path, args) -> dict:
+def turn(tree: Path, kernels: Path, rules: str, args) -> dict:
     env = dict(os.environ, EDGE_KERNELS_DIR=str(kernels))
     env.pop("EDGE_KERNELS", None)
     command = [sys.executable, __file__, "--child", str(tree),
                "--devices", str(args.devices), "--messages", str(args.messages), "--rounds", str(args.rounds)]
-    if args.rules is not None:
-        command += ["--rules", str(args.rules.resolve())]
+    command += ["--rules", rules if rules in ("bench", "shipped") else str(Path(rules).resolve())]
     done = subprocess.run(command, env=env, cwd=tree, capture_output=True, text=True)
     if done.returncode != 0:
         sys.exit(f"timing {tree} failed:\n{done.stderr}")
@@ -99,51 +105,62 @@ def main() -> None:
     parser.add_argument("--messages", type=int, default=1_000_000, help="per turn; default 1,000,000")
     parser.add_argument("--rounds", type=int, default=5, help="timed passes over the messages per turn; default 5")
     parser.add_argument("--pairs", type=int, default=4, help="turns of A then B; default 4")
-    parser.add_argument("--rules", type=Path, help="a rule file to time beside the shipped rules, in place of "
-                        "bench_engine.py's extra rules")
+    parser.add_argument("--rules", default="bench", help="the rules beside the shipped ones: bench (bench_engine.py's "
+                        "six extra rules; the default), shipped (none) or a rule file")
+    parser.add_argument("--rules-b", help="the same, for B alone (default: as --rules)")
     parser.add_argument("--child", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child is not None:
-        child(args.child, args.devices, args.messages, args.rounds, None if args.rules is None else str(args.rules))
+        child(args.child, args.devices, args.messages, args.rounds, args.rules)
         return
     if args.a is None:
         parser.error("give version A")
+    for rules in (args.rules, args.rules_b):
+        if rules is not None and rules not in ("bench", "shipped") and not Path(rules).is_file():
+            parser.error(f"no rule file {rules}")
 
     with tempfile.TemporaryDirectory() as tmp:
         scratch = Path(tmp)
         trees = {}
         try:
             for side, revision in (("A", args.a), ("B", args.b)):
-                tree = checkout(revision, scratch)
-                kernels = scratch / f"kernels-{side}"
-                build(tree, kernels)
-                trees[side] = (tree, kernels)
+                if side == "B" and revision == args.a:  # the same version: its tree and kernels once
+                    tree, kernels, _ = trees["A"]
+                else:
+                    tree = checkout(revision, scratch)
+                    kernels = scratch / f"kernels-{side}"
+                    build(tree, kernels)
+                rules = args.rules_b if side == "B" and args.rules_b is not None else args.rules
+                trees[side] = (tree, kernels, rules)
             runs = {"A": [], "B": []}
             for pair in range(args.pairs):
                 for side in ("A", "B"):
                     runs[side].append(turn(*trees[side], args))
-                a, b = (statistics.median(runs[side][-1]["seconds"]) for side in ("A", "B"))
+                a, b = (min(runs[side][-1]["seconds"]) for side in ("A", "B"))
                 print(f"pair {pair + 1}: A {a * 1e3:7.1f} ms, B {b * 1e3:7.1f} ms, B/A {b / a:.3f}", flush=True)
         finally:
-            for tree, _ in trees.values():
+            for tree in {tree for tree, _, _ in trees.values()}:
                 if tree != ROOT:
                     subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(tree)],
                                    capture_output=True)
 
-    ratios = [statistics.median(b["seconds"]) / statistics.median(a["seconds"]) for a, b in zip(runs["A"], runs["B"])]
+    ratios = [min(b["seconds"]) / min(a["seconds"]) for a, b in zip(runs["A"], runs["B"])]
     results = {"a": args.a, "b": args.b, "devices": args.devices, "messages": args.messages, "rounds": args.rounds,
-               "rules": args.rules.name if args.rules else "bench_engine.py's",
+               "rules_a": args.rules, "rules_b": args.rules_b or args.rules,
                "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-               "b_over_a_by_pair": [round(r, 3) for r in ratios], "b_over_a_median": round(statistics.median(ratios), 3)}
+               "b_over_a_by_pair": [round(r, 3) for r in ratios], "b_over_a_median": round(statistics.median(ratios), 3),
+               "b_minus_a_ns_per_message_median": round(statistics.median(
+                   (min(b["seconds"]) - min(a["seconds"])) / args.messages * 1e9 for a, b in zip(runs["A"], runs["B"])), 1)}
     for side in ("A", "B"):
         first = runs[side][0]
         seconds = [s for run in runs[side] for s in run["seconds"]]
-        rate = first["readings"] / statistics.median(seconds)
+        rate = first["readings"] / min(seconds)
         results[side] = {"rules": first["rules"], "readings": first["readings"], "state_bytes": first["state_bytes"],
-                         "readings_per_s_median": round(rate)}
-        print(f"{side} ({getattr(args, side.lower())}): {rate / 1e6:6.1f} M readings/s (median of {len(seconds)} "
+                         "readings_per_s_fastest": round(rate)}
+        print(f"{side} ({getattr(args, side.lower())}): {rate / 1e6:6.1f} M readings/s (fastest of {len(seconds)} "
               f"passes), {first['rules']} rules, state {first['state_bytes'] / 1e6:.1f} MB")
-    print(f"B/A time  {results['b_over_a_median']:.3f} (median of {args.pairs} pairs; below 1: B is faster)")
+    print(f"B/A time  {results['b_over_a_median']:.3f} (median of {args.pairs} pairs; below 1: B is faster); "
+          f"B - A {results['b_minus_a_ns_per_message_median']:+.1f} ns per message")
     out = ROOT / "bench" / "results" / "engine_ab.json"
     out.write_text(json.dumps(results, indent=2) + "\n")
     print(f"written to {out.relative_to(ROOT)}")
