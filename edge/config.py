@@ -142,6 +142,23 @@ class EngineSection(_Section):
     batch_quiet: float = Field(0.001, gt=0, description="A batch is evaluated as soon as no message has come for this long.")
     queue_max: int = Field(50000, ge=100, description="Messages held between the network and the engine.")
     tick: float = Field(1.0, gt=0, le=60, description="Seconds between evaluations of rules that change with time alone.")
+    checkpoint_interval: float = Field(60.0, ge=1, le=86400, description="Seconds between checkpoints of the engine's state "
+                                       "(engine.ckpt in data_dir); between them every batch is kept in a changelog and replayed "
+                                       "after a restart (docs/rules.md, 'What survives a restart'). Longer: fewer bytes written "
+                                       "to the SD card, a longer replay at start.")
+
+
+class IngestSection(_Section):
+    max_future: float = Field(600.0, ge=0, description="Seconds a device's time may be ahead of the gateway's clock; a message "
+                              "further ahead is quarantined as timestamp_out_of_range (docs/ingest.md, 'Device clocks').")
+    max_past: float = Field(7 * 86400.0, gt=0, description="Seconds a device's time may be behind the gateway's clock (a device "
+                            "sending what it buffered offline); older is quarantined as timestamp_out_of_range.")
+    max_payload_bytes: int = Field(65536, ge=1024, description="Largest payload decoded; a larger one is quarantined as "
+                                   "payload_too_large before anything else is done with it.")
+    quarantine_keep_bytes: int = Field(4096, ge=0, le=1048576, description="Bytes of a quarantined payload kept in gateway.db "
+                                       "(its full length is recorded too).")
+    unknown_devices_max: int = Field(10000, ge=10, description="Devices not in the registry remembered in gateway.db (the most "
+                                     "recently seen); their ids are kept up to 128 characters.")
 
 
 class OutboxSection(_Section):
@@ -194,6 +211,7 @@ class GatewayConfig(_Section):
     modbus: ModbusSection = ModbusSection()
     uplink: UplinkSection
     engine: EngineSection = EngineSection()
+    ingest: IngestSection = IngestSection()
     outbox: OutboxSection = OutboxSection()
     orders: OrdersSection = OrdersSection()
     status: StatusSection = StatusSection()

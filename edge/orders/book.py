@@ -55,7 +55,14 @@ class Change:
 
 
 def iso(ts: float) -> str:
-    return dt.datetime.fromtimestamp(ts, dt.timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    """``ts`` (seconds since the epoch) as ISO 8601 UTC; a time no calendar can show never raises.
+
+    Ingest refuses device times outside its window ([ingest] max_future / max_past), so this
+    only guards against a bug elsewhere turning into a crash loop."""
+    try:
+        return dt.datetime.fromtimestamp(ts, dt.timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    except (ValueError, OverflowError, OSError):
+        return "invalid-time"
 
 
 def render_title(transition: Transition) -> str:

@@ -111,6 +111,25 @@ MIGRATIONS: list[str] = [
         topic TEXT NOT NULL
     );
     """,
+    # 6: hostile input and durable engine state.
+    # - a quarantined payload is stored truncated; payload_bytes is its length as received;
+    # - escalate_from: the device's clock (engine device time) when the gateway created the order,
+    #   from which its escalation limits count (orders/book.py, escalate);
+    # - engine_changelog: what the engine was fed since its last checkpoint (one row per batch or
+    #   tick, written in the transaction of that step's orders), replayed after a restart
+    #   (edge/engine/checkpoint.py).
+    """
+    ALTER TABLE quarantine ADD COLUMN payload_bytes INTEGER NOT NULL DEFAULT 0;
+    UPDATE quarantine SET payload_bytes = length(payload);
+    ALTER TABLE orders ADD COLUMN escalate_from REAL;
+    UPDATE orders SET escalate_from = opened_at;
+    CREATE TABLE engine_changelog (
+        seq INTEGER PRIMARY KEY,
+        kind TEXT NOT NULL,
+        at REAL NOT NULL,
+        body BLOB NOT NULL
+    );
+    """,
 ]
 
 
