@@ -173,17 +173,26 @@ class transaction:
 
     Writes inside it use ``db.execute``: sqlite-utils' own insert/update helpers commit on
     their own, which would split a change that must land whole (an order and its outbox row).
+    Inside another transaction it is a savepoint: it undoes only its own writes when it fails,
+    and the outer transaction decides what is committed (the agent writes a batch's orders,
+    quarantine and engine changelog as one).
     """
 
-    def __init__(self, db: sqlite_utils.Database):
-        self.conn = db.conn
+    def __init__(self, db: sqlite_utils.Database | sqlite3.Connection):
+        self.conn = db if isinstance(db, sqlite3.Connection) else db.conn
+        self.nested = False
 
     def __enter__(self) -> sqlite3.Connection:
-        self.conn.execute("BEGIN IMMEDIATE")
+        self.nested = self.conn.in_transaction
+        self.conn.execute("SAVEPOINT nested" if self.nested else "BEGIN IMMEDIATE")
         return self.conn
 
     def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is None:
+        if self.nested:
+            if exc_type is not None:
+                self.conn.execute("ROLLBACK TO nested")
+            self.conn.execute("RELEASE nested")
+        elif exc_type is None:
             self.conn.execute("COMMIT")
-        else:
+        elif self.conn.in_transaction:  # (SQLite may already have rolled back, e.g. on a full disk)
             self.conn.execute("ROLLBACK")
