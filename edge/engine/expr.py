@@ -18,10 +18,17 @@ Grammar, loosest binding first::
 A number may carry a duration unit (``s``, ``m``, ``h``, ``d``); durations are seconds.
 A ``NAME`` is a metric of the device (``tilt_deg``) or, written ``device.NAME``, a
 parameter of the device from the registry (``device.depth_cm``).
+
+Limits, so that no condition (from an engineer or pushed by the platform) can exhaust the
+parser or the code that walks its tree: at most ``MAX_NESTING`` parentheses, calls, ``not``
+or ``-`` inside one another, and a tree at most ``MAX_DEPTH`` levels deep (a chain
+``a or b or c ...`` is one level per operator). Beyond either, ``ExpressionError``
+"expression nested too deeply".
 """
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 from typing import Union
@@ -29,6 +36,8 @@ from typing import Union
 DURATION_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 COMPARISONS = ("<=", ">=", "==", "!=", "<", ">")
 KEYWORDS = {"and", "or", "not", "true", "false"}
+MAX_NESTING = 32  # parentheses, calls, not and unary minus inside one another
+MAX_DEPTH = 100  # levels of the parsed tree; the tree's walkers recurse once per level
 
 
 class ExpressionError(ValueError):
@@ -142,6 +151,14 @@ class _Parser:
         self.text = text
         self.tokens = tokenize(text)
         self.index = 0
+        self.nesting = 0
+
+    def nest(self, column: int) -> None:
+        self.nesting += 1
+        if self.nesting > MAX_NESTING:
+            raise ExpressionError(
+                f"expression nested too deeply (more than {MAX_NESTING} levels of parentheses, calls, "
+                "'not' or '-' inside one another)", column)
 
     @property
     def current(self) -> Token:
@@ -174,10 +191,12 @@ class _Parser:
         return node
 
     def parse_or(self) -> Node:
+        self.nest(self.current.column)
         node = self.parse_and()
         while self.at("NAME", "or"):
             self.advance()
             node = Binary("or", node, self.parse_and())
+        self.nesting -= 1
         return node
 
     def parse_and(self) -> Node:
@@ -189,8 +208,10 @@ class _Parser:
 
     def parse_not(self) -> Node:
         if self.at("NAME", "not"):
-            self.advance()
-            return Unary("not", self.parse_not())
+            self.nest(self.advance().column)
+            node = Unary("not", self.parse_not())
+            self.nesting -= 1
+            return node
         return self.parse_compare()
 
     def parse_compare(self) -> Node:
@@ -220,8 +241,9 @@ class _Parser:
 
     def parse_unary(self) -> Node:
         if self.at("OP", "-"):
-            self.advance()
+            self.nest(self.advance().column)
             operand = self.parse_unary()
+            self.nesting -= 1
             if isinstance(operand, Number):
                 return Number(-operand.value)
             return Unary("-", operand)
@@ -274,7 +296,27 @@ class _Parser:
 
 def parse(text: str) -> Node:
     """Parse one condition; raises ExpressionError with the column of the problem."""
-    return _Parser(text).parse()
+    node = _Parser(text).parse()
+    if depth(node) > MAX_DEPTH:
+        raise ExpressionError(
+            f"expression nested too deeply (more than {MAX_DEPTH} levels; each 'and', 'or' or operator in a chain "
+            "is one: split the condition over several rules)", 1)
+    return node
+
+
+def depth(node: Node) -> int:
+    """Levels of the tree (a leaf is 1); walked without recursion, so any tree can be measured."""
+    deepest, stack = 0, [(node, 1)]
+    while stack:
+        n, level = stack.pop()
+        deepest = max(deepest, level)
+        if isinstance(n, Unary):
+            stack.append((n.operand, level + 1))
+        elif isinstance(n, Binary):
+            stack.extend(((n.left, level + 1), (n.right, level + 1)))
+        elif isinstance(n, Call):
+            stack.extend((arg, level + 1) for arg in n.args)
+    return deepest
 
 
 def parse_duration(value: str | int | float) -> float:
@@ -282,12 +324,17 @@ def parse_duration(value: str | int | float) -> float:
     if isinstance(value, bool):
         raise ValueError(f"not a duration: {value!r}")
     if isinstance(value, (int, float)):
-        seconds = float(value)
+        try:
+            seconds = float(value)
+        except OverflowError:
+            raise ValueError(f"not a duration: {value!r} is too large") from None
     else:
         match = re.fullmatch(r"\s*(\d+\.?\d*|\.\d+)\s*([smhd]?)\s*", value)
         if match is None:
             raise ValueError(f"not a duration: {value!r} (write e.g. 30s, 10m, 2h)")
         seconds = float(match.group(1)) * DURATION_UNITS.get(match.group(2) or "s", 1.0)
+    if not math.isfinite(seconds):
+        raise ValueError(f"not a duration: {value!r} (write e.g. 30s, 10m, 2h)")
     if seconds < 0:
         raise ValueError(f"a duration cannot be negative: {value!r}")
     return seconds

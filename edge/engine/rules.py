@@ -3,11 +3,18 @@
 A rule file holds a list of rules under ``rules:``. Every problem found is reported as
 ``file:line: message`` so that a field engineer can go straight to the line. Loading a
 directory either succeeds as a whole or raises ``RuleFileError`` listing every problem.
+
+A rule file may come from the platform, so loading one is bounded whatever it holds: at most
+``MAX_FILE_BYTES``, YAML nested at most ``MAX_YAML_DEPTH`` levels, no YAML anchors or
+aliases (an "alias bomb" of a few hundred bytes would otherwise expand to gigabytes), and
+conditions within the limits of ``edge.engine.expr``. Whatever else goes wrong while
+checking a file is a problem of that file, never an exception of another kind.
 """
 
 from __future__ import annotations
 
 import difflib
+import re
 import string
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +25,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from edge.engine import expr, typecheck
 
+MAX_FILE_BYTES = 256 * 1024
+MAX_YAML_DEPTH = 20  # a rule file needs 6 (rules, list, rule, applies_to, kind, list)
+MAX_FORMAT_NUMBER = 64  # the largest width or precision in a title placeholder such as {value:.1f}
 SEVERITIES = ("info", "minor", "major", "critical")
 TITLE_FIELDS = ("device", "kind", "rule", "address", "grid", "zone", "team", "value", "metric", "category")
 
@@ -71,6 +81,9 @@ class OrderSpec(_Model):
                 )
             if conversion:
                 raise ValueError(f"placeholder {{{name}}} cannot have a conversion")
+            if spec and any(int(n) > MAX_FORMAT_NUMBER for n in re.findall(r"\d+", spec)):
+                raise ValueError(f"placeholder {{{name}:{spec}}}: widths and precisions above {MAX_FORMAT_NUMBER} "
+                                 "are not allowed")
             if spec and not _is_number_format(spec):
                 raise ValueError(f"placeholder {{{name}:{spec}}} has an unsupported format")
         return value
@@ -125,7 +138,10 @@ class RuleSpec(_Model):
         if isinstance(value, (int, float)):
             if not value >= 0:
                 raise ValueError("worse_by cannot be negative")
-            return float(value)
+            try:
+                return float(value)
+            except OverflowError:
+                raise ValueError(f"worse_by {value!r} is too large") from None
         text = str(value).strip()
         if text == "never":
             return text
@@ -159,7 +175,8 @@ def check_condition(text: str) -> expr.Node:
     try:
         node = expr.parse(str(text))
     except expr.ExpressionError as error:
-        raise ValueError(f"in condition {text!r}: {error}") from None
+        shown = text if len(str(text)) <= 120 else str(text)[:60] + "..."
+        raise ValueError(f"in condition {shown!r}: {error}") from None
     try:
         typecheck.check_calls(node)
     except typecheck.CheckError as error:
@@ -235,26 +252,55 @@ class Rule:
         return worsening(self.when, self.spec.worse_by)
 
 
+class _RuleYamlLoader(yaml.SafeLoader):
+    """YAML as a rule file may hold it: no anchors or aliases, nested at most MAX_YAML_DEPTH levels.
+
+    Both are refused while composing, before anything is built from them, so an alias bomb
+    or a deeply nested document costs no more than reading it up to that point."""
+
+    def __init__(self, stream: str):
+        super().__init__(stream)
+        self._nesting = 0
+
+    def compose_node(self, parent, index):  # type: ignore[no-untyped-def]
+        event = self.peek_event()
+        if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None) is not None:
+            raise yaml.composer.ComposerError(
+                None, None, "YAML anchors and aliases (&name, *name) are not allowed in rule files; "
+                "write each value out", event.start_mark)
+        self._nesting += 1
+        if self._nesting > MAX_YAML_DEPTH:
+            raise yaml.composer.ComposerError(
+                None, None, f"nested more than {MAX_YAML_DEPTH} levels deep", event.start_mark)
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            self._nesting -= 1
+
+
 def _load_yaml_with_lines(text: str) -> tuple[Any, dict[tuple, int]]:
     """Parse YAML and remember the line (1-based) of every mapping key and list item."""
-    node = yaml.compose(text, Loader=yaml.SafeLoader)
-    lines: dict[tuple, int] = {}
-    if node is None:
-        return None, lines
-
-    def walk(n: yaml.Node, path: tuple) -> None:
-        lines.setdefault(path, n.start_mark.line + 1)
-        if isinstance(n, yaml.MappingNode):
-            for key_node, value_node in n.value:
-                key = key_node.value
-                lines[path + (key,)] = key_node.start_mark.line + 1
-                walk(value_node, path + (key,))
-        elif isinstance(n, yaml.SequenceNode):
-            for index, item in enumerate(n.value):
-                walk(item, path + (index,))
-
-    walk(node, ())
-    return yaml.safe_load(text), lines
+    loader = _RuleYamlLoader(text)
+    try:
+        node = loader.get_single_node()
+        lines: dict[tuple, int] = {}
+        if node is None:
+            return None, lines
+        stack: list[tuple[yaml.Node, tuple]] = [(node, ())]
+        while stack:
+            n, path = stack.pop()
+            lines.setdefault(path, n.start_mark.line + 1)
+            if isinstance(n, yaml.MappingNode):
+                for key_node, value_node in n.value:
+                    if not isinstance(key_node, yaml.ScalarNode):
+                        continue  # the constructor refuses a key that is a list or a mapping
+                    lines[path + (key_node.value,)] = key_node.start_mark.line + 1
+                    stack.append((value_node, path + (key_node.value,)))
+            elif isinstance(n, yaml.SequenceNode):
+                stack.extend((item, path + (index,)) for index, item in enumerate(n.value))
+        return loader.construct_document(node), lines
+    finally:
+        loader.dispose()
 
 
 def _line_for(lines: dict[tuple, int], loc: tuple) -> int:
@@ -304,9 +350,35 @@ def load_rule_file(path: Path) -> list[Rule]:
     """Load one rule file; raises RuleFileError with every problem found in it."""
     shown = str(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        with path.open("rb") as f:
+            raw = f.read(MAX_FILE_BYTES + 1)
     except OSError as error:
         raise RuleFileError([Problem(shown, 0, f"cannot read: {error.strerror}")]) from None
+    if len(raw) > MAX_FILE_BYTES:
+        raise RuleFileError([Problem(shown, 1, f"file is larger than {MAX_FILE_BYTES // 1024} KiB, the most a rule "
+                                               "file may hold; split it into several files")])
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as error:
+        line = raw[: error.start].count(b"\n") + 1
+        raise RuleFileError([Problem(shown, line, "not UTF-8 text; save the file as UTF-8")]) from None
+    return load_rule_text(text, shown)
+
+
+def load_rule_text(text: str, shown: str) -> list[Rule]:
+    """Load one rule file's text, named ``shown`` in its problems; raises RuleFileError."""
+    if len(text) > MAX_FILE_BYTES or len(text.encode("utf-8", "surrogatepass")) > MAX_FILE_BYTES:
+        raise RuleFileError([Problem(shown, 1, f"file is larger than {MAX_FILE_BYTES // 1024} KiB, the most a rule "
+                                               "file may hold; split it into several files")])
+    try:
+        return _load_rule_text(text, shown)
+    except RuleFileError:
+        raise
+    except Exception as error:  # noqa: BLE001 - whatever a file holds, it is a problem of that file
+        raise RuleFileError([Problem(shown, 1, f"cannot be checked: {type(error).__name__}: {error}"[:500])]) from None
+
+
+def _load_rule_text(text: str, shown: str) -> list[Rule]:
     try:
         data, lines = _load_yaml_with_lines(text)
     except yaml.YAMLError as error:
@@ -314,6 +386,8 @@ def load_rule_file(path: Path) -> list[Rule]:
         line = mark.line + 1 if mark is not None else 1
         problem = getattr(error, "problem", None) or str(error)
         raise RuleFileError([Problem(shown, line, f"not valid YAML: {problem}")]) from None
+    except (ValueError, OverflowError) as error:  # e.g. an integer of more digits than Python converts
+        raise RuleFileError([Problem(shown, 1, f"not valid YAML: {error}"[:500])]) from None
     if not isinstance(data, dict) or not isinstance(data.get("rules"), list):
         raise RuleFileError([Problem(shown, 1, "a rule file must have a top-level 'rules:' list")])
     extra = [key for key in data if key != "rules"]
@@ -378,6 +452,27 @@ def load_rules(paths: list[Path], categories: set[str] | None = None) -> list[Ru
             rules.extend(load_rule_file(path))
         except RuleFileError as error:
             problems.extend(error.problems)
+    return _together(rules, problems, categories)
+
+
+def load_rule_texts(files: list[tuple[str, str]], categories: set[str] | None = None) -> list[Rule]:
+    """``load_rules`` for files held in memory as (name shown in problems, text): a file pushed by
+    the platform is checked with the files beside it exactly as ``edge run`` would load them,
+    before it is written anywhere."""
+    problems: list[Problem] = []
+    rules: list[Rule] = []
+    if not files:
+        problems.append(Problem("(none)", 0, "no rule files"))
+    for shown, text in files:
+        try:
+            rules.extend(load_rule_text(text, shown))
+        except RuleFileError as error:
+            problems.extend(error.problems)
+    return _together(rules, problems, categories)
+
+
+def _together(rules: list[Rule], problems: list[Problem], categories: set[str] | None) -> list[Rule]:
+    """The checks across files (unique names, categories in the table); raises RuleFileError."""
     seen: dict[str, Rule] = {}
     for rule in rules:
         if categories is not None and rule.spec.order.category not in categories:
