@@ -30,16 +30,18 @@ from edge.outbox.database import transaction
 log = logging.getLogger(__name__)
 
 PRIORITY_ORDER = 0  # lower goes first
+PRIORITY_REPORT = 5  # what the gateway did with a change from the platform: after orders, before telemetry
 PRIORITY_TELEMETRY = 10
+REPORTS_KEPT = 1000  # unsent reports kept; a platform that floods bad changes cannot fill the disk with them
 EVICTION_CHUNK = 500
 
 
 @dataclass(frozen=True)
 class Pending:
     seq: int
-    kind: str  # "order" or "telemetry"
-    key: str  # the order id, or telemetry/<device>
-    revision: int  # the order's revision, or the telemetry interval's number
+    kind: str  # "order", "telemetry" or "report"
+    key: str  # the order id, telemetry/<device>, or report-<seq>
+    revision: int  # the order's revision, the telemetry interval's number, or the report's change seq
     body: dict
 
 
@@ -70,6 +72,28 @@ class Outbox:
             "VALUES (?, 'telemetry', ?, ?, ?, ?)",
             [PRIORITY_TELEMETRY, f"telemetry/{device}", interval, orjson.dumps(body).decode(), time.time()],
         )
+
+    def put_report(self, seq: int, body: dict) -> None:
+        """Queue a report to the platform on its change ``seq`` (docs/uplink.md, "reports").
+
+        At most REPORTS_KEPT unsent reports are kept: beyond, the oldest are evicted (logged
+        and recorded as the eviction step ``reports``)."""
+        self.db.execute(
+            "INSERT OR IGNORE INTO outbox (priority, kind, order_id, revision, body, created_at) "
+            "VALUES (?, 'report', ?, ?, ?, ?)",
+            [PRIORITY_REPORT, f"report-{seq}", seq, orjson.dumps(body).decode(), time.time()],
+        )
+        unsent = self.db.execute("SELECT count(*) FROM outbox WHERE kind = 'report' AND sent_at IS NULL").fetchone()[0]
+        if unsent > REPORTS_KEPT:
+            before = self.used_bytes()
+            cursor = self.db.execute(
+                "DELETE FROM outbox WHERE seq IN (SELECT seq FROM outbox WHERE kind = 'report' AND sent_at IS NULL "
+                "ORDER BY seq LIMIT ?)", [unsent - REPORTS_KEPT])
+            self.db.execute(
+                "INSERT INTO evictions (at, step, rows, used_bytes_before, used_bytes_after) VALUES (?, ?, ?, ?, ?)",
+                [time.time(), "reports", cursor.rowcount, before, self.used_bytes()])
+            log.warning("more than %d reports to the platform unsent: evicted the oldest %d", REPORTS_KEPT,
+                        cursor.rowcount)
 
     def pending(self, limit: int, fresh: int = 10) -> list[Pending]:
         """The oldest unacknowledged rows, orders before telemetry, in the order they were made.
