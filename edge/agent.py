@@ -9,13 +9,18 @@ from __future__ import annotations
 
 import gc
 import logging
+import queue
+import sqlite3
 import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from edge.config import ConfigError, GatewayConfig
 from edge.engine import Engine, RuleFileError, load_rules
+from edge.engine import checkpoint
 from edge.engine.rules import fingerprint
 from edge.ingest.decode import DecodeError, check_kinds, derive
 from edge.ingest.decoders import decode as decode_message
@@ -31,6 +36,7 @@ from edge.outbox import Outbox, open_database, transaction
 from edge.outbox.telemetry import TelemetrySummaries
 from edge.registry import Registry
 from edge.service import Notifier
+from edge.supervisor import Health, run_supervised
 from edge.status.server import StatusServer
 from uplink.sender import Sender
 from uplink.transport_http import HttpTransport
@@ -60,6 +66,25 @@ class Stats:
     last_rule_error: str = ""
     engine_seconds: float = 0.0  # time in Engine.process, all batches
     last_batch_seconds: float = 0.0
+    internal_errors: int = 0  # messages that made a part of ingest fail unexpectedly (quarantined)
+    write_failures: int = 0  # commits that failed (full disk...): retried, nothing acknowledged meanwhile
+    checkpoints: int = 0
+    checkpoint_failures: int = 0
+    checkpoint_refused: int = 0  # checkpoints (or rules' states in one) that could not be used at start
+    replayed_steps: int = 0  # changelog steps replayed at start
+
+
+@dataclass
+class Step:
+    """What one batch or tick did, to be written in one transaction before its messages are acknowledged."""
+
+    kind: str  # "batch" or "tick"
+    at: float  # gateway time
+    transitions: list
+    body: bytes | None = None  # the engine changelog's row, None when the step left the engine as it was
+    quarantine: list = field(default_factory=list)
+    unknown: list = field(default_factory=list)
+    messages: list = field(default_factory=list)  # acknowledged to the broker once written
 
 
 class Agent:
@@ -72,6 +97,7 @@ class Agent:
         self.engine = Engine(self.rules, self.registry)
         self._reload_requested = threading.Event()
         self.stats = Stats()
+        self.health = Health()
         self.stop_event = threading.Event()
         self.ready = threading.Event()
         self.inbox = Inbox(config.engine.queue_max)
@@ -114,12 +140,32 @@ class Agent:
             gateway_id=config.gateway.id,
             downlink_interval=config.uplink.downlink_interval,
             rules_paths=config.rules.paths,
+            **self._sender_extras(),
         )
         self.summaries = TelemetrySummaries(config.outbox.telemetry_interval)
         self.started_at = time.time()
         self.notifier = Notifier()
         self.status_server: StatusServer | None = None
         self._quarantine_added = True  # trim at the first tick: the file may hold more than quarantine_max
+        self._unwritten: list[Step] = []  # steps evaluated but not yet committed (a full disk): in order
+        self._next_write_try = 0.0
+        self._write_failures_in_a_row = 0
+        self._step = 0  # the engine changelog's last step written
+        self._checkpoints: queue.Queue = queue.Queue(maxsize=1)
+        self._checkpoint_due = 0.0
+        self._checkpointed_step = 0  # the step the newest written checkpoint covers
+        self.checkpoint_path = config.gateway.data_dir / "engine.ckpt"
+        self.checkpoint_info: dict = {"ok": True, "bytes": None, "written_at": None, "covers": 0,
+                                      "write_seconds": None, "last_error": "", "restored": None,
+                                      "replayed_steps": 0, "replay_seconds": None}
+
+    def _sender_extras(self) -> dict:
+        """What newer Sender versions take: the gateway's health and category table (see uplink/sender.py)."""
+        import inspect
+
+        wanted = inspect.signature(Sender.__init__).parameters
+        extras = {"health": self.health, "category_keys": set(self.categories.keys())}
+        return {name: value for name, value in extras.items() if name in wanted}
 
     @property
     def uplinked(self) -> int:
@@ -136,23 +182,34 @@ class Agent:
         self.stop_event.set()
         self._uplink_wake.set()
 
+    # --- start and stop ------------------------------------------------------------------
+
+    def _start_thread(self, name: str, loop) -> threading.Thread:
+        thread = threading.Thread(target=run_supervised, args=(self.health, name, loop, self.stop_event),
+                                  name=name, daemon=True)
+        thread.start()
+        return thread
+
     def run(self) -> None:
         """Run until ``stop()``; returns after a clean shutdown."""
         db = open_database(self.config.database_path)
         book = OrderBook(db, self.config.gateway.id, self.categories, self.config.orders.reopen_within)
+        self.engine.warm_up()
+        self._recover(db)
         for rule, device, state in book.live_orders():
             if state == "opened":
                 self.engine.mark_active(rule, device)
-        self.engine.warm_up()
         # What start-up built (registry, rules, engine, modules) lives as long as the process:
         # out of the collector's sight, a full collection does not walk it while orders wait.
         gc.collect()  # (start-up's garbage first: frozen objects are never freed)
         gc.freeze()
-        uplink = threading.Thread(target=self.sender.run, name="uplink", daemon=True)
-        uplink.start()
+        writer = threading.Thread(target=self._checkpoint_writer, name="checkpoint", daemon=True)
+        writer.start()
+        uplink = self._start_thread("uplink", self.sender.run)
         self.subscriber.start()
-        if self.poller is not None:
-            self.poller.start()
+        poller = None
+        if self.poller is not None and self.poller.devices:
+            poller = self._start_thread("modbus", self.poller.run)
         self._start_status_server()
         log.info(
             "gateway %s running: %d devices, %d rules, database %s",
@@ -165,28 +222,27 @@ class Agent:
             next_rule_check = time.time() + self.config.rules.watch_interval
             while not self.stop_event.is_set():
                 self.notifier.watchdog()
-                batch = self._take_batch()
-                if batch:
-                    self._process(batch, book, db)
-                now = time.time()
-                if now >= next_tick:
-                    self._record(book.apply(self._count_alerts(self.engine.tick(now))))
-                    self._record(book.escalate(now))
-                    self._housekeeping(db, now)
-                    next_tick = now + self.config.engine.tick
-                if now >= next_rule_check or self._reload_requested.is_set():
-                    self._maybe_reload(book, forced=self._reload_requested.is_set())
-                    next_rule_check = now + self.config.rules.watch_interval
+                try:
+                    next_tick, next_rule_check = self._iteration(book, db, next_tick, next_rule_check)
+                except Exception as error:  # noqa: BLE001 - one bad step must not end the gateway
+                    self.health.fault("engine", error)
+                    log.exception("the engine loop failed; it goes on")
+                    self.stop_event.wait(1.0)
             leftover = self._drain_inbox()
             if leftover:
                 self._process(leftover, book, db)
+            self._write(book, db, force=True)
+            self._stop_writer(writer)
+            if not self._unwritten:
+                self._checkpoint(final=True)  # the next start then has nothing to replay
         finally:
             self.notifier.stopping()
             self.subscriber.close()  # unacknowledged messages stay with the broker for the next start
-            if self.poller is not None:
-                self.poller.join(timeout=self.config.modbus.timeout + 2)
+            if poller is not None:
+                poller.join(timeout=self.config.modbus.timeout + 2)
             self._uplink_wake.set()
             uplink.join(timeout=self.config.uplink.timeout + 5)
+            self._stop_writer(writer)
             if self.status_server is not None:
                 self.status_server.close()
             self.notifier.close()
@@ -199,6 +255,33 @@ class Agent:
                 ", ".join(f"{n} {change}" for change, n in sorted(s.other_changes.items())) or "nothing grouped or escalated",
             )
 
+    def _iteration(self, book: OrderBook, db, next_tick: float, next_rule_check: float) -> tuple[float, float]:
+        if self._unwritten and len(self._unwritten) >= self.config.engine.queue_max // 10:
+            self.stop_event.wait(0.2)  # nothing can be stored: hold, the broker keeps the rest
+        else:
+            batch = self._take_batch()
+            if batch:
+                self._process(batch, book, db)
+        self._write(book, db)
+        now = time.time()
+        if now >= next_tick:
+            self._tick(now)
+            self._write(book, db)
+            if not self._unwritten:
+                try:
+                    self._record(book.escalate(now, clock=self._clock(now)))
+                except sqlite3.OperationalError as error:
+                    self._write_failed(error)
+                self._housekeeping(db, now)
+            next_tick = now + self.config.engine.tick
+        if now >= self._checkpoint_due and not self._unwritten:
+            self._checkpoint()
+        if now >= next_rule_check or self._reload_requested.is_set():
+            if not self._unwritten:  # a reload checkpoints the state: only from a written one
+                self._maybe_reload(book, db, forced=self._reload_requested.is_set())
+            next_rule_check = now + self.config.rules.watch_interval
+        return next_tick, next_rule_check
+
     def _start_status_server(self) -> None:
         address = self.config.status.address
         if address is None:
@@ -207,27 +290,199 @@ class Agent:
             self.status_server = StatusServer(self, *address)
         except OSError as error:  # the gateway's job matters more than its status page
             log.error("status page not started: cannot listen on %s: %s", self.config.status.listen, error)
+            self.health.down("status", f"cannot listen on {self.config.status.listen}: {error}")
             return
         self.status_server.start()
+        self.health.ok("status")
+
+    # --- durable engine state ------------------------------------------------------------
+
+    def _recover(self, db) -> None:
+        """Load the engine's checkpoint and replay the changelog after it (docs/rules.md)."""
+        info = self.checkpoint_info
+        covers = 0
+        if self.checkpoint_path.exists():
+            started = time.perf_counter()
+            try:
+                snapshot = checkpoint.read(self.checkpoint_path)
+            except checkpoint.CheckpointError as error:
+                self.stats.checkpoint_refused += 1
+                info["restored"] = f"refused: {error}"
+                log.error("engine checkpoint not used, the rules start fresh: %s", error)
+            else:
+                restored = checkpoint.restore(self.engine, snapshot)
+                covers = snapshot.covers
+                info.update(covers=covers, bytes=self.checkpoint_path.stat().st_size,
+                            written_at=snapshot.header.get("taken_at"))
+                for rule, why in restored.refused.items():
+                    self.stats.checkpoint_refused += 1
+                    log.error("engine checkpoint: the state of rule %s not used (%s); it starts fresh", rule, why)
+                info["restored"] = "exact" if restored.exact else (
+                    f"{len(restored.kept)} rules kept, {len(restored.changed)} changed, {len(restored.refused)} refused")
+                log.info("engine state restored from its checkpoint in %.3fs (%s)", time.perf_counter() - started,
+                         info["restored"])
+        started = time.perf_counter()
+        steps, last = checkpoint.replay(self.engine, db.conn, covers)
+        info.update(replayed_steps=steps, replay_seconds=time.perf_counter() - started)
+        self.stats.replayed_steps = steps
+        if steps:
+            log.info("replayed %d engine step(s) after the checkpoint in %.3fs", steps, info["replay_seconds"])
+        self._step = max(last, checkpoint.last_step(db.conn))
+        self._checkpointed_step = covers
+        with transaction(db) as conn:
+            if covers == 0 and steps == 0:
+                self._step = checkpoint.append(conn, "start", self.engine.origin, b"")
+            self._step = checkpoint.append(conn, "program", time.time(), checkpoint.encode_program(self.engine))
+        self._checkpoint_due = 0.0 if steps else time.time() + self.config.engine.checkpoint_interval
+
+    def _checkpoint(self, final: bool = False) -> None:
+        """Queue a copy of the engine's state for the writer (or write it now, when stopping)."""
+        self._checkpoint_due = time.time() + self.config.engine.checkpoint_interval
+        if self._step == self._checkpointed_step and not final:
+            return  # nothing happened since the last one
+        snapshot = checkpoint.take(self.engine, self._step)
+        if final:
+            self._write_checkpoint(snapshot)
+            return
+        try:
+            self._checkpoints.put_nowait(snapshot)
+        except queue.Full:
+            pass  # the writer is still at the previous one: the next interval takes a newer copy
+
+    def _stop_writer(self, writer: threading.Thread) -> None:
+        if not writer.is_alive():
+            return
+        try:
+            self._checkpoints.get_nowait()  # a copy not yet written: the final one is newer
+        except queue.Empty:
+            pass
+        self._checkpoints.put(None)
+        writer.join(timeout=60)
+
+    def _checkpoint_writer(self) -> None:
+        while True:
+            snapshot = self._checkpoints.get()
+            if snapshot is None:
+                return
+            self._write_checkpoint(snapshot)
+
+    def _write_checkpoint(self, snapshot: checkpoint.Snapshot) -> None:
+        info = self.checkpoint_info
+        started = time.perf_counter()
+        try:
+            size = checkpoint.write(snapshot, self.checkpoint_path)
+            db = open_database(self.config.database_path)
+            try:
+                with transaction(db) as conn:
+                    checkpoint.truncate(conn, snapshot.covers)
+            finally:
+                db.conn.close()
+        except Exception as error:  # noqa: BLE001 - a full disk: degraded, the changelog keeps growing
+            self.stats.checkpoint_failures += 1
+            info.update(ok=False, last_error=f"{type(error).__name__}: {error}")
+            self.health.fault("checkpoint", error)
+            self.health.degraded("checkpoint", f"the engine's state could not be saved: {error}")
+            return
+        self._checkpointed_step = max(self._checkpointed_step, snapshot.covers)
+        self.stats.checkpoints += 1
+        info.update(ok=True, bytes=size, written_at=snapshot.header["taken_at"], covers=snapshot.covers,
+                    write_seconds=time.perf_counter() - started, last_error="")
+        self.health.ok("checkpoint")
+
+    # --- evaluation --------------------------------------------------------------------
+
+    def _clock(self, now: float):
+        """Each device's clock at gateway time ``now`` (escalation counts in it)."""
+        index, engine = self.registry.by_id, self.engine
+
+        def clock(device_id: str) -> float:
+            device = index.get(device_id)
+            return engine.device_time(device.index, now) if device is not None else now
+
+        return clock
+
+    def _tick(self, now: float) -> None:
+        """Advance the rules that change with time alone; a tick that changed the state is a logged step."""
+        engine = self.engine
+        before = (engine.since.copy(), engine.active.copy(), engine.reported.copy())
+        transitions = self._count_alerts(engine.tick(now))
+        changed = bool(transitions) or not all(
+            np.array_equal(a, b, equal_nan=True) for a, b in zip(before, (engine.since, engine.active, engine.reported)))
+        if changed:
+            self._unwritten.append(Step("tick", now, transitions, body=b""))
+
+    def _write(self, book: OrderBook, db, force: bool = False) -> None:
+        """Commit the steps evaluated so far, in order, each with its orders; then acknowledge their messages."""
+        if not self._unwritten or (time.time() < self._next_write_try and not force):
+            return
+        while self._unwritten:
+            step = self._unwritten[0]
+            now = time.time()
+            try:
+                with transaction(db) as conn:
+                    changes = book.apply(step.transitions, now=now, clock=self._clock(now))
+                    if step.quarantine:
+                        self._store_quarantine(conn, step.quarantine)
+                    if step.unknown:
+                        record_unknown(conn, step.unknown)
+                    if step.body is not None:
+                        self._step = checkpoint.append(conn, step.kind, step.at, step.body)
+            except sqlite3.OperationalError as error:
+                self._write_failed(error)
+                return
+            self._unwritten.pop(0)
+            if self._write_failures_in_a_row:
+                self._write_failures_in_a_row = 0
+                self.health.ok("disk")
+            if step.quarantine:
+                self._quarantine_added = True
+                log.warning("quarantined %d message(s)", len(step.quarantine))
+            self._record(changes)
+            if step.messages:
+                self.subscriber.ack(step.messages)  # only now: everything this batch changed is on disk
+
+    def _write_failed(self, error: Exception) -> None:
+        """A commit failed (full disk, I/O error): nothing of it is acknowledged; try again after a while."""
+        self.stats.write_failures += 1
+        self._write_failures_in_a_row += 1
+        delay = min(30.0, 0.5 * 2 ** min(self._write_failures_in_a_row, 6))
+        self._next_write_try = time.time() + delay
+        self.health.fault("disk", error)
+        self.health.degraded("disk", f"cannot write gateway.db ({error}); {len(self._unwritten)} step(s) wait, "
+                                     f"their messages are not acknowledged; retrying")
+
+    def _store_quarantine(self, conn, rows: list) -> None:
+        conn.executemany(
+            "INSERT INTO quarantine (received_at, topic, payload, reason, detail, payload_bytes) VALUES (?, ?, ?, ?, ?, ?)",
+            rows,
+        )
+
+    def _quarantine_row(self, raw: RawMessage, reason: str, detail: str) -> tuple:
+        keep = self.config.ingest.quarantine_keep_bytes
+        payload = raw.payload if isinstance(raw.payload, (bytes, bytearray)) else bytes(raw.payload)
+        return (raw.received_at, raw.topic[:512], bytes(payload[:keep]), reason, detail[:1000], len(payload))
 
     def _housekeeping(self, db, now: float) -> None:
         """Queue the finished interval's telemetry summaries, and keep the file within its budget."""
-        outbox = Outbox(db)
-        due = self.summaries.due(now)
-        if due:
-            with transaction(db):
-                for device, interval, body in due:
-                    outbox.put_telemetry(device, interval, body)
-            self.stats.telemetry_summaries += len(due)
-            self._uplink_wake.set()
-        if self._quarantine_added:
-            self._quarantine_added = False
-            with transaction(db) as conn:
-                self.stats.quarantine_trimmed += trim_quarantine(conn, self.config.outbox.quarantine_max)
-        for eviction in outbox.enforce_budget(self.config.outbox.max_bytes, self.config.outbox.evict_orders):
-            self.stats.evicted[eviction.step] += eviction.rows
+        try:
+            outbox = Outbox(db)
+            due = self.summaries.due(now)
+            if due:
+                with transaction(db):
+                    for device, interval, body in due:
+                        outbox.put_telemetry(device, interval, body)
+                self.stats.telemetry_summaries += len(due)
+                self._uplink_wake.set()
+            if self._quarantine_added:
+                self._quarantine_added = False
+                with transaction(db) as conn:
+                    self.stats.quarantine_trimmed += trim_quarantine(conn, self.config.outbox.quarantine_max)
+            for eviction in outbox.enforce_budget(self.config.outbox.max_bytes, self.config.outbox.evict_orders):
+                self.stats.evicted[eviction.step] += eviction.rows
+        except sqlite3.OperationalError as error:
+            self._write_failed(error)
 
-    def _maybe_reload(self, book: OrderBook, forced: bool) -> bool:
+    def _maybe_reload(self, book: OrderBook, db, forced: bool) -> bool:
         """Swap in changed rule files if they are valid; otherwise keep the running rules."""
         self._reload_requested.clear()
         current = fingerprint(self.config.rules.paths)
@@ -242,6 +497,11 @@ class Agent:
             for problem in error.problems:
                 log.error("rule file refused, the running rules stay: %s", problem)
             return False
+        except Exception as error:  # noqa: BLE001 - whatever is in the folder, the running rules stay
+            self.stats.rule_errors += 1
+            self.stats.last_rule_error = f"{type(error).__name__}: {error}"
+            log.exception("rule files could not be loaded, the running rules stay")
+            return False
         engine = Engine(rules, self.registry)
         kept = engine.carry_over(self.engine)
         for rule, device, state in book.live_orders():
@@ -250,6 +510,12 @@ class Agent:
         self.engine, self.rules = engine, rules
         self.stats.rule_reloads += 1
         log.info("rules reloaded: %d rules, %d unchanged kept their state", len(rules), len(kept))
+        try:
+            with transaction(db) as conn:  # the batches after this are numbered by the new rules
+                self._step = checkpoint.append(conn, "program", time.time(), checkpoint.encode_program(engine))
+        except sqlite3.OperationalError as error:
+            self._write_failed(error)
+        self._checkpoint()
         return True
 
     def _take_batch(self) -> list[RawMessage]:
@@ -267,48 +533,59 @@ class Agent:
         device_of = self.registry.by_id.get
         is_duplicate = self.duplicates.seen
         add_summary, add_reading = self.summaries.add, builder.add
+        ingest = self.config.ingest
         readings = 0
         for raw in batch:
             try:
+                if len(raw.payload) > ingest.max_payload_bytes:
+                    raise DecodeError("payload_too_large", f"{len(raw.payload)} bytes; at most "
+                                      f"{ingest.max_payload_bytes} are decoded ([ingest] max_payload_bytes)")
                 message = decode_message(raw.topic, raw.payload, model_of)
                 device = device_of(message.device_id)
                 if device is None:
-                    stats.unknown_devices[message.device_id] += 1
+                    stats.unknown_devices[message.device_id[:128]] += 1
                     seen = unknown.setdefault(message.device_id[:128], [raw.received_at, raw.received_at, 0, raw.topic])
                     seen[1], seen[2], seen[3] = max(seen[1], raw.received_at), seen[2] + 1, raw.topic
                     continue
+                self._check_time(message.ts, raw.received_at)
                 check_kinds(device, message.values)
                 if message.dedupe_key is not None and is_duplicate(message.dedupe_key, raw.received_at):
                     stats.duplicate_uplinks += 1
                     continue
+                values = derive(device, message.values)
+                add_summary(device.id, message.ts, values, raw.received_at)
+                add_reading(device.index, message.ts, values, raw.received_at)
+                readings += len(values)
             except DecodeError as error:
                 stats.quarantined[error.reason] += 1
-                quarantine.append((raw.received_at, raw.topic, raw.payload, error.reason, error.detail))
-                continue
-            values = derive(device, message.values)
-            readings += len(values)
-            add_summary(device.id, message.ts, values, raw.received_at)
-            add_reading(device.index, message.ts, values, raw.received_at)
+                quarantine.append(self._quarantine_row(raw, error.reason, error.detail))
+            except Exception as error:  # noqa: BLE001 - a message that breaks ingest is set aside, once
+                stats.internal_errors += 1
+                stats.quarantined["internal_error"] += 1
+                self.health.fault("ingest", error)
+                log.exception("message on %r could not be processed; quarantined as internal_error", raw.topic[:200])
+                quarantine.append(self._quarantine_row(raw, "internal_error", f"{type(error).__name__}: {error}"))
         stats.readings += readings
         self.stats.messages += len(batch)
         started = time.perf_counter()
-        transitions = self._count_alerts(self.engine.process(builder.build()))
+        readings_batch = builder.build()
+        transitions = self._count_alerts(self.engine.process(readings_batch))
         self.stats.last_batch_seconds = time.perf_counter() - started
         self.stats.engine_seconds += self.stats.last_batch_seconds
-        changes = book.apply(transitions)
-        if quarantine or unknown:
-            with transaction(db) as conn:
-                conn.executemany(
-                    "INSERT INTO quarantine (received_at, topic, payload, reason, detail) VALUES (?, ?, ?, ?, ?)",
-                    quarantine,
-                )
-                record_unknown(conn, [(device, *seen) for device, seen in unknown.items()])
-            if quarantine:
-                self._quarantine_added = True
-                log.warning("quarantined %d malformed message(s)", len(quarantine))
-        self._record(changes)
-        self.subscriber.ack(batch)  # only now: everything this batch changed is on disk
+        self._unwritten.append(Step(
+            "batch", time.time(), transitions,
+            body=checkpoint.encode_batch(readings_batch) if len(readings_batch) else None,
+            quarantine=quarantine, unknown=[(device, *seen) for device, seen in unknown.items()], messages=batch,
+        ))
         self.stats.batches += 1
+        self._write(book, db, force=len(self._unwritten) == 1)
+
+    def _check_time(self, ts: float, received_at: float) -> None:
+        """A device time the rules can use: finite, and within [ingest]'s window around the gateway's clock."""
+        ingest = self.config.ingest
+        if not (received_at - ingest.max_past <= ts <= received_at + ingest.max_future):
+            raise DecodeError("timestamp_out_of_range", f"device time {ts!r} is outside the accepted window of "
+                              f"{ingest.max_past:g} s before to {ingest.max_future:g} s after the gateway's clock")
 
     def _model_of(self, device_id: str) -> str | None:
         device = self.registry.by_id.get(device_id)

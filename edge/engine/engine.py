@@ -279,6 +279,14 @@ class Engine:
         self.quiet[:, PENDING] = ~np.uint64(0)  # times carried over: each rule's is looked at once
         return kept
 
+    def device_time(self, d: int, now: float) -> float:
+        """Device ``d``'s clock at gateway time ``now``: its newest report's time, run on by the
+        gateway time since that report arrived (never back before it), as ``tick`` reckons it.
+        A device not heard from yet has the gateway's clock."""
+        if not self.latest_ts[d, 0] > -math.inf:
+            return float(now)
+        return float(max(now - (self.latest[d, 0] - self.latest_ts[d, 0]), self.latest_ts[d, 0]))
+
     def state_bytes(self) -> int:
         arrays = (self.latest, self.latest_ts, self.since, self.active, self.quiet, self.reported, self.state)
         return int(sum(a.nbytes for a in arrays))

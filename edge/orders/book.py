@@ -8,9 +8,12 @@ revision, written to the outbox in the same transaction.
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
+import logging
+import sqlite3
 import time
-import uuid
 from dataclasses import dataclass
+from typing import Callable
 
 import orjson
 import sqlite_utils
@@ -18,6 +21,8 @@ import sqlite_utils
 from edge.engine.engine import Transition
 from edge.orders.categories import Categories, escalated
 from edge.outbox import Outbox, transaction
+
+log = logging.getLogger(__name__)
 
 LIVE_STATES = ("opened", "cleared", "accepted", "dispatched", "resolved")
 
@@ -41,7 +46,7 @@ class OrderError(Exception):
 ORDER_COLUMNS = (
     "id", "rule", "device", "kind", "category", "severity", "title", "grid", "zone", "team",
     "address", "lat", "lon", "state", "revision", "opened_at", "updated_at", "last_seen_at", "evidence",
-    "escalations",
+    "escalations", "escalate_from",
 )
 WAITING_STATES = ("opened", "cleared")  # not yet accepted by the platform
 
@@ -74,7 +79,20 @@ def render_title(transition: Transition) -> str:
         "metric": transition.evidence[0].metric if transition.evidence else "",
         "category": rule.spec.order.category,
     }
-    return rule.spec.order.title.format_map(fields)
+    try:
+        return rule.spec.order.title.format_map(fields)
+    except (ValueError, TypeError, KeyError, IndexError):  # e.g. {value:.1f} given a camera's text
+        return f"{rule.name} on {device.id} at {device.address}"
+
+
+def order_id(gateway: str, rule: str, device: str, opened_at: float) -> str:
+    """The id of the order a problem opens: the same problem at the same device time gives the same id,
+    so a gateway that replays its changelog after a crash names its orders as it did before."""
+    digest = hashlib.sha256(f"{rule}\0{device}\0{opened_at!r}".encode()).hexdigest()[:16]
+    return f"{gateway}-{digest}"
+
+
+DeviceClock = Callable[[str], float]  # device id -> that device's clock now (Engine.device_time)
 
 
 class OrderBook:
@@ -85,16 +103,33 @@ class OrderBook:
         self.outbox = Outbox(db)
         self.categories = categories
         self.reopen_within = reopen_within  # a problem back this soon after its order closed reopens it
+        self.failed = 0  # transitions that could not be applied (logged), a counter
 
-    def apply(self, transitions: list[Transition], now: float | None = None) -> list[Change]:
-        """Apply the engine's transitions in one durable transaction; returns the revisions made."""
+    def apply(self, transitions: list[Transition], now: float | None = None,
+              clock: DeviceClock | None = None) -> list[Change]:
+        """Apply the engine's transitions in one durable transaction; returns the revisions made.
+
+        ``clock`` gives a device's clock now (its escalation limits count in it, see
+        ``escalate``); without it, the transition's own time. A transition that fails for any
+        reason but the disk (a bug, a title that cannot be rendered) is logged, counted in
+        ``failed`` and skipped: one problem's order is never worth the gateway.
+        """
         changes: list[Change] = []
         if not transitions:
             return changes
         now = time.time() if now is None else now
         with transaction(self.db):
             for transition in transitions:
-                change = self._apply_one(transition, now)
+                try:
+                    with transaction(self.db):
+                        change = self._apply_one(transition, now, clock)
+                except sqlite3.OperationalError:
+                    raise  # a full disk, a locked file: the caller keeps the batch and retries
+                except Exception:
+                    self.failed += 1
+                    log.exception("could not apply %s of rule %s on %s; skipped", transition.kind,
+                                  transition.rule.name, transition.device.id)
+                    continue
                 if change is not None:
                     changes.append(change)
         return changes
@@ -150,7 +185,15 @@ class OrderBook:
         ).fetchone()
         return dict(zip(ORDER_COLUMNS, row)) if row else None
 
-    def _apply_one(self, transition: Transition, now: float) -> Change | None:
+    def _new_id(self, rule: str, device: str, opened_at: float) -> str:
+        candidate = base = order_id(self.gateway_id, rule, device, opened_at)
+        n = 1
+        while self.db.execute("SELECT 1 FROM orders WHERE id = ?", [candidate]).fetchone():
+            n += 1  # the same problem opened again at the same device time, after its order ended
+            candidate = f"{base}-{n}"
+        return candidate
+
+    def _apply_one(self, transition: Transition, now: float, clock: DeviceClock | None = None) -> Change | None:
         rule, device = transition.rule, transition.device
         evidence = [
             {"device": device.id, "rule": rule.name, "metric": e.metric, "value": e.value, "at": iso(transition.ts),
@@ -172,13 +215,14 @@ class OrderBook:
                     state = "opened" if group["state"] in WAITING_STATES else group["state"]
                     return self._update(group, now, state=state, change="grouped", evidence=evidence, seen=transition.ts)
                 order = {
-                    "id": f"{self.gateway_id}-{uuid.uuid4().hex[:16]}",
+                    "id": self._new_id(rule.name, device.id, transition.ts),
                     "rule": rule.name, "device": device.id, "kind": device.kind,
                     "category": rule.spec.order.category, "severity": rule.spec.order.severity,
                     "title": render_title(transition), "grid": device.grid, "zone": device.zone,
                     "team": device.team, "address": device.address, "lat": device.lat, "lon": device.lon,
                     "state": "opened", "revision": 1, "opened_at": transition.ts, "updated_at": now,
                     "last_seen_at": transition.ts, "evidence": orjson.dumps(evidence).decode(), "escalations": 0,
+                    "escalate_from": clock(device.id) if clock is not None else transition.ts,
                 }
                 self.db.execute(
                     f"INSERT INTO orders ({', '.join(ORDER_COLUMNS)}) VALUES ({', '.join('?' * len(ORDER_COLUMNS))})",
@@ -231,11 +275,17 @@ class OrderBook:
         )
         return self._revision(order, change)
 
-    def escalate(self, now: float | None = None) -> list[Change]:
+    def escalate(self, now: float | None = None, clock: DeviceClock | None = None) -> list[Change]:
         """Escalate every order the platform has not accepted within its category's limit.
 
-        The k-th escalation comes k limits after the order opened: severity up one level
-        (at most critical) and a new revision, so the platform sees it again.
+        The k-th escalation comes k limits after the order was opened on the gateway: severity
+        up one level (at most critical) and a new revision, so the platform sees it again.
+        Which clock: the device's (``clock``, Engine.device_time: its newest report's time, run
+        on by the gateway's clock since it arrived), counted from that device's clock when the
+        gateway opened the order (``escalate_from``). So a device whose clock runs ahead still
+        escalates on time, a backlog of old readings does not escalate at once (its order was
+        opened just now in device time), and a street simulated faster than real time escalates
+        at the pace of its own time. Without ``clock``, the gateway's (tests, old orders).
         """
         if self.categories is None:
             return []
@@ -251,7 +301,9 @@ class OrderBook:
                 category = self.categories.get(order["category"])
                 if category is None or category.accept_within is None:
                     continue
-                if now - order["opened_at"] < category.accept_within * (order["escalations"] + 1):
+                since = order["escalate_from"] if order["escalate_from"] is not None else order["opened_at"]
+                elapsed = (clock(order["device"]) if clock is not None else now) - since
+                if elapsed < category.accept_within * (order["escalations"] + 1):
                     continue
                 changes.append(self._update(
                     order, now, state=order["state"], change="escalated", evidence=[], seen=order["last_seen_at"],
