@@ -305,6 +305,7 @@ def orders_list(config_path: Path, state: str | None, grid: str | None, as_json:
     import orjson
 
     from edge.orders.book import iso
+    from edge.text_safety import printable as safe
 
     book = _order_book(config_path)
     found = book.orders(state=state, grid=grid)
@@ -314,8 +315,8 @@ def orders_list(config_path: Path, state: str | None, grid: str | None, as_json:
     if not found:
         click.echo("no orders")
     for o in found:
-        click.echo(f"{o['id']}  {iso(o['opened_at'])}  {o['state']:<10} {o['severity']:<8} {o['grid']:<5} "
-                   f"{o['rule']:<18} {o['device']:<9} r{o['revision']}  {o['title']}")
+        click.echo(f"{safe(o['id'])}  {iso(o['opened_at'])}  {safe(o['state']):<10} {safe(o['severity']):<8} "
+                   f"{safe(o['grid']):<5} {safe(o['rule']):<18} {safe(o['device']):<9} r{o['revision']}  {safe(o['title'])}")
 
 
 @orders.command("show")
@@ -326,23 +327,28 @@ def orders_show(order_id: str, config_path: Path) -> None:
     import orjson
 
     from edge.orders.book import iso
+    from edge.text_safety import printable as safe
 
     book = _order_book(config_path)
     found = [o for o in book.orders() if o["id"] == order_id]
     if not found:
-        raise click.ClickException(f"no order {order_id!r} on this gateway (edge orders list shows them)")
+        raise click.ClickException(f"no order {safe(order_id)!r} on this gateway (edge orders list shows them)")
     o = found[0]
-    click.echo(f"{o['id']}: {o['title']}")
-    click.echo(f"  state {o['state']}, severity {o['severity']}, revision {o['revision']}, escalated {o['escalations']}x")
-    click.echo(f"  category {o['category']}; grid {o['grid']}, zone {o['zone']}, team {o['team']}; {o['address']}")
-    click.echo("  problems: " + ", ".join(f"{rule} on {device} ({state})" for rule, device, state in book.members(order_id)))
+    click.echo(f"{safe(o['id'])}: {safe(o['title'])}")
+    click.echo(f"  state {safe(o['state'])}, severity {safe(o['severity'])}, revision {o['revision']}, "
+               f"escalated {o['escalations']}x")
+    click.echo(f"  category {safe(o['category'])}; grid {safe(o['grid'])}, zone {safe(o['zone'])}, team {safe(o['team'])}; "
+               f"{safe(o['address'])}")
+    click.echo("  problems: " + ", ".join(f"{safe(rule)} on {safe(device)} ({safe(state)})"
+                                          for rule, device, state in book.members(order_id)))
     click.echo("  evidence:")
     for item in orjson.loads(o["evidence"]):
-        click.echo(f"    {item.get('at', '')}  {item.get('device', o['device'])}  {item['metric']} = {item['value']}"
-                   f"  ({item.get('condition', '')})")
+        click.echo(f"    {safe(item.get('at', ''))}  {safe(item.get('device', o['device']))}  {safe(item.get('metric'))} = "
+                   f"{safe(item.get('value'))}  ({safe(item.get('condition', ''))})")
     click.echo("  timeline:")
     for event in book.timeline(order_id):
-        click.echo(f"    r{event['revision']}  {iso(event['at'])}  {event['change']:<10} -> {event['state']}, {event['severity']}")
+        click.echo(f"    r{event['revision']}  {iso(event['at'])}  {safe(event['change']):<10} -> {safe(event['state'])}, "
+                   f"{safe(event['severity'])}")
 
 
 def _gateway_db(config_path: Path):
@@ -371,6 +377,7 @@ def quarantine_list(config_path: Path, reason: str | None, limit: int) -> None:
     """Quarantined messages, newest first: when, reason, topic, detail and the start of the payload."""
     from edge.ingest.quarantine import quarantined
     from edge.orders.book import iso
+    from edge.text_safety import printable as safe
 
     db = _gateway_db(config_path)
     found = quarantined(db.conn, reason, limit)
@@ -378,7 +385,9 @@ def quarantine_list(config_path: Path, reason: str | None, limit: int) -> None:
         click.echo("nothing quarantined")
     for q in found:
         payload = bytes(q["payload"][:60]).decode("utf-8", "replace")
-        click.echo(f"{iso(q['received_at'])}  {q['reason']:<16} {q['topic']}  {q['detail']}  payload {payload!r}")
+        size = q["payload_bytes"] or len(q["payload"])
+        click.echo(f"{iso(q['received_at'])}  {safe(q['reason']):<16} {safe(q['topic'], 200)}  {safe(q['detail'], 400)}  "
+                   f"payload {safe(repr(payload))} ({size} bytes)")
 
 
 @main.group()
@@ -392,14 +401,15 @@ def devices_unknown(config_path: Path) -> None:
     """Devices that sent messages but are not in the registry: first and last seen, how many messages."""
     from edge.ingest.quarantine import unknown_devices
     from edge.orders.book import iso
+    from edge.text_safety import printable as safe
 
     db = _gateway_db(config_path)
     found = unknown_devices(db.conn)
     if not found:
         click.echo("no unknown devices")
     for d in found:
-        click.echo(f"{d['device']:<12} first {iso(d['first_seen'])}  last {iso(d['last_seen'])}  "
-                   f"{d['count']} message(s)  last topic {d['topic']}")
+        click.echo(f"{safe(d['device'], 128):<12} first {iso(d['first_seen'])}  last {iso(d['last_seen'])}  "
+                   f"{d['count']} message(s)  last topic {safe(d['topic'], 200)}")
 
 
 if __name__ == "__main__":

@@ -3,8 +3,10 @@
 The event's ``data`` is the device's binary frame in base64; the codec is chosen by the
 registry's ``model`` for the device (``deviceInfo.deviceName`` is the registry id), or, when
 the registry has no codec model for it, by ``deviceInfo.deviceProfileName``. The reading's
-time is the event's ``time`` (LoRaWAN frames carry no clock); ``rssi_dbm`` comes from the
-first ``rxInfo`` entry. The message's ``dedupe_key`` (device, ``fCnt``, fPort, data) lets the
+time is the event's ``time`` (LoRaWAN frames carry no clock), or, in an event without one,
+the first ``rxInfo`` entry's ``nsTime``, ``gwTime`` or ``time``; with the gateway's
+``received_at`` it must be within ``Limits``' window. ``rssi_dbm`` comes from the first
+``rxInfo`` entry (left out when it is not a plausible -200..50 dBm). The message's ``dedupe_key`` (device, ``fCnt``, fPort, data) lets the
 agent count an uplink heard by several gateways once (``edge/ingest/dedupe.py``).
 """
 
@@ -15,10 +17,8 @@ import binascii
 import datetime as dt
 import math
 
-import orjson
-
 from edge.ingest import codecs
-from edge.ingest.decode import MAX_PAYLOAD_BYTES, DecodeError, Message
+from edge.ingest.decode import DEFAULT_LIMITS, MAX_TOPIC, DecodeError, Limits, Message, check_device_id, check_size, load_json
 
 NAME = "chirpstack"
 TOPIC_FILTER = "application/+/device/+/event/up"
@@ -29,35 +29,46 @@ def matches(topic: str) -> bool:
     return len(parts) == 6 and parts[0] == "application" and parts[2] == "device" and parts[4:] == ["event", "up"]
 
 
-def parse_time(value) -> float:
+def parse_time(value, what: str = "time") -> float:
     if not isinstance(value, str):
-        raise DecodeError("bad_timestamp", f"'time' must be an ISO 8601 text, got {value!r}")
+        raise DecodeError("bad_timestamp", f"'{what}' must be an ISO 8601 text, got {value!r:.80}")
+    if len(value) > 64:
+        raise DecodeError("bad_timestamp", f"'{what}' is not ISO 8601: {value[:64]!r}...")
     try:
         parsed = dt.datetime.fromisoformat(value)
     except ValueError:
-        raise DecodeError("bad_timestamp", f"'time' is not ISO 8601: {value[:64]!r}") from None
+        raise DecodeError("bad_timestamp", f"'{what}' is not ISO 8601: {value!r}") from None
     if parsed.tzinfo is None:
         parsed = parsed.replace(tzinfo=dt.timezone.utc)
     try:
         ts = parsed.timestamp()
     except (OverflowError, ValueError, OSError):
-        raise DecodeError("bad_timestamp", f"'time' out of range: {value[:64]!r}") from None
+        raise DecodeError("bad_timestamp", f"'{what}' out of range: {value!r}") from None
     if not math.isfinite(ts) or ts <= 0:
-        raise DecodeError("bad_timestamp", f"'time' is before the epoch: {value[:64]!r}")
+        raise DecodeError("bad_timestamp", f"'{what}' is before the epoch: {value!r}")
     return ts
 
 
-def decode(topic: str, payload: bytes, model_of=None) -> Message:
+def event_time(event: dict) -> float:
+    """The event's ``time``; without one, the first ``rxInfo`` entry's ``nsTime``, ``gwTime`` or ``time``."""
+    if "time" in event:
+        return parse_time(event["time"])
+    rx = event.get("rxInfo")
+    first = rx[0] if isinstance(rx, list) and rx and isinstance(rx[0], dict) else {}
+    for key in ("nsTime", "gwTime", "time"):
+        if key in first:
+            return parse_time(first[key], f"rxInfo[0].{key}")
+    raise DecodeError("bad_timestamp", "the event has no 'time' (nor rxInfo[0].nsTime, gwTime or time)")
+
+
+def decode(topic: str, payload: bytes, model_of=None, limits: Limits = DEFAULT_LIMITS,
+           received_at: float | None = None) -> Message:
     """``model_of(device_id)`` gives the registry's model of a device, or None."""
-    if len(payload) > MAX_PAYLOAD_BYTES:
-        raise DecodeError("oversized", f"{len(payload)} bytes, limit {MAX_PAYLOAD_BYTES}")
-    if not matches(topic):
-        raise DecodeError("bad_topic", f"topic {topic!r} is not application/<app>/device/<devEUI>/event/up")
+    check_size(payload, limits.max_payload_bytes)
+    if len(topic) > MAX_TOPIC or not matches(topic):
+        raise DecodeError("bad_topic", f"topic {topic[:200]!r} is not application/<app>/device/<devEUI>/event/up")
     topic_eui = topic.split("/")[3]
-    try:
-        event = orjson.loads(payload)
-    except orjson.JSONDecodeError as error:
-        raise DecodeError("malformed_json", str(error)) from None
+    event = load_json(payload)
     if not isinstance(event, dict):
         raise DecodeError("wrong_type", "uplink event is not a JSON object")
     info = event.get("deviceInfo")
@@ -66,13 +77,14 @@ def decode(topic: str, payload: bytes, model_of=None) -> Message:
     device_id = info.get("deviceName")
     if not isinstance(device_id, str) or not device_id:
         raise DecodeError("wrong_type", "'deviceInfo.deviceName' must be the device's registry id")
+    check_device_id(device_id)
     eui = info.get("devEui")
     if eui is not None and (not isinstance(eui, str) or eui.lower() != topic_eui.lower()):
-        raise DecodeError("device_mismatch", f"event devEui {eui!r} on topic of {topic_eui!r}")
-    ts = parse_time(event.get("time"))
+        raise DecodeError("device_mismatch", f"event devEui {eui!r:.80} on topic of {topic_eui!r:.80}")
+    ts = limits.check_time(event_time(event), received_at, "time")
     fport = event.get("fPort")
     if isinstance(fport, bool) or not isinstance(fport, int):
-        raise DecodeError("wrong_type", f"'fPort' must be an integer, got {fport!r}")
+        raise DecodeError("wrong_type", f"'fPort' must be an integer, got {fport!r:.80}")
     data = event.get("data")
     if not isinstance(data, str):
         raise DecodeError("wrong_type", "'data' must be base64 text")
@@ -85,7 +97,7 @@ def decode(topic: str, payload: bytes, model_of=None) -> Message:
         profile = info.get("deviceProfileName")
         model = profile if isinstance(profile, str) else None
     if model not in codecs.CODECS:
-        raise DecodeError("unknown_model", f"no codec for device {device_id!r} (model {model!r}); "
+        raise DecodeError("unknown_model", f"no codec for device {device_id!r} (model {model!r:.80}); "
                                            f"models: {', '.join(codecs.CODECS)}")
     try:
         values: dict[str, float | str] = dict(codecs.decode(model, fport, frame))
@@ -94,7 +106,7 @@ def decode(topic: str, payload: bytes, model_of=None) -> Message:
     rx = event.get("rxInfo")
     if isinstance(rx, list) and rx and isinstance(rx[0], dict):
         rssi = rx[0].get("rssi")
-        if isinstance(rssi, (int, float)) and not isinstance(rssi, bool) and math.isfinite(rssi):
+        if isinstance(rssi, (int, float)) and not isinstance(rssi, bool) and -200 <= rssi <= 50:
             values["rssi_dbm"] = float(rssi)
     fcnt = event.get("fCnt")
     key = (device_id, fcnt, fport, data) if isinstance(fcnt, int) and not isinstance(fcnt, bool) else None

@@ -2,8 +2,10 @@
 
 The camera (``after.camera``) is the registry id. Readings: ``label``, ``zone`` (first of
 ``current_zones``, or ""), ``score`` (``after.score``, else ``top_score``), ``active`` (1 for
-new and update, 0 for end) and ``duration_s`` (from ``start_time`` to the frame's time). The
-reading's time is ``after.frame_time``, else the end or start time.
+new and update, 0 for end) and ``duration_s`` (from ``start_time`` to the frame's time, else
+the end time, else the gateway's clock when the event arrived). The reading's time is
+``after.frame_time``, else the end or start time. With the gateway's ``received_at``, the
+reading's time and ``start_time`` must both be within ``Limits``' window.
 """
 
 from __future__ import annotations
@@ -11,9 +13,8 @@ from __future__ import annotations
 import math
 import time
 
-import orjson
-
-from edge.ingest.decode import MAX_PAYLOAD_BYTES, MAX_TEXT, DecodeError, Message
+from edge.ingest.decode import (DEFAULT_LIMITS, MAX_TEXT, DecodeError, Limits, Message, check_device_id, check_size,
+                               check_text, load_json)
 
 NAME = "frigate"
 TOPIC_FILTER = "frigate/events"
@@ -37,15 +38,12 @@ def _text(after: dict, key: str) -> str:
     return value
 
 
-def decode(topic: str, payload: bytes, model_of=None) -> Message:
-    if len(payload) > MAX_PAYLOAD_BYTES:
-        raise DecodeError("oversized", f"{len(payload)} bytes, limit {MAX_PAYLOAD_BYTES}")
+def decode(topic: str, payload: bytes, model_of=None, limits: Limits = DEFAULT_LIMITS,
+           received_at: float | None = None) -> Message:
+    check_size(payload, limits.max_payload_bytes)
     if not matches(topic):
-        raise DecodeError("bad_topic", f"topic {topic!r} is not {TOPIC_FILTER}")
-    try:
-        event = orjson.loads(payload)
-    except orjson.JSONDecodeError as error:
-        raise DecodeError("malformed_json", str(error)) from None
+        raise DecodeError("bad_topic", f"topic {topic[:200]!r} is not {TOPIC_FILTER}")
+    event = load_json(payload)
     if not isinstance(event, dict):
         raise DecodeError("wrong_type", "event is not a JSON object")
     kind = event.get("type")
@@ -57,7 +55,8 @@ def decode(topic: str, payload: bytes, model_of=None) -> Message:
     camera = _text(after, "camera")
     if not camera:
         raise DecodeError("wrong_type", "'after.camera' is empty")
-    label = _text(after, "label")
+    check_device_id(camera)
+    label = check_text("label", _text(after, "label"))
     zones = after.get("current_zones")
     if zones is None:
         zones = []
@@ -67,23 +66,29 @@ def decode(topic: str, payload: bytes, model_of=None) -> Message:
     if zones:
         if not isinstance(zones[0], str) or len(zones[0]) > MAX_TEXT:
             raise DecodeError("wrong_type", f"zone must be short text, got {zones[0]!r:.80}")
-        zone = zones[0]
+        zone = check_text("zone", zones[0])
     score = _number(after.get("score"))
     if score is None:
         score = _number(after.get("top_score"))
     if score is None:
         raise DecodeError("wrong_type", "'after.score' (or 'top_score') must be a number")
     start = _number(after.get("start_time"))
-    ts = _number(after.get("frame_time"))
+    frame = _number(after.get("frame_time"))
+    end = _number(after.get("end_time")) if kind == "end" else None
+    ts, what = frame, "after.frame_time"
     if ts is None:
-        ts = _number(after.get("end_time")) if kind == "end" else None
+        ts, what = end, "after.end_time"
     if ts is None:
-        ts = start
+        ts, what = start, "after.start_time"
     if ts is None or ts <= 0:
         raise DecodeError("bad_timestamp", "event has no frame_time, end_time or start_time in seconds")
+    ts = limits.check_time(ts, received_at, what)
     values: dict[str, float | str] = {"label": label, "zone": zone, "score": score, "active": TYPES[kind]}
     if start is not None:
-        duration = (_number(after.get("frame_time")) or time.time()) - start
+        limits.check_time(start, received_at, "after.start_time")
+        until = frame if frame is not None else end if end is not None else (
+            received_at if received_at is not None else time.time())
+        duration = until - start
         if not math.isfinite(duration):
             raise DecodeError("bad_timestamp", f"start_time {start!r} gives no usable duration")
         values["duration_s"] = max(0.0, duration)

@@ -11,7 +11,8 @@ measurement time the device keeps in its registers.
 Reasons a reply is quarantined: ``timeout`` (no answer), ``crc`` (bad CRC, which includes a
 truncated frame), ``exception`` (the device answered a Modbus exception), ``bad_reply``
 (another unit, function or register count), ``unknown_model``, ``no_reading`` (the device
-answered but has not measured yet), ``bad_timestamp``.
+answered but has not measured yet), ``bad_timestamp``, ``timestamp_out_of_range`` (the
+device's clock is outside the accepted window: never set, reset, or far off).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import struct
 
 from edge.ingest.modbus_map import REGISTER_MAPS, Reg, check_crc, from_registers
 
-from edge.ingest.decode import DecodeError, Message
+from edge.ingest.decode import DEFAULT_LIMITS, MAX_TOPIC, DecodeError, Limits, Message, check_device_id, check_size
 
 NAME = "modbus_rtu"
 TOPIC_FILTER = None  # polled, not subscribed
@@ -46,12 +47,14 @@ def matches(topic: str) -> bool:
 
 def _parse_topic(topic: str) -> tuple[int, str]:
     parts = topic.split("/", 2)
-    if len(parts) != 3 or parts[0] != "modbus" or not parts[1].isdigit() or not parts[2]:
+    if len(topic) > MAX_TOPIC or len(parts) != 3 or parts[0] != "modbus" or not (parts[1].isascii() and parts[1].isdigit()) or not parts[2]:
         raise DecodeError("bad_topic", f"topic {topic[:200]!r} is not modbus/<unit>/<device id>")
+    if len(parts[1]) > 3:
+        raise DecodeError("bad_topic", f"Modbus unit {parts[1][:20]!r}... is outside 1..247")
     unit = int(parts[1])
     if not 1 <= unit <= 247:
         raise DecodeError("bad_topic", f"Modbus unit {unit} is outside 1..247")
-    return unit, parts[2]
+    return unit, check_device_id(parts[2])
 
 
 def register_count(model: str) -> int | None:
@@ -59,8 +62,10 @@ def register_count(model: str) -> int | None:
     return len(entry[1]) if entry else None
 
 
-def decode(topic: str, payload: bytes, model_of=None) -> Message:
+def decode(topic: str, payload: bytes, model_of=None, limits: Limits = DEFAULT_LIMITS,
+           received_at: float | None = None) -> Message:
     """``payload`` is the reply frame to a read of the device's whole register map (function 03 or 04)."""
+    check_size(payload, limits.max_payload_bytes)
     unit, device_id = _parse_topic(topic)
     model = model_of(device_id) if model_of else None
     if model not in MODELS:
@@ -88,4 +93,5 @@ def decode(topic: str, payload: bytes, model_of=None) -> Message:
         raise DecodeError("no_reading", f"unit {unit} ({device_id}) has not measured yet")
     if ts <= 0:
         raise DecodeError("bad_timestamp", f"unit {unit} ({device_id}) measurement time is {ts!r}")
+    ts = limits.check_time(ts, received_at, f"unit {unit} ({device_id}) measurement time")
     return Message(device_id, ts, values)

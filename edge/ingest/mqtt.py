@@ -333,7 +333,11 @@ class MqttSubscriber:
 
     def _on_message(self, client, userdata, message) -> None:
         self.messages += 1
-        item = RawMessage(message.topic, message.payload, time.time(), message.mid, message.qos)
+        try:
+            topic = message.topic
+        except UnicodeDecodeError:  # paho raises on a topic that is not UTF-8: decoded with U+FFFD, then quarantined
+            topic = bytes(getattr(message, "_topic", b"")).decode("utf-8", "replace")
+        item = RawMessage(topic, message.payload, time.time(), message.mid, message.qos)
         while True:
             try:
                 self.inbox.put(item, timeout=0.5)

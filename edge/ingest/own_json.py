@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from edge.ingest.decode import Message, decode_telemetry
+from edge.ingest.decode import DEFAULT_LIMITS, Limits, Message, decode_telemetry
 
 NAME = "own_json"
 TOPIC_FILTER = "devices/+/telemetry"
@@ -13,5 +13,6 @@ def matches(topic: str) -> bool:
     return len(parts) == 3 and parts[0] == "devices" and parts[2] == "telemetry"
 
 
-def decode(topic: str, payload: bytes, model_of=None) -> Message:
-    return decode_telemetry(topic, payload)
+def decode(topic: str, payload: bytes, model_of=None, limits: Limits = DEFAULT_LIMITS,
+           received_at: float | None = None) -> Message:
+    return decode_telemetry(topic, payload, limits, received_at)

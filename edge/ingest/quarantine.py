@@ -1,37 +1,100 @@
 """What ingest set aside: quarantined payloads and devices not in the registry, kept in gateway.db.
 
-The agent writes both in the batch's transaction; ``edge quarantine list`` and
-``edge devices unknown`` read them back through these functions.
+The agent writes both in the batch's transaction (``store``, ``record_unknown``);
+``edge quarantine list`` and ``edge devices unknown`` read them back through
+``quarantined`` and ``unknown_devices``. Everything here is bounded, whatever devices send:
+a quarantined payload is kept truncated to ``[ingest] quarantine_keep_bytes`` (its length as
+received is kept in ``payload_bytes``), topics and details are cut short, the table of
+unknown devices keeps the ``[ingest] unknown_devices_max`` most recently seen, and ids are
+kept to 128 characters. ``UnknownDevices`` is the same bound for the agent's counters in
+memory.
 """
 
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Iterator, Mapping
 from typing import Iterable
 
-__all__ = ["quarantined", "record_unknown", "trim", "unknown_devices"]
+__all__ = ["MAX_ID", "UnknownDevices", "quarantined", "record_unknown", "store", "trim", "unknown_devices"]
+
+MAX_ID = 128  # characters of an unknown device's id kept
+MAX_TOPIC = 256  # characters of a topic kept
+MAX_DETAIL = 1000  # characters of a detail kept
 
 
-def record_unknown(conn: sqlite3.Connection, seen: Iterable[tuple[str, float, float, int, str]]) -> None:
-    """Count sightings of unknown devices: (device, first seen, last seen, messages, last topic)."""
+def store(conn: sqlite3.Connection, rows: Iterable[tuple[float, str, bytes, str, str]], keep_bytes: int) -> int:
+    """Quarantine messages: rows of (received_at, topic, payload, reason, detail).
+
+    At most ``keep_bytes`` of each payload are kept (``[ingest] quarantine_keep_bytes``), with
+    the payload's length as received in ``payload_bytes``; a topic is kept to 256
+    characters and a detail to 1000. Returns how many rows were written."""
+    keep = max(int(keep_bytes), 0)
+    prepared = [
+        (received_at, str(topic)[:MAX_TOPIC], bytes(payload[:keep]), len(payload), str(reason)[:64],
+         str(detail)[:MAX_DETAIL])
+        for received_at, topic, payload, reason, detail in rows
+    ]
+    conn.executemany(
+        "INSERT INTO quarantine (received_at, topic, payload, payload_bytes, reason, detail) VALUES (?, ?, ?, ?, ?, ?)",
+        prepared,
+    )
+    return len(prepared)
+
+
+def record_unknown(conn: sqlite3.Connection, seen: Iterable[tuple[str, float, float, int, str]],
+                   max_rows: int = 10000) -> int:
+    """Count sightings of unknown devices: (device, first seen, last seen, messages, last topic).
+
+    Ids are kept to 128 characters (sightings of ids that agree on those are merged) and
+    topics to 256. The table then keeps the ``max_rows`` most recently seen devices
+    (``[ingest] unknown_devices_max``); the rest are deleted in the same transaction.
+    Returns how many were deleted."""
+    merged: dict[str, list] = {}
+    for device, first, last, count, topic in seen:
+        key = str(device)[:MAX_ID]
+        entry = merged.get(key)
+        if entry is None:
+            merged[key] = [first, last, count, str(topic)[:MAX_TOPIC]]
+        else:
+            entry[0], entry[2] = min(entry[0], first), entry[2] + count
+            if last >= entry[1]:
+                entry[1], entry[3] = last, str(topic)[:MAX_TOPIC]
     conn.executemany(
         "INSERT INTO unknown_devices (device, first_seen, last_seen, count, topic) VALUES (?, ?, ?, ?, ?) "
         "ON CONFLICT (device) DO UPDATE SET last_seen = max(last_seen, excluded.last_seen), "
         "count = count + excluded.count, topic = excluded.topic",
-        list(seen),
+        [(device, *entry) for device, entry in merged.items()],
     )
+    return bound_unknown(conn, max_rows)
+
+
+def bound_unknown(conn: sqlite3.Connection, max_rows: int) -> int:
+    """Delete all but the ``max_rows`` most recently seen unknown devices; returns how many went."""
+    (rows,) = conn.execute("SELECT count(*) FROM unknown_devices").fetchone()
+    excess = rows - max(int(max_rows), 0)
+    if excess <= 0:
+        return 0
+    return conn.execute(
+        "DELETE FROM unknown_devices WHERE rowid IN "
+        "(SELECT rowid FROM unknown_devices ORDER BY last_seen ASC, device DESC LIMIT ?)",
+        [excess],
+    ).rowcount
 
 
 def quarantined(conn: sqlite3.Connection, reason: str | None = None, limit: int = 50) -> list[dict]:
-    """The newest quarantined messages first, optionally of one reason."""
-    sql = "SELECT id, received_at, topic, payload, reason, detail FROM quarantine"
+    """The newest quarantined messages first, optionally of one reason.
+
+    ``payload`` is what was kept (at most ``quarantine_keep_bytes``), ``payload_bytes`` the
+    payload's length as received."""
+    sql = "SELECT id, received_at, topic, payload, payload_bytes, reason, detail FROM quarantine"
     args: list = []
     if reason:
         sql += " WHERE reason = ?"
         args.append(reason)
     sql += " ORDER BY id DESC LIMIT ?"
     args.append(limit)
-    columns = ("id", "received_at", "topic", "payload", "reason", "detail")
+    columns = ("id", "received_at", "topic", "payload", "payload_bytes", "reason", "detail")
     return [dict(zip(columns, row)) for row in conn.execute(sql, args)]
 
 
@@ -47,8 +110,50 @@ def trim(conn: sqlite3.Connection, keep: int) -> int:
     return conn.execute("DELETE FROM quarantine WHERE id <= ?", [row[0]]).rowcount
 
 
-def unknown_devices(conn: sqlite3.Connection) -> list[dict]:
+def unknown_devices(conn: sqlite3.Connection, limit: int | None = None) -> list[dict]:
     """Devices that sent messages but are not in the registry, most recently seen first."""
     columns = ("device", "first_seen", "last_seen", "count", "topic")
-    rows = conn.execute(f"SELECT {', '.join(columns)} FROM unknown_devices ORDER BY last_seen DESC, device")
-    return [dict(zip(columns, row)) for row in rows]
+    sql = f"SELECT {', '.join(columns)} FROM unknown_devices ORDER BY last_seen DESC, device"
+    args: list = []
+    if limit is not None:
+        sql += " LIMIT ?"
+        args.append(limit)
+    return [dict(zip(columns, row)) for row in conn.execute(sql, args)]
+
+
+class UnknownDevices(Mapping):
+    """Messages per unknown device in memory, bounded: at most ``max_ids`` ids (the first seen,
+    each kept to 128 characters); messages of any further id are counted in ``other``.
+
+    A mapping of id -> messages (so it compares equal to a dict of the same counts); ``add``
+    counts one message; ``total()`` counts them all, ``other`` included."""
+
+    def __init__(self, max_ids: int = 10000):
+        self.max_ids = max_ids
+        self._counts: dict[str, int] = {}
+        self.other = 0
+
+    def add(self, device_id: str, messages: int = 1) -> None:
+        key = device_id[:MAX_ID]
+        counts = self._counts
+        if key in counts:
+            counts[key] += messages
+        elif len(counts) < self.max_ids:
+            counts[key] = messages
+        else:
+            self.other += messages
+
+    def total(self) -> int:
+        return sum(self._counts.values()) + self.other
+
+    def __getitem__(self, device_id: str) -> int:
+        return self._counts[device_id]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._counts)
+
+    def __len__(self) -> int:
+        return len(self._counts)
+
+    def __repr__(self) -> str:
+        return f"UnknownDevices({self._counts!r}, other={self.other})"
