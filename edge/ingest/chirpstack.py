@@ -49,15 +49,17 @@ def parse_time(value, what: str = "time") -> float:
     return ts
 
 
-def event_time(event: dict) -> float:
-    """The event's ``time``; without one, the first ``rxInfo`` entry's ``nsTime``, ``gwTime`` or ``time``."""
+def event_time(event: dict) -> tuple[float, str]:
+    """The event's ``time``; without one, the first ``rxInfo`` entry's ``nsTime``, ``gwTime`` or
+    ``time``; with the field it came from."""
     if "time" in event:
-        return parse_time(event["time"])
+        return parse_time(event["time"]), "time"
     rx = event.get("rxInfo")
     first = rx[0] if isinstance(rx, list) and rx and isinstance(rx[0], dict) else {}
     for key in ("nsTime", "gwTime", "time"):
         if key in first:
-            return parse_time(first[key], f"rxInfo[0].{key}")
+            what = f"rxInfo[0].{key}"
+            return parse_time(first[key], what), what
     raise DecodeError("bad_timestamp", "the event has no 'time' (nor rxInfo[0].nsTime, gwTime or time)")
 
 
@@ -81,7 +83,8 @@ def decode(topic: str, payload: bytes, model_of=None, limits: Limits = DEFAULT_L
     eui = info.get("devEui")
     if eui is not None and (not isinstance(eui, str) or eui.lower() != topic_eui.lower()):
         raise DecodeError("device_mismatch", f"event devEui {eui!r:.80} on topic of {topic_eui!r:.80}")
-    ts = limits.check_time(event_time(event), received_at, "time")
+    ts, what = event_time(event)
+    ts = limits.check_time(ts, received_at, what)
     fport = event.get("fPort")
     if isinstance(fport, bool) or not isinstance(fport, int):
         raise DecodeError("wrong_type", f"'fPort' must be an integer, got {fport!r:.80}")

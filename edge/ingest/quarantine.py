@@ -1,6 +1,7 @@
 """What ingest set aside: quarantined payloads and devices not in the registry, kept in gateway.db.
 
-The agent writes both in the batch's transaction (``store``, ``record_unknown``);
+The agent cuts each quarantined message as it is set aside (``quarantine_row``) and writes
+them and the unknown devices in the batch's transaction (``store``, ``record_unknown``);
 ``edge quarantine list`` and ``edge devices unknown`` read them back through
 ``quarantined`` and ``unknown_devices``. Everything here is bounded, whatever devices send:
 a quarantined payload is kept truncated to ``[ingest] quarantine_keep_bytes`` (its length as
@@ -14,27 +15,53 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Iterator, Mapping
-from typing import Iterable
+from typing import Iterable, NamedTuple
 
-__all__ = ["MAX_ID", "UnknownDevices", "quarantined", "record_unknown", "store", "trim", "unknown_devices"]
+__all__ = ["MAX_ID", "QuarantineRow", "UnknownDevices", "bound_unknown", "quarantine_row", "quarantined", "record_unknown",
+           "store", "trim", "unknown_devices"]
 
 MAX_ID = 128  # characters of an unknown device's id kept
 MAX_TOPIC = 256  # characters of a topic kept
 MAX_DETAIL = 1000  # characters of a detail kept
 
 
-def store(conn: sqlite3.Connection, rows: Iterable[tuple[float, str, bytes, str, str]], keep_bytes: int) -> int:
-    """Quarantine messages: rows of (received_at, topic, payload, reason, detail).
+class QuarantineRow(NamedTuple):
+    """One quarantined message as stored: the payload already cut to what is kept."""
 
-    At most ``keep_bytes`` of each payload are kept (``[ingest] quarantine_keep_bytes``), with
-    the payload's length as received in ``payload_bytes``; a topic is kept to 256
-    characters and a detail to 1000. Returns how many rows were written."""
+    received_at: float
+    topic: str
+    payload: bytes  # at most quarantine_keep_bytes of it
+    payload_bytes: int  # its length as received
+    reason: str
+    detail: str
+
+
+def quarantine_row(received_at: float, topic: str, payload: bytes, reason: str, detail: str,
+                   keep_bytes: int) -> QuarantineRow:
+    """A message to quarantine, cut at once (so a batch waiting to be written holds no more than
+    ``keep_bytes`` of each payload): ``keep_bytes`` of the payload, its full length, a topic of
+    at most 256 characters and a detail of at most 1000."""
     keep = max(int(keep_bytes), 0)
-    prepared = [
-        (received_at, str(topic)[:MAX_TOPIC], bytes(payload[:keep]), len(payload), str(reason)[:64],
-         str(detail)[:MAX_DETAIL])
-        for received_at, topic, payload, reason, detail in rows
-    ]
+    return QuarantineRow(float(received_at), str(topic)[:MAX_TOPIC], bytes(payload[:keep]), len(payload),
+                         str(reason)[:64], str(detail)[:MAX_DETAIL])
+
+
+def store(conn: sqlite3.Connection, rows: Iterable[QuarantineRow | tuple], keep_bytes: int | None = None) -> int:
+    """Write quarantined messages; returns how many.
+
+    ``rows`` are ``QuarantineRow`` (from ``quarantine_row``) or plain (received_at, topic,
+    payload, reason, detail) tuples, which are cut here to ``keep_bytes`` of payload
+    (``[ingest] quarantine_keep_bytes``; required for plain tuples). A QuarantineRow is cut
+    again to ``keep_bytes`` when given, its ``payload_bytes`` unchanged."""
+    prepared = []
+    for row in rows:
+        if not isinstance(row, QuarantineRow):
+            if keep_bytes is None:
+                raise ValueError("store: plain (received_at, topic, payload, reason, detail) rows need keep_bytes")
+            row = quarantine_row(*row, keep_bytes=keep_bytes)
+        elif keep_bytes is not None and len(row.payload) > keep_bytes:
+            row = row._replace(payload=row.payload[:max(int(keep_bytes), 0)])
+        prepared.append(row)
     conn.executemany(
         "INSERT INTO quarantine (received_at, topic, payload, payload_bytes, reason, detail) VALUES (?, ?, ?, ?, ?, ?)",
         prepared,
