@@ -16,8 +16,6 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 
-import numpy as np
-
 from edge.config import ConfigError, GatewayConfig
 from edge.engine import Engine, RuleFileError, load_rules
 from edge.engine import checkpoint
@@ -301,6 +299,7 @@ class Agent:
         """Load the engine's checkpoint and replay the changelog after it (docs/rules.md)."""
         info = self.checkpoint_info
         covers = 0
+        snapshot = None
         if self.checkpoint_path.exists():
             started = time.perf_counter()
             try:
@@ -310,6 +309,13 @@ class Agent:
                 info["restored"] = f"refused: {error}"
                 log.error("engine checkpoint not used, the rules start fresh: %s", error)
             else:
+                if snapshot.covers > checkpoint.last_step(db.conn):
+                    snapshot = None  # written beside another gateway.db (the file was replaced)
+                    self.stats.checkpoint_refused += 1
+                    info["restored"] = "refused: it belongs to another gateway.db"
+                    log.error("engine checkpoint not used, the rules start fresh: it covers changelog steps this "
+                              "gateway.db never had (was gateway.db replaced?)")
+            if snapshot is not None:
                 restored = checkpoint.restore(self.engine, snapshot)
                 covers = snapshot.covers
                 info.update(covers=covers, bytes=self.checkpoint_path.stat().st_size,
@@ -322,7 +328,7 @@ class Agent:
                 log.info("engine state restored from its checkpoint in %.3fs (%s)", time.perf_counter() - started,
                          info["restored"])
         started = time.perf_counter()
-        steps, last = checkpoint.replay(self.engine, db.conn, covers)
+        steps, last = checkpoint.replay(self.engine, db.conn, covers, snapshot.header if snapshot else None)
         info.update(replayed_steps=steps, replay_seconds=time.perf_counter() - started)
         self.stats.replayed_steps = steps
         if steps:
@@ -403,11 +409,8 @@ class Agent:
 
     def _tick(self, now: float) -> None:
         """Advance the rules that change with time alone; a tick that changed the state is a logged step."""
-        engine = self.engine
-        before = (engine.since.copy(), engine.active.copy(), engine.reported.copy())
-        transitions = self._count_alerts(engine.tick(now))
-        changed = bool(transitions) or not all(
-            np.array_equal(a, b, equal_nan=True) for a, b in zip(before, (engine.since, engine.active, engine.reported)))
+        transitions, changed = checkpoint.tick(self.engine, now)
+        self._count_alerts(transitions)
         if changed:
             self._unwritten.append(Step("tick", now, transitions, body=b""))
 

@@ -41,7 +41,7 @@ from edge.engine.program import PENDING
 
 __all__ = [
     "LAYOUT", "CheckpointError", "Restored", "Snapshot", "append", "decode_batch", "encode_batch",
-    "encode_program", "read", "replay", "restore", "take", "truncate", "write",
+    "encode_program", "last_step", "read", "replay", "restore", "take", "tick", "truncate", "write",
 ]
 
 log = logging.getLogger(__name__)
@@ -222,6 +222,19 @@ def _signature(instances: list[dict]) -> list[tuple]:
     return [(i["function"], i["metric"], i["param"], i["width"]) for i in instances]
 
 
+def tick(engine: Engine, now: float) -> tuple[list, bool]:
+    """``engine.tick(now)`` and whether it changed the state that decides transitions.
+
+    A tick that changed nothing (most: no rule's condition moved with time alone) need not
+    be in the changelog; one that started or ended a wait, or opened or cleared, must be.
+    """
+    before = (engine.since.copy(), engine.active.copy(), engine.reported.copy())
+    transitions = engine.tick(now)
+    after = (engine.since, engine.active, engine.reported)
+    changed = bool(transitions) or not all(np.array_equal(a, b, equal_nan=True) for a, b in zip(before, after))
+    return transitions, changed
+
+
 # --- the changelog -------------------------------------------------------------------------
 
 def encode_program(engine: Engine) -> bytes:
@@ -255,7 +268,9 @@ def append(conn: sqlite3.Connection, kind: str, at: float, body: bytes) -> int:
 
 
 def last_step(conn: sqlite3.Connection) -> int:
-    return conn.execute("SELECT coalesce(max(seq), 0) FROM engine_changelog").fetchone()[0]
+    """The newest step ever written to this gateway.db (steps are never renumbered)."""
+    row = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'engine_changelog'").fetchone()
+    return row[0] if row else 0
 
 
 def truncate(conn: sqlite3.Connection, covers: int) -> int:
@@ -284,13 +299,15 @@ def _remap(batch: ReadingBatch, program: dict, engine: Engine) -> ReadingBatch:
     return ReadingBatch(dev[keep], met[keep], batch.ts[keep], val[keep])
 
 
-def replay(engine: Engine, conn: sqlite3.Connection, after: int) -> tuple[int, int]:
+def replay(engine: Engine, conn: sqlite3.Connection, after: int, numbering: dict | None = None) -> tuple[int, int]:
     """Run the changelog's steps after ``after`` through the engine; returns (steps, last step).
 
-    Their transitions were applied to the order book when they first ran (same transaction),
-    so they are dropped here: the engine only catches up with the book.
+    ``numbering``: the devices, metrics and texts the first rows are numbered by (the
+    checkpoint's header; a 'program' row changes it); None: the engine's own. Their
+    transitions were applied to the order book when they first ran (same transaction), so
+    they are dropped here: the engine only catches up with the book.
     """
-    program = None
+    program = numbering
     steps, last = 0, after
     rows = conn.execute("SELECT seq, kind, at, body FROM engine_changelog WHERE seq > ? ORDER BY seq", [after])
     for seq, kind, at, body in rows:

@@ -124,7 +124,7 @@ MIGRATIONS: list[str] = [
     ALTER TABLE orders ADD COLUMN escalate_from REAL;
     UPDATE orders SET escalate_from = opened_at;
     CREATE TABLE engine_changelog (
-        seq INTEGER PRIMARY KEY,
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,  -- never reused: a checkpoint names the last step it covers
         kind TEXT NOT NULL,
         at REAL NOT NULL,
         body BLOB NOT NULL
