@@ -5,16 +5,17 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import threading
 from pathlib import Path
 
 import click
 
-from uplink.receiver.app import ReceiverServer
-from uplink.receiver.store import ReceiverStore
+from uplink.receiver.limits import Limits
+from uplink.receiver.server import ReceiverServer, is_loopback
+from uplink.receiver.store import ReceiverStore, StoreError
 
-
-def _interrupt(signum, frame) -> None:
-    raise KeyboardInterrupt
+log = logging.getLogger("uplink.receiver")
+DEFAULTS = Limits()
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
@@ -22,42 +23,67 @@ def _interrupt(signum, frame) -> None:
 @click.option("--port", default=8080, show_default=True, type=click.IntRange(0, 65535),
               help="Port to listen on; 0 picks a free one (printed at start).")
 @click.option("--db", "db_path", default="receiver.db", show_default=True, type=click.Path(dir_okay=False, path_type=Path),
-              help="SQLite file the received orders are kept in.")
+              help="SQLite file the received orders are kept in (an older receiver's file is migrated, never recreated).")
 @click.option("--token", default=lambda: os.environ.get("RECEIVER_TOKEN", ""),
-              help="Bearer token gateways must send (default: $RECEIVER_TOKEN; empty: no auth).")
+              help="Bearer token for the API and the orders page (default: $RECEIVER_TOKEN; empty: no auth, "
+                   "only sensible on 127.0.0.1).")
 @click.option("--mqtt", "mqtt_url", default=None, metavar="URL",
-              help="Also take orders over MQTT from this broker (mqtt://host:port), topics edge/+/orders/+ "
-                   "and edge/+/telemetry/+, and publish decisions to edge/<gateway>/changes.")
+              help="Also take orders over MQTT from this broker (mqtt://[user:password@]host:port), topics "
+                   "edge/+/orders/+, edge/+/telemetry/+ and edge/+/reports, and publish decisions to edge/<gateway>/changes.")
 @click.option("--tls-cert", type=click.Path(exists=True, dir_okay=False), default=None,
               help="Serve HTTPS with this certificate (PEM); the key in --tls-key or in the same file.")
 @click.option("--tls-key", type=click.Path(exists=True, dir_okay=False), default=None, help="Private key (PEM) of --tls-cert.")
+@click.option("--max-body", default=DEFAULTS.max_body, show_default=True, type=click.IntRange(1024),
+              help="Largest request body in bytes (an uplink batch); larger gets 413. Rule files: at most 1 MiB.")
+@click.option("--max-connections", default=DEFAULTS.max_connections, show_default=True, type=click.IntRange(1),
+              help="Open connections and requests in progress; beyond, new requests get 503.")
+@click.option("--idle-timeout", default=DEFAULTS.head_timeout, show_default=True, type=click.FloatRange(0.1),
+              help="Seconds a connection may take to send a request's head (from connecting or the last answer); "
+                   "then it is closed. Idle keep-alive connections close after 5 s.")
 @click.option("--debug", is_flag=True, help="Log every request.")
 def main(host: str, port: int, db_path: Path, token: str, mqtt_url: str | None, tls_cert: str | None,
-         tls_key: str | None, debug: bool) -> None:
+         tls_key: str | None, max_body: int, max_connections: int, idle_timeout: float, debug: bool) -> None:
     """Reference central platform: stores work-order revisions uplinked by gateways.
 
     Drops a duplicate by (order id, revision) and acknowledges it all the same, so a
-    gateway that resends after a crash is harmless. Stop it with Ctrl-C or SIGTERM.
+    gateway that resends after a crash is harmless. Refuses bad input with an answer and
+    counts it (GET /api/v1/stats). Stop it with Ctrl-C or SIGTERM.
     """
     logging.basicConfig(level=logging.DEBUG if debug else logging.INFO, format="%(asctime)s receiver %(levelname)s %(message)s")
-    store = ReceiverStore(db_path)
-    server = ReceiverServer(host, port, store, token, tls_cert, tls_key)
+    if not debug:
+        logging.getLogger("uvicorn.error").setLevel(logging.WARNING)
+    try:
+        store = ReceiverStore(db_path)
+    except (StoreError, OSError) as error:
+        raise click.ClickException(str(error)) from None
+    limits = Limits(max_body=max_body, max_connections=max_connections, head_timeout=idle_timeout)
+    try:
+        server = ReceiverServer(host, port, store, token, tls_cert, tls_key, limits=limits, access_log=debug)
+    except OSError as error:
+        store.close()
+        raise click.ClickException(f"cannot listen on {host}:{port}: {error}") from None
+    if not token and not is_loopback(host):
+        log.warning("listening on %s without a token: anyone who can reach this address can read every order "
+                    "(with its address) and push rule files to the gateways; set --token or $RECEIVER_TOKEN", host)
     listener = None
     if mqtt_url:
         from uplink.receiver.mqtt_listener import MqttListener
 
         listener = MqttListener(mqtt_url, store)
         server.on_change = listener.publish_change
-    signal.signal(signal.SIGTERM, _interrupt)
-    click.echo(f"receiver listening on {server.url} (database {db_path})", err=False)
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    thread = server.start_background()
+    click.echo(f"receiver listening on {server.url} (database {db_path})")
     try:
-        server.serve_forever()
-    except KeyboardInterrupt:
-        pass
+        while not stop.wait(0.5):
+            if not thread.is_alive():
+                raise click.ClickException("the HTTP server stopped; see the log above")
     finally:
         if listener is not None:
             listener.close()
-        server.server_close()
+        server.shutdown()
         store.close()
 
 

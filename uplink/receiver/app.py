@@ -1,301 +1,265 @@
-"""The receiver's HTTP API (standard library server, one thread per request).
+"""The receiver's HTTP API (FastAPI): the contract of docs/uplink.md, described at ``/openapi.json``.
 
-The API is described by the OpenAPI document it serves at ``/openapi.json``; ``/`` is an
-HTML page of the orders by grid and state. With a token set, every ``/api/`` call needs
-``Authorization: Bearer TOKEN``.
+Every refusal is an answer (4xx with ``{"error": "..."}``) and a count in ``/api/v1/stats``
+(``refused``, by reason), never a dropped connection or a dead server. With a token set,
+everything but ``/openapi.json`` and ``/healthz`` needs it: ``Authorization: Bearer TOKEN``,
+or for the HTML page ``/?token=TOKEN`` once (it then sets a cookie).
 """
 
 from __future__ import annotations
 
+import hashlib
 import hmac
-import html
 import logging
-import re
-import ssl
-import threading
-from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from urllib.parse import parse_qs, urlparse
+from collections.abc import Callable
+from enum import Enum
+from typing import Annotated, Any
 
 import orjson
+from fastapi import APIRouter, FastAPI, Path, Query, Request, Security
+from fastapi.concurrency import run_in_threadpool
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, PlainTextResponse, RedirectResponse, Response
+from fastapi.routing import APIRoute
+from fastapi.security import HTTPBearer
+from starlette.exceptions import HTTPException
 
-from uplink.receiver.store import ReceiverStore
+from uplink.receiver.limits import Limits, refusal, token_matches
+from uplink.receiver.models import (
+    MAX_INTEGER,
+    ChangesAnswer,
+    Decision,
+    DecisionRecorded,
+    OrdersAnswer,
+    Problem,
+    ReportsAnswer,
+    RevisionsAnswer,
+    RuleFileQueued,
+    Stats,
+    TelemetryAnswer,
+    UplinkAnswer,
+    UplinkBatch,
+)
+from uplink.receiver.page import SECURITY_HEADERS, login_page, orders_page
+from uplink.receiver.store import ReceiverStore, UnstorableItem
 
 log = logging.getLogger(__name__)
-MAX_BODY = 64 * 1024 * 1024
 ACTIONS = {"accept": "accepted", "dispatch": "dispatched", "resolve": "resolved", "close": "closed", "reject": "rejected"}
+RULE_FILE_NAME = r"^[A-Za-z0-9_.-]+\.ya?ml$"
+COOKIE = "receiver_page"
+Action = Enum("Action", {name: name for name in ACTIONS}, type=str)
 
-OPENAPI = {
-    "openapi": "3.0.3",
-    "info": {"title": "Reference central platform", "version": "1",
-             "description": "Receives work-order revisions and telemetry from street gateways; sends back decisions."},
-    "components": {"securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}},
-    "security": [{"bearer": []}],
-    "paths": {
-        "/api/v1/uplink": {"post": {
-            "summary": "A gateway's batch of order revisions and telemetry summaries",
-            "requestBody": {"required": True, "content": {"application/json": {"schema": {
-                "type": "object", "required": ["gateway", "revisions"],
-                "properties": {
-                    "gateway": {"type": "string"},
-                    "revisions": {"type": "array", "items": {"type": "object", "required": ["order_id", "revision"],
-                                  "properties": {"order_id": {"type": "string"}, "revision": {"type": "integer", "minimum": 1}}}},
-                    "telemetry": {"type": "array", "items": {"type": "object", "required": ["device", "interval"],
-                                  "properties": {"device": {"type": "string"}, "interval": {"type": "integer"}}}},
-                }}}}},
-            "responses": {
-                "200": {"description": "Every item acknowledged; duplicates (same order id and revision) dropped and counted",
-                        "content": {"application/json": {"schema": {"type": "object", "properties": {
-                            "acknowledged": {"type": "array", "items": {"type": "array"}},
-                            "telemetry_acknowledged": {"type": "array", "items": {"type": "array"}},
-                            "duplicates": {"type": "integer"}}}}}},
-                "400": {"description": "Malformed batch"}, "401": {"description": "Missing or wrong token"}},
-        }},
-        "/api/v1/orders": {"get": {"summary": "The latest revision of every order",
-                                   "parameters": [{"name": "state", "in": "query", "schema": {"type": "string"}},
-                                                  {"name": "grid", "in": "query", "schema": {"type": "string"}}],
-                                   "responses": {"200": {"description": "Orders"}}}},
-        "/api/v1/revisions": {"get": {"summary": "Every revision received", "responses": {"200": {"description": "Revisions"}}}},
-        "/api/v1/telemetry": {"get": {"summary": "Every telemetry summary received", "responses": {"200": {"description": "Summaries"}}}},
-        "/api/v1/stats": {"get": {"summary": "Counts of orders, revisions, telemetry summaries and dropped duplicates",
-                                  "responses": {"200": {"description": "Counts"}}}},
-        "/api/v1/orders/{order_id}/{action}": {"post": {
-            "summary": "The platform's decision on an order; its gateway fetches it from /changes",
-            "parameters": [{"name": "order_id", "in": "path", "required": True, "schema": {"type": "string"}},
-                           {"name": "action", "in": "path", "required": True,
-                            "schema": {"type": "string", "enum": sorted(ACTIONS)}}],
-            "responses": {"200": {"description": "Recorded"}, "404": {"description": "Unknown order or action"}}}},
-        "/api/v1/gateways/{gateway}/changes": {"get": {
-            "summary": "Decisions for a gateway's orders after change number `after`, oldest first",
-            "parameters": [{"name": "gateway", "in": "path", "required": True, "schema": {"type": "string"}},
-                           {"name": "after", "in": "query", "schema": {"type": "integer", "default": 0}}],
-            "responses": {"200": {"description": "Changes"}}}},
-        "/api/v1/gateways/{gateway}/rules/{file}": {"put": {
-            "summary": "A new rule file for a gateway (YAML body); the gateway validates it before applying it",
-            "parameters": [{"name": "gateway", "in": "path", "required": True, "schema": {"type": "string"}},
-                           {"name": "file", "in": "path", "required": True, "schema": {"type": "string"}}],
-            "requestBody": {"required": True, "content": {"application/yaml": {"schema": {"type": "string"}}}},
-            "responses": {"200": {"description": "Queued for the gateway"}}}},
-        "/healthz": {"get": {"summary": "Liveness", "security": [], "responses": {"200": {"description": "ok"}}}},
-    },
+# What each field must be, said in the answer when it is not (the checks are the models').
+MUST = {
+    "gateway": "must be a non-empty string (at most 1024 characters)",
+    "order_id": "must be a non-empty string (at most 1024 characters)",
+    "device": "must be a non-empty string (at most 1024 characters)",
+    "revision": f"must be an integer from 1 to {MAX_INTEGER}",
+    "seq": f"must be an integer from 1 to {MAX_INTEGER}",
+    "interval": f"must be an integer from {-MAX_INTEGER - 1} to {MAX_INTEGER}",
+    "type": "must be a string", "status": "must be a string", "reason": "must be a string",
+    "detail": "must be a string", "file": "must be a string", "at": "must be a string",
+    "revisions": "must be a list", "telemetry": "must be a list", "reports": "must be a list",
+    "after": f"must be an integer from 0 to {MAX_INTEGER}",
+    "limit": "must be an integer from 1 to 5000",
+    "name": "must be a file name like bins.yaml (letters, digits, _ . -, ending in .yaml or .yml)",
+    "action": f"must be one of {', '.join(sorted(ACTIONS))}",
+    "note": "must be a string of at most 4096 characters",
 }
+BODY_SHAPE = "the body must be a JSON object sent with Content-Type: application/json"
 
 
-class _BadRequest(Exception):
-    pass
+class Refused(HTTPException):
+    """A request refused for a reason counted in /api/v1/stats."""
+
+    def __init__(self, status: int, reason: str, message: str):
+        super().__init__(status, message)
+        self.reason = reason
 
 
-def _validate(data: object) -> tuple[str, list[dict], list[dict]]:
-    if not isinstance(data, dict):
-        raise _BadRequest("body must be a JSON object")
-    gateway = data.get("gateway")
-    revisions = data.get("revisions")
-    telemetry = data.get("telemetry", [])
-    if not isinstance(gateway, str) or not gateway:
-        raise _BadRequest("'gateway' must be a non-empty string")
-    if not isinstance(revisions, list):
-        raise _BadRequest("'revisions' must be a list")
-    if not isinstance(telemetry, list):
-        raise _BadRequest("'telemetry' must be a list")
-    for index, body in enumerate(revisions):
-        if not isinstance(body, dict):
-            raise _BadRequest(f"revisions[{index}] must be an object")
-        if not isinstance(body.get("order_id"), str) or not body["order_id"]:
-            raise _BadRequest(f"revisions[{index}].order_id must be a non-empty string")
-        revision = body.get("revision")
-        if isinstance(revision, bool) or not isinstance(revision, int) or revision < 1:
-            raise _BadRequest(f"revisions[{index}].revision must be an integer >= 1")
-    for index, body in enumerate(telemetry):
-        if not isinstance(body, dict) or not isinstance(body.get("device"), str) \
-                or isinstance(body.get("interval"), bool) or not isinstance(body.get("interval"), int):
-            raise _BadRequest(f"telemetry[{index}] must have a string 'device' and an integer 'interval'")
-    return gateway, revisions, telemetry
+class _OrjsonRequest(Request):
+    """JSON parsed by orjson: NaN, Infinity and nesting deeper than 1024 are not JSON and are refused."""
+
+    async def json(self) -> Any:
+        if not hasattr(self, "_json"):
+            self._json = orjson.loads(await self.body())
+        return self._json
 
 
-def orders_page(orders: list[dict]) -> bytes:
-    """The HTML page: orders grouped by grid, then by state, newest first."""
-    by_grid: dict[str, list[dict]] = {}
-    for order in orders:
-        by_grid.setdefault(order.get("grid", "?"), []).append(order)
-    parts = [
-        "<!doctype html><html><head><meta charset='utf-8'><title>Work orders</title>",
-        "<style>body{font-family:sans-serif;margin:1.5em}table{border-collapse:collapse;margin-bottom:1.5em}"
-        "td,th{border:1px solid #ccc;padding:.3em .6em;text-align:left}th{background:#eee}"
-        ".critical{color:#b00;font-weight:bold}.major{color:#c60}</style></head><body>",
-        f"<h1>Work orders</h1><p>{len(orders)} order(s) from the street gateways.</p>",
-    ]
-    for grid in sorted(by_grid):
-        rows = sorted(by_grid[grid], key=lambda o: (o.get("platform_state") or o.get("state", ""), o.get("opened_at", "")))
-        parts.append(f"<h2>Grid {html.escape(grid)}</h2><table><tr><th>state</th><th>platform</th><th>severity</th>"
-                     "<th>title</th><th>device</th><th>rule</th><th>opened</th><th>revision</th><th>order</th></tr>")
-        for o in rows:
-            severity = html.escape(str(o.get("severity", "")))
-            parts.append(
-                "<tr>" + "".join(f"<td>{cell}</td>" for cell in (
-                    html.escape(str(o.get("state", ""))), html.escape(str(o.get("platform_state") or "")),
-                    f"<span class='{severity}'>{severity}</span>", html.escape(str(o.get("title", ""))),
-                    html.escape(str(o.get("device", ""))), html.escape(str(o.get("rule", ""))),
-                    html.escape(str(o.get("opened_at", ""))), html.escape(str(o.get("revision", ""))),
-                    html.escape(str(o.get("order_id", ""))))) + "</tr>")
-        parts.append("</table>")
-    parts.append("</body></html>")
-    return "".join(parts).encode()
+class _OrjsonRoute(APIRoute):
+    def get_route_handler(self) -> Callable:
+        handler = super().get_route_handler()
+
+        async def route(request: Request) -> Response:
+            return await handler(_OrjsonRequest(request.scope, request.receive))
+
+        return route
 
 
-class _Handler(BaseHTTPRequestHandler):
-    server: "ReceiverServer"
-    protocol_version = "HTTP/1.1"
+def _where(loc: tuple) -> str:
+    text = ""
+    for part in loc[1:] if loc and loc[0] in ("body", "query", "path") else loc:
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
+    return text
 
-    def log_message(self, format: str, *args) -> None:  # noqa: A002 - stdlib signature
-        log.debug("%s %s", self.address_string(), format % args)
 
-    def _send(self, status: int, payload: object, content_type: str = "application/json") -> None:
-        body = payload if isinstance(payload, bytes) else orjson.dumps(payload)
-        self.send_response(status)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def _authorised(self) -> bool:
-        token = self.server.token
-        if not token:
-            return True
-        given = self.headers.get("Authorization", "")
-        if hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
-            return True
-        self._send(HTTPStatus.UNAUTHORIZED, {"error": "missing or wrong bearer token"})
-        return False
-
-    def do_GET(self) -> None:  # noqa: N802 - stdlib name
-        url = urlparse(self.path)
-        path, query = url.path, parse_qs(url.query)
-        store = self.server.store
-        if path == "/healthz":
-            self._send(HTTPStatus.OK, b"ok\n", "text/plain")
-            return
-        if path == "/openapi.json":
-            self._send(HTTPStatus.OK, OPENAPI)
-            return
-        if path == "/":
-            self._send(HTTPStatus.OK, orders_page(store.orders()), "text/html; charset=utf-8")
-            return
-        if not self._authorised():
-            return
-        if path == "/api/v1/orders":
-            orders = store.orders()
-            for key in ("state", "grid"):
-                if key in query:
-                    orders = [o for o in orders if o.get(key) == query[key][0]]
-            self._send(HTTPStatus.OK, {"orders": orders})
-        elif path == "/api/v1/revisions":
-            self._send(HTTPStatus.OK, {"revisions": store.revisions()})
-        elif path == "/api/v1/telemetry":
-            self._send(HTTPStatus.OK, {"telemetry": store.telemetry()})
-        elif path == "/api/v1/stats":
-            self._send(HTTPStatus.OK, store.stats())
-        elif match := re.fullmatch(r"/api/v1/gateways/([^/]+)/changes", path):
-            try:
-                after = int(query.get("after", ["0"])[0])
-            except ValueError:
-                self._send(HTTPStatus.BAD_REQUEST, {"error": "'after' must be an integer"})
-                return
-            self._send(HTTPStatus.OK, {"changes": store.changes(match.group(1), after)})
+def describe(errors: list[dict]) -> tuple[str, str, list[dict]]:
+    """(reason, message, detail) for a request that failed its checks."""
+    if any(e["type"] == "json_invalid" for e in errors):
+        error = next(e for e in errors if e["type"] == "json_invalid")
+        return "not_json", f"not JSON: {error.get('ctx', {}).get('error', 'decode error')} (at byte {error['loc'][-1]})", []
+    parts, detail = [], []
+    for error in errors:
+        where = _where(tuple(error["loc"]))
+        last = next((p for p in reversed(error["loc"]) if isinstance(p, str)), "")
+        if tuple(error["loc"]) == ("body",):
+            parts.append(f"{BODY_SHAPE} ({error['msg']})")
         else:
-            self._send(HTTPStatus.NOT_FOUND, {"error": f"no such resource: {path}"})
+            parts.append(f"{where} {MUST.get(last, 'is invalid')} ({error['msg']})")
+        detail.append({"loc": list(error["loc"]), "msg": error["msg"]})
+    in_body = all(e["loc"][0] == "body" for e in errors)
+    return ("invalid_body" if in_body else "invalid_parameter"), "; ".join(parts[:5]), detail[:20]
 
-    def do_PUT(self) -> None:  # noqa: N802 - stdlib name
-        path = urlparse(self.path).path
-        if not self._authorised():
-            return
-        match = re.fullmatch(r"/api/v1/gateways/([^/]+)/rules/([A-Za-z0-9_.-]+\.ya?ml)", path)
-        if match is None:
-            self._send(HTTPStatus.NOT_FOUND, {"error": f"no such resource: {path} (PUT /api/v1/gateways/GW/rules/NAME.yaml)"})
-            return
-        length = int(self.headers.get("Content-Length", "0") or 0)
-        if length > 1024 * 1024:
-            self._send(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, {"error": "a rule file is at most 1 MiB"})
+
+def create_app(store: ReceiverStore, token: str = "", limits: Limits = Limits(),
+               on_change: Callable[[str, dict], None] | None = None) -> FastAPI:
+    """The API over ``store``; ``on_change(gateway, change)`` is told each decision and rule file (MQTT)."""
+    app = FastAPI(
+        title="Reference central platform", version="1",
+        description="Receives work-order revisions, telemetry summaries and reports from street gateways; "
+                    "sends back decisions and rule files (docs/uplink.md).",
+        docs_url=None, redoc_url=None, openapi_url="/openapi.json",  # no CDN-hosted pages
+        max_body_size=limits.max_body,
+    )
+    bearer = HTTPBearer(auto_error=False, description="The receiver's --token (checked before the body is read).")
+    api = APIRouter(prefix="/api/v1", route_class=_OrjsonRoute, dependencies=[Security(bearer)],
+                    responses={400: {"model": Problem}, 401: {"model": Problem}, 413: {"model": Problem}})
+    cookie_value = hmac.new(token.encode(), b"receiver page", hashlib.sha256).hexdigest() if token else ""
+
+    def tell(change: dict) -> None:
+        if on_change is None:
             return
         try:
-            content = self.rfile.read(length).decode("utf-8")
-        except UnicodeDecodeError:
-            self._send(HTTPStatus.BAD_REQUEST, {"error": "a rule file must be UTF-8 text"})
-            return
-        change = self.server.store.add_rule_file(match.group(1), match.group(2), content)
-        if self.server.on_change is not None:
-            self.server.on_change(change["gateway"], change)
-        self._send(HTTPStatus.OK, {"seq": change["seq"], "file": change["file"]})
+            on_change(change["gateway"], change)
+        except Exception:  # the change is stored: the gateway also finds it in the changes feed
+            log.exception("could not pass change %s to gateway %s over MQTT", change["seq"], change["gateway"])
 
-    def do_POST(self) -> None:  # noqa: N802 - stdlib name
-        path = urlparse(self.path).path
-        if not self._authorised():
-            return
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, error: RequestValidationError) -> Response:
+        reason, message, detail = describe(list(error.errors()))
+        if reason == "invalid_body" and request.url.path == "/api/v1/uplink":
+            reason = "invalid_batch"
+        store.refuse(reason)
+        return refusal(400, message, **({"detail": detail} if detail else {}))
+
+    @app.exception_handler(UnstorableItem)
+    async def unstorable(request: Request, error: UnstorableItem) -> Response:
+        store.refuse("invalid_batch")
+        return refusal(400, f"{error}: nothing of this batch was stored")
+
+    @app.exception_handler(HTTPException)
+    async def refused(request: Request, error: HTTPException) -> Response:
+        reason = getattr(error, "reason", None) or {
+            404: "not_found", 405: "method_not_allowed", 408: "body_timeout", 413: "body_too_large",
+        }.get(error.status_code, f"http_{error.status_code}")
+        message = str(error.detail)
+        if error.status_code == 404 and not isinstance(error, Refused):
+            message = f"no such resource: {request.method} {request.url.path} (the API is described at /openapi.json)"
+        elif error.status_code == 413:
+            limit = limits.rule_file_max if "/rules/" in request.url.path else limits.max_body
+            message = f"the body is larger than {limit} bytes"
+        elif error.status_code == 400 and not isinstance(error, Refused):
+            reason, message = "not_json", f"the body cannot be read as JSON ({message})"
+        if error.status_code != 413:  # counted by the Guard, which sees Starlette's own 413 answers too
+            store.refuse(reason)
+        return refusal(error.status_code, message, headers=dict(error.headers or {}))
+
+    @api.post("/uplink", response_model=UplinkAnswer, summary="A gateway's batch of order revisions, telemetry and reports")
+    def uplink(batch: UplinkBatch) -> dict:
+        """Each item is acknowledged when stored, or when the platform already had it (a duplicate by
+        (order id, revision), (device, interval) or (gateway, report seq): dropped and counted).
+        A batch with any invalid item is refused whole (400) and nothing of it is stored."""
+        stored = store.add(batch.gateway, [r.body() for r in batch.revisions], [t.body() for t in batch.telemetry],
+                           [r.body() for r in batch.reports])
+        return {"acknowledged": stored.acknowledged, "telemetry_acknowledged": stored.telemetry_acknowledged,
+                "reports_acknowledged": stored.reports_acknowledged, "duplicates": stored.duplicates}
+
+    @api.get("/orders", response_model=OrdersAnswer, summary="The latest revision of every order")
+    def orders(state: str | None = None, grid: str | None = None) -> dict:
+        found = store.orders()
+        if state is not None:
+            found = [o for o in found if o.get("state") == state]
+        if grid is not None:
+            found = [o for o in found if o.get("grid") == grid]
+        return {"orders": found}
+
+    @api.get("/revisions", response_model=RevisionsAnswer, summary="Every revision received")
+    def revisions() -> dict:
+        return {"revisions": store.revisions()}
+
+    @api.get("/telemetry", response_model=TelemetryAnswer, summary="Every telemetry summary received")
+    def telemetry() -> dict:
+        return {"telemetry": store.telemetry()}
+
+    @api.get("/stats", response_model=Stats, summary="Counts of what was received, dropped as duplicate and refused")
+    def stats() -> dict:
+        return store.stats()
+
+    @api.get("/gateways/{gateway}/changes", response_model=ChangesAnswer,
+             summary="Decisions and rule files for a gateway after change number `after`, oldest first")
+    def changes(gateway: str, after: Annotated[int, Query(ge=0, le=MAX_INTEGER)] = 0) -> dict:
+        return {"changes": store.changes(gateway, after)}
+
+    @api.get("/gateways/{gateway}/reports", response_model=ReportsAnswer,
+             summary="What a gateway did with the changes it was sent (applied or refused, and why)")
+    def reports(gateway: str, limit: Annotated[int, Query(ge=1, le=5000)] = 500,
+                status: Annotated[str | None, Query(max_length=64)] = None) -> dict:
+        return {"reports": store.reports(gateway, limit, status)}
+
+    @api.put("/gateways/{gateway}/rules/{name}", response_model=RuleFileQueued, max_body_size=limits.rule_file_max,
+             summary="A new rule file for a gateway (YAML body); the gateway validates it before applying it",
+             openapi_extra={"requestBody": {"required": True, "content": {"application/yaml": {"schema": {"type": "string"}}}}})
+    async def rule_file(request: Request, gateway: str, name: Annotated[str, Path(pattern=RULE_FILE_NAME)]) -> dict:
         try:
-            length = int(self.headers.get("Content-Length", "0"))
-        except ValueError:
-            length = -1
-        if length < 0 or length > MAX_BODY:
-            self._send(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, {"error": f"body must be 0..{MAX_BODY} bytes"})
-            return
-        raw = self.rfile.read(length)
-        if match := re.fullmatch(r"/api/v1/orders/([^/]+)/([a-z]+)", path):
-            order_id, action = match.groups()
-            if action not in ACTIONS:
-                self._send(HTTPStatus.NOT_FOUND, {"error": f"no action {action!r}; actions: {', '.join(sorted(ACTIONS))}"})
-                return
-            note = ""
-            if raw:
-                try:
-                    note = str(orjson.loads(raw).get("note", ""))
-                except (orjson.JSONDecodeError, AttributeError):
-                    self._send(HTTPStatus.BAD_REQUEST, {"error": "body must be a JSON object like {\"note\": \"...\"}"})
-                    return
-            change = self.server.store.add_change(order_id, ACTIONS[action], note)
-            if change is None:
-                self._send(HTTPStatus.NOT_FOUND, {"error": f"no order {order_id!r}"})
-            else:
-                if self.server.on_change is not None:
-                    self.server.on_change(change["gateway"], change)
-                self._send(HTTPStatus.OK, change)
-            return
-        if path != "/api/v1/uplink":
-            self._send(HTTPStatus.NOT_FOUND, {"error": f"no such resource: {path}"})
-            return
-        try:
-            gateway, revisions, telemetry = _validate(orjson.loads(raw))
-        except orjson.JSONDecodeError as error:
-            self._send(HTTPStatus.BAD_REQUEST, {"error": f"not JSON: {error}"})
-            return
-        except _BadRequest as error:
-            self._send(HTTPStatus.BAD_REQUEST, {"error": str(error)})
-            return
-        acknowledged, summaries, duplicates = self.server.store.add(gateway, revisions, telemetry)
-        self._send(HTTPStatus.OK, {"acknowledged": acknowledged, "telemetry_acknowledged": summaries,
-                                   "duplicates": duplicates})
+            content = (await request.body()).decode("utf-8")
+        except UnicodeDecodeError as error:
+            raise Refused(400, "rule_file_not_utf8", f"a rule file must be UTF-8 text ({error})") from None
+        change = await run_in_threadpool(store.add_rule_file, gateway, name, content)
+        tell(change)
+        return {"seq": change["seq"], "file": change["file"]}
 
+    @api.post("/orders/{order_id}/{action}", response_model=DecisionRecorded, responses={404: {"model": Problem}},
+              summary="The platform's decision on an order; its gateway fetches it from /changes")
+    def decide(order_id: str, action: Action, decision: Decision | None = None) -> dict:
+        change = store.add_change(order_id, ACTIONS[action.value], decision.note if decision else "")
+        if change is None:
+            raise Refused(404, "unknown_order", f"no order {order_id!r}")
+        tell(change)
+        return change
 
-class ReceiverServer(ThreadingHTTPServer):
-    daemon_threads = True
+    app.include_router(api)
 
-    def __init__(self, host: str, port: int, store: ReceiverStore, token: str = "",
-                 tls_cert: str | None = None, tls_key: str | None = None):
-        super().__init__((host, port), _Handler)
-        self.store = store
-        self.token = token
-        self.scheme = "http"
-        if tls_cert:
-            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-            context.load_cert_chain(tls_cert, tls_key)
-            self.socket = context.wrap_socket(self.socket, server_side=True)
-            self.scheme = "https"
-        self.on_change = None  # called with (gateway, change) when the platform decides; the MQTT side sets it
+    @app.get("/healthz", response_class=PlainTextResponse, summary="Liveness (no token needed)")
+    def healthz() -> str:
+        return "ok\n"
 
-    @property
-    def url(self) -> str:
-        host, port = self.server_address[:2]
-        return f"{self.scheme}://{host}:{port}"
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    def page(request: Request, token_given: Annotated[str | None, Query(alias="token")] = None) -> Response:
+        if token and token_given is not None:
+            if not token_matches(token_given, token):
+                store.refuse("unauthorized")
+                return HTMLResponse(login_page(wrong=True), 401, headers=SECURITY_HEADERS)
+            answer = RedirectResponse("/", 303)  # the token leaves the address bar and the history
+            answer.set_cookie(COOKIE, cookie_value, httponly=True, samesite="strict", path="/",
+                              secure=request.url.scheme == "https")
+            return answer
+        if token:
+            header = request.headers.get("authorization", "")
+            if not (token_matches(header, f"Bearer {token}")
+                    or token_matches(request.cookies.get(COOKIE, ""), cookie_value)):
+                store.refuse("unauthorized")
+                return HTMLResponse(login_page(wrong=False), 401, headers=SECURITY_HEADERS)
+        body = orders_page(store.orders(), store.reports(limit=100))
+        return HTMLResponse(body, headers=SECURITY_HEADERS)
 
-    def start_background(self) -> threading.Thread:
-        thread = threading.Thread(target=self.serve_forever, name="receiver", daemon=True)
-        thread.start()
-        return thread
+    return app
