@@ -187,10 +187,19 @@ def check_number(name: str, value: float) -> float:
     return value
 
 
+_GOOD_NAMES: set[str] = set()  # metric names already found good: names repeat in every message
+_GOOD_NAMES_MAX = 4096
+
+
 def check_metric_name(name) -> str:
+    if name in _GOOD_NAMES:
+        return name
     if not isinstance(name, str) or not name or len(name) > MAX_METRIC_NAME or not is_clean(name):
         raise DecodeError("bad_metric_name", f"metric name must be 1..{MAX_METRIC_NAME} printable characters, "
                                              f"got {name!r:.80}")
+    if len(_GOOD_NAMES) >= _GOOD_NAMES_MAX:
+        _GOOD_NAMES.clear()
+    _GOOD_NAMES.add(name)
     return name
 
 
@@ -202,19 +211,23 @@ def check_message(message: Message, limits: Limits = DEFAULT_LIMITS, received_at
     values = message.values
     if len(values) > limits.max_readings:
         raise DecodeError("too_many_readings", f"{len(values)} readings in one message, limit {limits.max_readings}")
+    good = _GOOD_NAMES
     for name, value in values.items():
-        check_metric_name(name)
+        if name not in good:
+            check_metric_name(name)
         cls = value.__class__
-        if cls is str:
+        if cls is float or cls is int:
+            if not -MAX_MAGNITUDE <= value <= MAX_MAGNITUDE:
+                check_number(name, value)
+        elif cls is str:
             check_text(name, value)
-        elif cls is float or cls is int:
-            check_number(name, value)
         else:
             raise DecodeError("wrong_type", f"reading {name!r} is {value!r:.80}, not a number or text")
     ts = message.ts
-    if isinstance(ts, bool) or not isinstance(ts, float) or not math.isfinite(ts) or ts <= 0:
+    if ts.__class__ is not float or not math.isfinite(ts) or ts <= 0:
         raise DecodeError("bad_timestamp", f"the message's time must be seconds since the epoch, got {ts!r:.80}")
-    limits.check_time(ts, received_at)
+    if received_at is not None:
+        check_time(ts, received_at, limits)
     return message
 
 
@@ -250,11 +263,13 @@ def decode_telemetry(topic: str, payload: bytes, limits: Limits = DEFAULT_LIMITS
     if len(readings) > limits.max_readings:
         raise DecodeError("too_many_readings", f"{len(readings)} readings in one message, limit {limits.max_readings}")
     values: dict[str, float | str] = {}
+    good = _GOOD_NAMES
     for name, value in readings.items():
-        check_metric_name(name)
+        if name not in good:
+            check_metric_name(name)
         cls = value.__class__  # orjson gives exactly these classes
-        if cls is float:
-            values[name] = check_number(name, value)  # orjson never gives inf or nan
+        if cls is float:  # orjson never gives inf or nan
+            values[name] = value if -MAX_MAGNITUDE <= value <= MAX_MAGNITUDE else check_number(name, value)
         elif cls is int:
             values[name] = check_number(name, float(value))
         elif cls is bool:
