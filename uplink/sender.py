@@ -2,31 +2,38 @@
 
 On failure it waits with capped exponential backoff and full jitter, then sends the same
 revisions again; the platform drops duplicates by (order id, revision).
+
+Between sends it applies the platform's changes (the downlink, see ``uplink.downlink``).
+Nothing the platform sends ends this loop: a change of the wrong shape is refused, counted
+and reported back; an answer that cannot be read is a failed send; and any other exception
+in one pass is caught, logged with its traceback, counted (``faults``, and the ``uplink`` or
+``downlink`` part's faults in ``health``), and the loop goes on after a backoff.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import random
-import re
-import shutil
-import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
-from edge.engine.rules import RuleFileError, load_rules, rule_files
-from edge.orders.book import OrderBook, OrderError
-from edge.outbox import Outbox, open_database, transaction
+from edge.orders.book import OrderBook
+from edge.outbox import Outbox, open_database
+from uplink.downlink import Downlink
 from uplink.transport_http import TransportError
+
+if TYPE_CHECKING:
+    from edge.supervisor import Health
 
 log = logging.getLogger(__name__)
 
 
 class Transport(Protocol):
-    def send(self, revisions: list[dict], telemetry: list[dict]) -> set[tuple[str, int]]: ...
+    def send(self, revisions: list[dict], telemetry: list[dict],
+             reports: list[dict] | None = None) -> set[tuple[str, int]]: ...
+    def changes(self, after: int, wait: float = 0.0) -> list: ...
     def close(self) -> None: ...
 
 
@@ -42,6 +49,8 @@ class Sender:
         gateway_id: str = "",
         downlink_interval: float = 0.0,
         rules_paths: list[Path] | None = None,
+        health: "Health | None" = None,
+        category_keys: set[str] | None = None,
     ):
         self.database_path = database_path
         self.transport = transport
@@ -49,6 +58,7 @@ class Sender:
         self.wake = wake
         self.batch_size = batch_size
         self.retry_max = retry_max
+        self.health = health
         self.uplinked = 0  # rows acknowledged by the platform
         self.errors = 0
         self.errors_in_a_row = 0  # failed sends since the last one the platform answered
@@ -57,118 +67,109 @@ class Sender:
         self.sends = 0  # sends the platform answered, and their total and latest latency
         self.latency_total = 0.0
         self.latency_last: float | None = None
+        self.faults = 0  # unexpected exceptions caught in the loop (a counter)
+        self.last_fault = ""
         self.gateway_id = gateway_id
-        self.downlink_interval = downlink_interval  # 0: no downlink
-        self.downlink_applied = 0
-        self.downlink_refused: dict[str, int] = {}
-        self._next_downlink = 0.0
-        self.rules_paths = rules_paths or []
-        self.rule_files_applied = 0
+        self.downlink = Downlink(transport, downlink_interval, rules_paths or [], category_keys, health)
 
-    def _downlink(self, db, book: OrderBook) -> None:
-        """Fetch the platform's decisions since the saved cursor and apply them, each exactly once."""
-        if not self.downlink_interval or time.monotonic() < self._next_downlink:
-            return
-        self._next_downlink = time.monotonic() + self.downlink_interval
-        row = db.execute("SELECT value FROM cursors WHERE name = 'downlink'").fetchone()
-        after = row[0] if row else 0
-        try:
-            changes = self.transport.changes(after)
-        except TransportError as error:
-            log.warning("downlink failed: %s", error)
-            return
-        for change in changes:
-            cursor = ("downlink", int(change["seq"]))
-            if change.get("type") == "rules":
-                self._apply_rule_file(change)
-                with transaction(db):
-                    db.execute("INSERT OR REPLACE INTO cursors (name, value) VALUES (?, ?)", list(cursor))
-                continue
-            try:
-                book.apply_platform_state(str(change["order_id"]), str(change["state"]), cursor=cursor)
-                self.downlink_applied += 1
-                log.info("platform set order %s to %s", change["order_id"], change["state"])
-            except OrderError as error:
-                self.downlink_refused[error.reason] = self.downlink_refused.get(error.reason, 0) + 1
-                with transaction(db):
-                    db.execute("INSERT OR REPLACE INTO cursors (name, value) VALUES (?, ?)", list(cursor))
-                log.error("refused the platform's change %s: %s", change.get("seq"), error)
+    # The downlink's figures, under the names the agent and tests have used.
+    @property
+    def downlink_interval(self) -> float:
+        return self.downlink.interval
 
-    def _apply_rule_file(self, change: dict) -> bool:
-        """Validate a rule file from the platform with the rules beside it; write it only if all are valid.
+    @property
+    def downlink_applied(self) -> int:
+        return self.downlink.applied
 
-        The running agent notices the new file and reloads, as for a file an engineer copied in.
-        """
-        name = str(change.get("file", ""))
-        folder = next((p for p in self.rules_paths if p.is_dir()), None)
-        if folder is None or not re.fullmatch(r"[A-Za-z0-9_.-]+\.ya?ml", name):
-            self.downlink_refused["rule_file"] = self.downlink_refused.get("rule_file", 0) + 1
-            log.error("refused rule file %r from the platform: no rules folder to put it in, or a bad name", name)
-            return False
-        with tempfile.TemporaryDirectory() as tmp:
-            trial = Path(tmp)
-            for existing in rule_files([folder]):
-                if existing.name != name:
-                    shutil.copy(existing, trial / existing.name)
-            (trial / name).write_text(str(change.get("content", "")), encoding="utf-8")
-            try:
-                load_rules([trial])
-            except RuleFileError as error:
-                self.downlink_refused["rule_file"] = self.downlink_refused.get("rule_file", 0) + 1
-                for problem in error.problems:
-                    log.error("refused rule file %s from the platform: %s", name, problem)
-                return False
-        staged = folder / f".{name}.incoming"
-        staged.write_text(str(change.get("content", "")), encoding="utf-8")
-        os.replace(staged, folder / name)
-        self.rule_files_applied += 1
-        log.info("rule file %s from the platform written to %s", name, folder)
-        return True
+    @property
+    def downlink_refused(self) -> dict[str, int]:
+        return self.downlink.refused
+
+    @property
+    def rule_files_applied(self) -> int:
+        return self.downlink.rule_files_applied
+
+    @property
+    def rule_files_refused(self) -> int:
+        return self.downlink.rule_files_refused
+
+    def acknowledge_refusal(self) -> None:
+        """An operator has seen the refused rule file (e.g. SIGHUP): the downlink is healthy again."""
+        self.downlink.acknowledge_refusal()
 
     def run(self) -> None:
         db = open_database(self.database_path)
-        outbox = Outbox(db)
-        book = OrderBook(db, self.gateway_id)
-        failures = 0
         try:
+            outbox = Outbox(db)
+            book = OrderBook(db, self.gateway_id)
+            failures = faults = 0
             while True:
-                self._downlink(db, book)
-                batch = outbox.pending(self.batch_size)
-                if not batch:
-                    if self.stop.is_set():
-                        return
-                    self.wake.wait(min(0.5, self.downlink_interval or 0.5))
-                    self.wake.clear()
-                    continue
-                revisions = [p.body for p in batch if p.kind == "order"]
-                telemetry = [p.body for p in batch if p.kind == "telemetry"]
-                started = time.monotonic()
                 try:
-                    acknowledged = self.transport.send(revisions, telemetry)
-                except TransportError as error:
+                    self.downlink.poll(db, book)
+                    outcome = self._send(outbox)
+                    faults = 0
+                    if self.health is not None:
+                        self.health.ok("uplink")
+                except Exception as error:  # noqa: BLE001 - nothing may end the uplink; counted and shown
+                    faults += 1
+                    self._fault(error, faults)
+                    if self.stop.wait(random.uniform(0.5, 1.0) * min(self.retry_max, 2.0 ** min(faults, 16))):
+                        return
+                    continue
+                if outcome == "stop":
+                    return
+                if outcome == "failed":
                     failures += 1
-                    self.errors += 1
                     self.errors_in_a_row = failures
-                    self.last_error = str(error)
                     delay = random.uniform(0, min(self.retry_max, 0.5 * 2 ** min(failures, 16)))
-                    log.warning("uplink failed (%s); retry %d in %.1fs", error, failures, delay)
+                    log.warning("uplink failed (%s); retry %d in %.1fs", self.last_error, failures, delay)
                     if self.stop.wait(delay):
                         return
-                    continue
-                failures = self.errors_in_a_row = 0
-                self.latency_last = time.monotonic() - started
-                self.latency_total += self.latency_last
-                self.sends += 1
-                self.last_ok_at = time.time()
-                wanted = {(p.key, p.revision) for p in batch}
-                self.uplinked += outbox.mark_sent(sorted(wanted & acknowledged))
-                if not wanted <= acknowledged:
-                    log.warning("platform left %d of %d revisions unacknowledged", len(wanted - acknowledged), len(wanted))
-                    if self.stop.wait(1.0):
-                        return
+                elif outcome == "sent":
+                    failures = self.errors_in_a_row = 0
         finally:
-            self.transport.close()
-            outbox.db.conn.close()
+            db.conn.close()
+            if self.stop.is_set():
+                self.transport.close()
+
+    def _send(self, outbox: Outbox) -> str:
+        """One batch to the platform: "sent", "failed", "idle" (nothing to send) or "stop"."""
+        batch = outbox.pending(self.batch_size)
+        if not batch:
+            if self.stop.is_set():
+                return "stop"
+            self.wake.wait(min(0.5, self.downlink.interval or 0.5))
+            self.wake.clear()
+            return "idle"
+        revisions = [p.body for p in batch if p.kind == "order"]
+        telemetry = [p.body for p in batch if p.kind == "telemetry"]
+        reports = [p.body for p in batch if p.kind == "report"]
+        started = time.monotonic()
+        try:
+            acknowledged = self.transport.send(revisions, telemetry, reports)
+        except TransportError as error:
+            self.errors += 1
+            self.last_error = str(error)
+            return "failed"
+        self.latency_last = time.monotonic() - started
+        self.latency_total += self.latency_last
+        self.sends += 1
+        self.last_ok_at = time.time()
+        wanted = {(p.key, p.revision) for p in batch}
+        self.uplinked += outbox.mark_sent(sorted(wanted & acknowledged))
+        if not wanted <= acknowledged:
+            log.warning("platform left %d of %d revisions unacknowledged", len(wanted - acknowledged), len(wanted))
+            if self.stop.wait(1.0):
+                return "stop"
+        return "sent"
+
+    def _fault(self, error: Exception, in_a_row: int) -> None:
+        self.faults += 1
+        self.last_fault = f"{type(error).__name__}: {error}"[:500]
+        log.error("uplink: unexpected error (%d in a row), carrying on after a pause", in_a_row, exc_info=error)
+        if self.health is not None:
+            self.health.fault("uplink", error)
+            self.health.degraded("uplink", f"unexpected error, retrying: {self.last_fault}")
 
 
 def drain(sender: Sender, timeout: float) -> bool:

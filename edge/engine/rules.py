@@ -434,14 +434,22 @@ def rule_files(paths: list[Path]) -> list[Path]:
     return found
 
 
-def load_rules(paths: list[Path], categories: set[str] | None = None) -> list[Rule]:
+def load_rules(paths: list[Path], categories: set[str] | None = None,
+               given: dict[Path, tuple[str, str]] | None = None) -> list[Rule]:
     """Load every rule file under ``paths``; raises RuleFileError listing all problems.
 
     With ``categories`` (the category table's keys), an order category not in it is a problem.
+    ``given`` holds files whose text is given instead of read, as path -> (name shown in
+    problems, text); a given path that does not exist yet is loaded too. So a file pushed by the
+    platform is checked with the files beside it exactly as ``edge run`` would load them,
+    before it is written anywhere.
     """
+    given = {path.resolve(): value for path, value in (given or {}).items()}
     problems: list[Problem] = []
     rules: list[Rule] = []
     files = rule_files([p for p in paths if p.exists()])
+    present = {path.resolve() for path in files}
+    files += [path for path in given if path not in present]
     for path in paths:
         if not path.exists():
             problems.append(Problem(str(path), 0, "no such file or directory"))
@@ -449,23 +457,8 @@ def load_rules(paths: list[Path], categories: set[str] | None = None) -> list[Ru
         problems.append(Problem(", ".join(str(p) for p in paths), 0, "no rule files (*.yaml) found"))
     for path in files:
         try:
-            rules.extend(load_rule_file(path))
-        except RuleFileError as error:
-            problems.extend(error.problems)
-    return _together(rules, problems, categories)
-
-
-def load_rule_texts(files: list[tuple[str, str]], categories: set[str] | None = None) -> list[Rule]:
-    """``load_rules`` for files held in memory as (name shown in problems, text): a file pushed by
-    the platform is checked with the files beside it exactly as ``edge run`` would load them,
-    before it is written anywhere."""
-    problems: list[Problem] = []
-    rules: list[Rule] = []
-    if not files:
-        problems.append(Problem("(none)", 0, "no rule files"))
-    for shown, text in files:
-        try:
-            rules.extend(load_rule_text(text, shown))
+            text = given.get(path.resolve())
+            rules.extend(load_rule_file(path) if text is None else load_rule_text(text[1], text[0]))
         except RuleFileError as error:
             problems.extend(error.problems)
     return _together(rules, problems, categories)

@@ -1,7 +1,9 @@
 """The local status page for a field engineer on site: plain HTML, no JavaScript.
 
-Sections: the uplink (state, backlog), open orders, rule errors, silent devices, then every
-device with its last message. It refreshes itself every 10 s (a meta refresh).
+Sections: the parts' health, the uplink (state, backlog), the downlink (changes and rule
+files from the platform, the last refused one with its reason), open orders, rule errors,
+silent devices, then every device with its last message. It refreshes itself every 10 s (a
+meta refresh). Everything shown is escaped; URLs come redacted from the snapshot.
 """
 
 from __future__ import annotations
@@ -59,6 +61,9 @@ th, td { text-align: left; padding: 0.25em 0.8em 0.25em 0; border-bottom: 1px so
 """
 
 
+_STATE_CSS = {"ok": "ok", "degraded": "warn", "down": "bad"}
+
+
 def render(snap: dict) -> str:
     now = snap["at"]
     agent, orders, outbox = snap["agent"], snap["orders"], snap["outbox"]
@@ -69,8 +74,14 @@ def render(snap: dict) -> str:
     devices = snap.get("devices", [])
     silent = [d for d in devices if d["silent"]]
     backlog = outbox["unsent_orders"] + outbox["unsent_telemetry"]
+    health = snap.get("health")
     tiles = [
         ("agent", "running" if running else "not running", "ok" if running else "bad"),
+    ]
+    if health is not None:
+        bad = [p["name"] for p in health["parts"] if p["state"] != "ok"]
+        tiles.append(("health", "ok" if not bad else escape(", ".join(bad)), "ok" if not bad else "bad"))
+    tiles += [
         ("uplink", state, state_css),
         ("backlog", f'{backlog} <small>(oldest {_age(outbox["oldest_unsent_age_s"])})</small>',
          "ok" if backlog == 0 else "warn"),
@@ -88,8 +99,26 @@ def render(snap: dict) -> str:
         '<div class="tiles">' + "".join(
             f'<div class="tile" id="tile-{escape(name.replace(" ", "-"))}">{escape(name)}<b class="{css}">{value}</b></div>'
             for name, value, css in tiles) + "</div>",
-        "<h2>Uplink</h2>",
     ]
+    if health is not None:
+        parts.append("<h2>Health</h2>")
+        parts.append(_table(
+            ["part", "state", "since", "faults", "restarts", "what"],
+            [[escape(p["name"]), f'<span class="{_STATE_CSS.get(p["state"], "warn")}">{escape(p["state"])}</span>',
+              _when(p["since"], now), str(p["faults_total"]), str(p["restarts_total"]),
+              escape(p["detail"] or p["last_error"] or "")] for p in health["parts"]],
+            "No parts reported yet.", "health",
+        ))
+    checkpoint = snap.get("checkpoint")
+    if checkpoint is not None:
+        size = f'{checkpoint["bytes"] / 1e6:.1f} MB' if checkpoint.get("bytes") is not None else "-"
+        error = f' · last error: <span class="bad">{escape(str(checkpoint["last_error"]))}</span>' \
+            if checkpoint.get("last_error") else ""
+        parts.append(f'<p id="checkpoint">Engine checkpoint: <b class="{"ok" if checkpoint.get("ok") else "bad"}">'
+                     f'{"ok" if checkpoint.get("ok") else "failing"}</b> · {size} · '
+                     + (f'written {_age(checkpoint["age_s"])} ago' if checkpoint.get("age_s") is not None
+                        else "not written yet") + f'{error}</p>')
+    parts.append("<h2>Uplink</h2>")
     if running:
         error = f' · last error: <span class="bad">{escape(uplink["last_error"])}</span>' if uplink["last_error"] else ""
         latency = f'{uplink["latency_last_s"] * 1000:.0f} ms' if uplink["latency_last_s"] is not None else "-"
@@ -102,6 +131,19 @@ def render(snap: dict) -> str:
         f'<p>Outbox: {outbox["unsent_orders"]} order revisions and {outbox["unsent_telemetry"]} telemetry summaries '
         f'waiting; oldest {_age(outbox["oldest_unsent_age_s"])}; {outbox["used_bytes"] / 1e6:.1f} MB in use.</p>'
     )
+    downlink = snap.get("downlink")
+    if downlink is not None:
+        parts.append("<h2>Downlink</h2>")
+        refused = ", ".join(f"{escape(r)} {n}" for r, n in sorted(downlink["refused"].items())) or "none"
+        error = f' · last error: <span class="bad">{escape(downlink["last_error"])}</span>' if downlink["last_error"] else ""
+        parts.append(f'<p id="downlink">changes applied {downlink["applied"]} · refused: {refused} · rule files applied '
+                     f'{downlink["rule_files_applied"]}, refused {downlink["rule_files_refused"]}{error}</p>')
+        last = downlink.get("last_refused_rule_file")
+        if last:
+            state = "bad" if downlink.get("refusal_pending") else "warn"
+            parts.append(f'<p class="{state}">Last refused rule file from the platform: <b>{escape(last["file"] or "?")}</b> '
+                         f'(change {last["seq"]}, {escape(last["reason"])}, {_when(last["at"], now)}); it was not '
+                         f'written, the running rules stay:</p><pre id="refused-rule-file">{escape(last["detail"])}</pre>')
     parts.append("<h2>Open orders</h2>")
     parts.append(_table(
         ["opened", "device", "rule", "severity", "state", "rev", "grid", "address"],

@@ -1,5 +1,9 @@
 """The agent's local HTTP port: ``/metrics`` (Prometheus), ``/`` (status page),
-``/status.json`` (what ``edge status`` reads) and ``/healthz`` (200 when ready, else 503).
+``/status.json`` (what ``edge status`` reads) and ``/healthz``.
+
+``/healthz`` answers 200 ``ready`` only while the agent takes messages and every part of it
+is ok (``agent.health``); otherwise 503 with one line per problem (``starting``, or
+``<part> <state>: <what>``), so systemd, a load balancer or a person sees what is wrong.
 
 Read-only, no secrets in any answer; it listens on loopback by default ([status] listen).
 """
@@ -13,6 +17,7 @@ from typing import TYPE_CHECKING
 
 import orjson
 
+from edge.redact import redact_text
 from edge.status import page, prometheus
 from edge.status.snapshot import snapshot
 
@@ -43,6 +48,17 @@ class StatusServer:
         self.httpd.shutdown()
         self.httpd.server_close()
 
+    def healthz(self) -> tuple[bool, str]:
+        """(healthy, the answer's text): ready and every part ok, or what is not."""
+        agent = self.agent
+        problems = [] if agent.ready.is_set() else ["starting"]
+        health = getattr(agent, "health", None)
+        if health is not None and not health.healthy():
+            problems += [redact_text(p) for p in health.problems()]
+        if problems:
+            return False, "".join(f"{p}\n" for p in problems)
+        return True, "ready\n"
+
     def snapshot(self) -> dict:
         agent = self.agent
         return snapshot(agent.config.database_path, agent.config.gateway.id, agent)
@@ -51,13 +67,14 @@ class StatusServer:
 class _Handler(BaseHTTPRequestHandler):
     status: StatusServer
     server_version = "edge-status"
+    timeout = 10  # seconds a connection may sit idle: a stuck client does not hold a thread for ever
 
     def do_GET(self) -> None:  # noqa: N802 (http.server's name)
         path = self.path.split("?", 1)[0]
         try:
             if path == "/healthz":
-                ready = self.status.agent.ready.is_set()
-                self._send(200 if ready else 503, "text/plain", b"ready\n" if ready else b"starting\n")
+                healthy, text = self.status.healthz()
+                self._send(200 if healthy else 503, "text/plain; charset=utf-8", text.encode())
             elif path == "/metrics":
                 self._send(200, prometheus.CONTENT_TYPE, prometheus.render(self.status.snapshot()).encode())
             elif path == "/status.json":

@@ -5,6 +5,8 @@
 (messages in, engine batch time, uplink latency, each device's last message, memory) is
 there when ``agent`` is given; the rest comes from gateway.db, so it is right after a
 restart and when the agent is not running at all.
+
+No secret reaches the snapshot: URLs are shown through ``edge.redact.redact_url``.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from edge.orders.book import LIVE_STATES
+from edge.redact import redact_text, redact_url
 
 if TYPE_CHECKING:
     from edge.agent import Agent
@@ -49,7 +52,7 @@ def from_database(path: Path, now: float) -> dict:
     """What gateway.db says: orders by state, the open ones, outbox backlog, quarantine, evictions."""
     out: dict = {
         "database": str(path), "orders": {"by_state": {s: 0 for s in ORDER_STATES}, "open": []},
-        "outbox": {"unsent_orders": 0, "unsent_telemetry": 0, "oldest_unsent_age_s": None, "sent": 0,
+        "outbox": {"unsent_orders": 0, "unsent_telemetry": 0, "unsent_reports": 0, "oldest_unsent_age_s": None, "sent": 0,
                    "used_bytes": 0, "evicted_rows": {}},
         "quarantine": {}, "unknown_devices": 0,
     }
@@ -66,7 +69,8 @@ def from_database(path: Path, now: float) -> dict:
             f"updated_at FROM orders WHERE state IN ({live}) ORDER BY opened_at DESC LIMIT {OPEN_ORDERS_SHOWN}"
         )]
         for kind, count in conn.execute("SELECT kind, count(*) FROM outbox WHERE sent_at IS NULL GROUP BY kind"):
-            out["outbox"]["unsent_orders" if kind == "order" else "unsent_telemetry"] += count
+            key = {"order": "unsent_orders", "report": "unsent_reports"}.get(kind, "unsent_telemetry")
+            out["outbox"][key] += count
         oldest = conn.execute("SELECT min(created_at) FROM outbox WHERE sent_at IS NULL").fetchone()[0]
         out["outbox"]["oldest_unsent_age_s"] = None if oldest is None else max(0.0, now - oldest)
         out["outbox"]["sent"] = conn.execute("SELECT count(*) FROM outbox WHERE sent_at IS NOT NULL").fetchone()[0]
@@ -89,16 +93,19 @@ def from_agent(agent: "Agent", now: float) -> dict:
     """What only the running agent knows."""
     s, sender, engine, config = agent.stats, agent.sender, agent.engine, agent.config
     failing = sender.errors_in_a_row > 0
+    downlink = getattr(sender, "downlink", None)
     return {
         "agent": {
             "running": True, "started_at": agent.started_at, "uptime_s": now - agent.started_at,
             "resident_bytes": resident_bytes(), "ready": agent.ready.is_set(),
         },
+        "health": health_of(agent),
         "ingest": {
             "messages": s.messages, "readings": s.readings, "queue_depth": agent.inbox.qsize(),
-            "queue_max": config.engine.queue_max, "broker": config.mqtt.url,
+            "queue_max": config.engine.queue_max, "broker": redact_url(config.mqtt.url),
             "broker_connected": agent.subscriber.connected.is_set(),
             "duplicate_uplinks": s.duplicate_uplinks, "quarantine_trimmed": s.quarantine_trimmed,
+            "quarantined": dict(s.quarantined),  # since the agent started, by reason: a counter
             "modbus": None if agent.poller is None else {
                 "port": config.modbus.port, "polls": agent.poller.polls, "replies": agent.poller.replies,
                 "unchanged": agent.poller.unchanged, "port_errors": agent.poller.port_errors,
@@ -109,16 +116,48 @@ def from_agent(agent: "Agent", now: float) -> dict:
             "batch_seconds_total": s.engine_seconds, "last_batch_seconds": s.last_batch_seconds,
             "rule_reloads": s.rule_reloads, "rule_errors": s.rule_errors, "last_rule_error": s.last_rule_error,
             "alerts_raised": s.alerts_raised, "kernels": engine.kernels.kind,
+            "evicted": dict(s.evicted),
+            "write_failures": getattr(s, "write_failures", None), "internal_errors": getattr(s, "internal_errors", None),
+            "checkpoints": getattr(s, "checkpoints", None), "checkpoint_failures": getattr(s, "checkpoint_failures", None),
         },
+        "checkpoint": checkpoint_of(agent, now),
         "uplink": {
-            "url": config.uplink.url, "mode": config.uplink.mode, "uplinked": sender.uplinked,
-            "errors": sender.errors, "last_error": sender.last_error,
+            "url": redact_url(config.uplink.url), "mode": config.uplink.mode, "uplinked": sender.uplinked,
+            "errors": sender.errors, "last_error": redact_text(sender.last_error),
             "state": "failing" if failing else ("ok" if sender.last_ok_at else "waiting"),
             "last_ok_at": sender.last_ok_at, "latency_last_s": sender.latency_last,
             "latency_avg_s": sender.latency_total / sender.sends if sender.sends else None, "sends": sender.sends,
+            "latency_total_s": sender.latency_total,
+            "faults": getattr(sender, "faults", 0), "last_fault": redact_text(getattr(sender, "last_fault", "")),
         },
+        "downlink": None if downlink is None else {**downlink.status(), "last_error": redact_text(downlink.last_error)},
         "devices": device_table(agent.registry, engine, now, config.status.silent_after),
     }
+
+
+def health_of(agent: "Agent") -> dict | None:
+    """Each part's state (ok, degraded, down), faults and restarts; None for an agent without them."""
+    health = getattr(agent, "health", None)
+    if health is None:
+        return None
+    parts = health.parts()
+    for part in parts:
+        part["last_error"] = redact_text(part["last_error"])
+        part["detail"] = redact_text(part["detail"])
+    return {"healthy": health.healthy(), "parts": parts,
+            "problems": [redact_text(p) for p in health.problems()]}
+
+
+def checkpoint_of(agent: "Agent", now: float) -> dict | None:
+    """The engine checkpoint's figures, with its age, when the agent keeps them."""
+    info = getattr(agent, "checkpoint_info", None)
+    if not isinstance(info, dict):
+        return None
+    out = dict(info)
+    written = out.get("written_at")
+    if "age_s" not in out:
+        out["age_s"] = None if written is None else max(0.0, now - written)
+    return out
 
 
 def device_table(registry: "Registry", engine: "Engine", now: float, silent_after: float) -> list[dict]:
