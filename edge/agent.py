@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import math
 import queue
 import sqlite3
 import threading
@@ -16,17 +17,20 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 
+import orjson
+
 from edge.config import ConfigError, GatewayConfig
 from edge.engine import Engine, RuleFileError, load_rules
 from edge.engine import checkpoint
 from edge.engine.rules import fingerprint
-from edge.ingest.decode import DecodeError, check_kinds, derive
+from edge.ingest.decode import DecodeError, Limits, check_kinds, derive
 from edge.ingest.decoders import decode as decode_message
 from edge.ingest.dedupe import Duplicates
 from edge.ingest.inbox import Inbox
 from edge.ingest.modbus_poll import ModbusPoller, ModbusSetupError, polled_devices
 from edge.ingest.mqtt import MqttSubscriber, RawMessage, TlsSettings
-from edge.ingest.quarantine import record_unknown, trim as trim_quarantine
+from edge.ingest.quarantine import UnknownDevices, quarantine_row, record_unknown
+from edge.ingest.quarantine import store as store_quarantine, trim as trim_quarantine
 from edge.orders import OrderBook
 from edge.orders.categories import Categories
 from edge.paths import default_categories
@@ -49,7 +53,7 @@ class Stats:
     readings: int = 0
     quarantined: Counter = field(default_factory=Counter)
     duplicate_uplinks: int = 0  # LoRaWAN frames heard again (several gateways): counted once
-    unknown_devices: Counter = field(default_factory=Counter)
+    unknown_devices: UnknownDevices = field(default_factory=UnknownDevices)  # bounded ([ingest] unknown_devices_max)
     alerts_raised: int = 0  # rules that fired (opened) on a device: an order opened, grouped, reopened or already open
     orders_opened: int = 0
     orders_cleared: int = 0
@@ -70,6 +74,7 @@ class Stats:
     checkpoint_failures: int = 0
     checkpoint_refused: int = 0  # checkpoints (or rules' states in one) that could not be used at start
     replayed_steps: int = 0  # changelog steps replayed at start
+    clock_resets: int = 0  # devices whose wrong clock came back: their rules started afresh
 
 
 @dataclass
@@ -79,7 +84,7 @@ class Step:
     kind: str  # "batch" or "tick"
     at: float  # gateway time
     transitions: list
-    body: bytes | None = None  # the engine changelog's row, None when the step left the engine as it was
+    log: list = field(default_factory=list)  # the engine changelog's rows (kind, at, body): what changed the engine
     quarantine: list = field(default_factory=list)
     unknown: list = field(default_factory=list)
     messages: list = field(default_factory=list)  # acknowledged to the broker once written
@@ -95,6 +100,8 @@ class Agent:
         self.engine = Engine(self.rules, self.registry)
         self._reload_requested = threading.Event()
         self.stats = Stats()
+        self.stats.unknown_devices = UnknownDevices(config.ingest.unknown_devices_max)
+        self.limits = Limits.from_config(config.ingest)
         self.health = Health()
         self.stop_event = threading.Event()
         self.ready = threading.Event()
@@ -412,7 +419,7 @@ class Agent:
         transitions, changed = checkpoint.tick(self.engine, now)
         self._count_alerts(transitions)
         if changed:
-            self._unwritten.append(Step("tick", now, transitions, body=b""))
+            self._unwritten.append(Step("tick", now, transitions, log=[("tick", now, b"")]))
 
     def _write(self, book: OrderBook, db, force: bool = False) -> None:
         """Commit the steps evaluated so far, in order, each with its orders; then acknowledge their messages."""
@@ -425,11 +432,11 @@ class Agent:
                 with transaction(db) as conn:
                     changes = book.apply(step.transitions, now=now, clock=self._clock(now))
                     if step.quarantine:
-                        self._store_quarantine(conn, step.quarantine)
+                        store_quarantine(conn, step.quarantine)
                     if step.unknown:
-                        record_unknown(conn, step.unknown)
-                    if step.body is not None:
-                        self._step = checkpoint.append(conn, step.kind, step.at, step.body)
+                        record_unknown(conn, step.unknown, self.config.ingest.unknown_devices_max)
+                    for kind, at, body in step.log:
+                        self._step = checkpoint.append(conn, kind, at, body)
             except sqlite3.OperationalError as error:
                 self._write_failed(error)
                 return
@@ -454,16 +461,9 @@ class Agent:
         self.health.degraded("disk", f"cannot write gateway.db ({error}); {len(self._unwritten)} step(s) wait, "
                                      f"their messages are not acknowledged; retrying")
 
-    def _store_quarantine(self, conn, rows: list) -> None:
-        conn.executemany(
-            "INSERT INTO quarantine (received_at, topic, payload, reason, detail, payload_bytes) VALUES (?, ?, ?, ?, ?, ?)",
-            rows,
-        )
-
-    def _quarantine_row(self, raw: RawMessage, reason: str, detail: str) -> tuple:
-        keep = self.config.ingest.quarantine_keep_bytes
-        payload = raw.payload if isinstance(raw.payload, (bytes, bytearray)) else bytes(raw.payload)
-        return (raw.received_at, raw.topic[:512], bytes(payload[:keep]), reason, detail[:1000], len(payload))
+    def _quarantine_row(self, raw: RawMessage, reason: str, detail: str):
+        return quarantine_row(raw.received_at, raw.topic, raw.payload, reason, detail,
+                              self.config.ingest.quarantine_keep_bytes)
 
     def _housekeeping(self, db, now: float) -> None:
         """Queue the finished interval's telemetry summaries, and keep the file within its budget."""
@@ -529,35 +529,51 @@ class Agent:
         return self.inbox.drain()
 
     def _process(self, batch: list[RawMessage], book: OrderBook, db) -> None:
-        builder = self.engine.builder()
+        engine = self.engine
+        builder = engine.builder()
         quarantine = []
         unknown: dict[str, list] = {}  # device -> [first seen, last seen, messages, last topic]
         stats, model_of = self.stats, self._model_of
         device_of = self.registry.by_id.get
         is_duplicate = self.duplicates.seen
-        add_summary, add_reading = self.summaries.add, builder.add
-        ingest = self.config.ingest
+        add_summary = self.summaries.add
+        ingest, limits = self.config.ingest, self.limits
         readings = 0
+        transitions: list = []
+        changelog: list = []
+        newest: dict[int, float] = {}  # device -> its newest time in the builder's readings
+        started = time.perf_counter()
+
+        def evaluate() -> None:
+            """Run what the builder holds through the engine (a batch may be cut where a device's clock came back)."""
+            readings_batch = builder.build()
+            if len(readings_batch):
+                transitions.extend(engine.process(readings_batch))
+                changelog.append(("batch", time.time(), checkpoint.encode_batch(readings_batch)))
+
         for raw in batch:
             try:
-                if len(raw.payload) > ingest.max_payload_bytes:
-                    raise DecodeError("payload_too_large", f"{len(raw.payload)} bytes; at most "
-                                      f"{ingest.max_payload_bytes} are decoded ([ingest] max_payload_bytes)")
-                message = decode_message(raw.topic, raw.payload, model_of)
+                message = decode_message(raw.topic, raw.payload, model_of, limits=limits, received_at=raw.received_at)
                 device = device_of(message.device_id)
                 if device is None:
-                    stats.unknown_devices[message.device_id[:128]] += 1
-                    seen = unknown.setdefault(message.device_id[:128], [raw.received_at, raw.received_at, 0, raw.topic])
-                    seen[1], seen[2], seen[3] = max(seen[1], raw.received_at), seen[2] + 1, raw.topic
+                    stats.unknown_devices.add(message.device_id)
+                    if message.device_id[:128] in unknown or len(unknown) < ingest.unknown_devices_max:
+                        seen = unknown.setdefault(message.device_id[:128], [raw.received_at, raw.received_at, 0, raw.topic])
+                        seen[1], seen[2], seen[3] = max(seen[1], raw.received_at), seen[2] + 1, raw.topic[:256]
                     continue
-                self._check_time(message.ts, raw.received_at)
                 check_kinds(device, message.values)
                 if message.dedupe_key is not None and is_duplicate(message.dedupe_key, raw.received_at):
                     stats.duplicate_uplinks += 1
                     continue
                 values = derive(device, message.values)
+                d = device.index
+                if self._clock_came_back(d, message.ts, raw.received_at, newest):
+                    evaluate()
+                    builder, newest = engine.builder(), {}
+                    changelog.append(("rebase", time.time(), self._rebase(device, book)))
                 add_summary(device.id, message.ts, values, raw.received_at)
-                add_reading(device.index, message.ts, values, raw.received_at)
+                builder.add(d, message.ts, values, raw.received_at)
+                newest[d] = max(newest.get(d, -math.inf), message.ts)
                 readings += len(values)
             except DecodeError as error:
                 stats.quarantined[error.reason] += 1
@@ -568,27 +584,39 @@ class Agent:
                 self.health.fault("ingest", error)
                 log.exception("message on %r could not be processed; quarantined as internal_error", raw.topic[:200])
                 quarantine.append(self._quarantine_row(raw, "internal_error", f"{type(error).__name__}: {error}"))
+        evaluate()
         stats.readings += readings
-        self.stats.messages += len(batch)
-        started = time.perf_counter()
-        readings_batch = builder.build()
-        transitions = self._count_alerts(self.engine.process(readings_batch))
-        self.stats.last_batch_seconds = time.perf_counter() - started
-        self.stats.engine_seconds += self.stats.last_batch_seconds
+        stats.messages += len(batch)
+        self._count_alerts(transitions)
+        stats.last_batch_seconds = time.perf_counter() - started
+        stats.engine_seconds += stats.last_batch_seconds
         self._unwritten.append(Step(
-            "batch", time.time(), transitions,
-            body=checkpoint.encode_batch(readings_batch) if len(readings_batch) else None,
-            quarantine=quarantine, unknown=[(device, *seen) for device, seen in unknown.items()], messages=batch,
+            "batch", time.time(), transitions, log=changelog, quarantine=quarantine,
+            unknown=[(device, *seen) for device, seen in unknown.items()], messages=batch,
         ))
-        self.stats.batches += 1
+        stats.batches += 1
         self._write(book, db, force=len(self._unwritten) == 1)
 
-    def _check_time(self, ts: float, received_at: float) -> None:
-        """A device time the rules can use: finite, and within [ingest]'s window around the gateway's clock."""
-        ingest = self.config.ingest
-        if not (received_at - ingest.max_past <= ts <= received_at + ingest.max_future):
-            raise DecodeError("timestamp_out_of_range", f"device time {ts!r} is outside the accepted window of "
-                              f"{ingest.max_past:g} s before to {ingest.max_future:g} s after the gateway's clock")
+    def _clock_came_back(self, d: int, ts: float, arrival: float, newest: dict[int, float]) -> bool:
+        """Device ``d``'s clock was wrong (its newest time well ahead of the gateway's) and is right again.
+
+        Then its next reading is behind that wrong time, and would never be fresh: the device
+        would be blind until its clock caught up with the wrong time. (A street simulated
+        faster than real time runs ahead of the gateway too, but its readings never come back.)"""
+        tolerance = self.config.ingest.clock_tolerance
+        latest = max(float(self.engine.latest_ts[d, 0]), newest.get(d, -math.inf))
+        return ts < latest and latest > arrival + tolerance and abs(ts - arrival) <= tolerance
+
+    def _rebase(self, device, book: OrderBook) -> bytes:
+        """Start the device's rules afresh (its clock came back); its open problems stay open. The changelog's row."""
+        self.engine.reset_device(device.index)
+        active = sorted({rule for rule, member, state in book.live_orders() if member == device.id and state == "opened"})
+        for rule in active:
+            self.engine.mark_active(rule, device.id)
+        self.stats.clock_resets += 1
+        log.warning("device %s: its clock came back from %.0f s ahead of the gateway's; its rules start afresh",
+                    device.id, float(self.engine.latest_ts[device.index, 0]))
+        return orjson.dumps({"device": device.id, "active": active})
 
     def _model_of(self, device_id: str) -> str | None:
         device = self.registry.by_id.get(device_id)

@@ -149,8 +149,12 @@ class EngineSection(_Section):
 
 
 class IngestSection(_Section):
-    max_future: float = Field(600.0, ge=0, description="Seconds a device's time may be ahead of the gateway's clock; a message "
-                              "further ahead is quarantined as timestamp_out_of_range (docs/ingest.md, 'Device clocks').")
+    max_future: float = Field(2 * 86400.0, ge=0, description="Seconds a device's time may be ahead of the gateway's clock; a "
+                              "message further ahead is quarantined as timestamp_out_of_range (docs/ingest.md, 'Device "
+                              "clocks'). Two days by default: a street simulated faster than real time runs ahead too.")
+    clock_tolerance: float = Field(600.0, gt=0, description="A device whose newest time was more than this ahead of the "
+                                   "gateway's clock, and which then reports a time within this of it, had a wrong clock that "
+                                   "is right again: its rules start afresh (a wrong clock never blinds a device).")
     max_past: float = Field(7 * 86400.0, gt=0, description="Seconds a device's time may be behind the gateway's clock (a device "
                             "sending what it buffered offline); older is quarantined as timestamp_out_of_range.")
     max_payload_bytes: int = Field(65536, ge=1024, description="Largest payload decoded; a larger one is quarantined as "

@@ -27,7 +27,7 @@ from uplink.receiver import ReceiverServer, ReceiverStore
         ("devices/MH-0001/telemetry", b'{"readings": {"tilt_deg": 1}}', "bad_timestamp"),
         ("devices/MH-0001/telemetry", b'{"device": "MH-0002", "ts": 5, "readings": {}}', "device_mismatch"),
         ("devices/MH-0001/status", b'{"ts": 5, "readings": {}}', "bad_topic"),
-        ("devices/MH-0001/telemetry", b" " * 70000, "oversized"),
+        ("devices/MH-0001/telemetry", b" " * 70000, "payload_too_large"),
     ],
 )
 def test_decoder_refuses_bad_payloads_with_a_reason(topic, payload, reason):
@@ -119,11 +119,11 @@ def test_a_reading_is_acknowledged_only_after_its_batch_is_committed(tmp_path, m
     real_apply = OrderBook.apply
     crashed = threading.Event()
 
-    def apply_then_die(self, transitions, now=None):
+    def apply_then_die(self, transitions, now=None, clock=None):
         if any(t.kind == "open" for t in transitions) and not crashed.is_set():
             crashed.set()
-            raise OSError("power cut (injected) before the commit")
-        return real_apply(self, transitions, now)
+            raise SystemExit("power cut (injected) before the commit")  # the process ends, as with kill -9
+        return real_apply(self, transitions, now, clock)
 
     try:
         monkeypatch.setattr(OrderBook, "apply", apply_then_die)

@@ -74,7 +74,7 @@ def test_frigate_event_readings():
         ("frigate/events", b'{"type": "new", "after": {"camera": "CAM-0001", "label": "car", "score": 0.5}}',
          "bad_timestamp"),
         ("frigate/events", b"{trunc", "malformed_json"),
-        ("frigate/events", b" " * 70000, "oversized"),
+        ("frigate/events", b" " * 70000, "payload_too_large"),
         ("application/a/device/a840410000000000/event/up", b"[]", "wrong_type"),
         ("application/a/device/a840410000000000/event/up",
          b'{"deviceInfo": {"deviceName": "BIN-L01", "devEui": "ffff"}}', "device_mismatch"),

@@ -321,6 +321,13 @@ def replay(engine: Engine, conn: sqlite3.Connection, after: int, numbering: dict
             engine.process(batch if program is None else _remap(batch, program, engine))
         elif kind == "tick":
             engine.tick(at)
+        elif kind == "rebase":  # a device whose wrong clock came back (agent._rebase)
+            change = orjson.loads(body)
+            device = engine.registry.by_id.get(change["device"])
+            if device is not None:
+                engine.reset_device(device.index)
+                for rule in change["active"]:
+                    engine.mark_active(rule, device.id)
         steps += 1
         last = seq
     return steps, last

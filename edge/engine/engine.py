@@ -279,6 +279,24 @@ class Engine:
         self.quiet[:, PENDING] = ~np.uint64(0)  # times carried over: each rule's is looked at once
         return kept
 
+    def reset_device(self, d: int) -> None:
+        """Forget everything about device ``d``, as if it had never reported (its clock was wrong).
+
+        Its latest values and times, waits, active flags, baselines, settle bits and every
+        window and detector state go back to their initial values."""
+        self.latest[d, :] = np.nan
+        self.latest_ts[d, :] = -np.inf
+        self.since[d, :] = np.nan
+        self.active[d, :] = False
+        self.reported[d, :] = np.nan
+        self.quiet[d, :] = 0
+        base, width = int(self.program.state_base[d]), int(self.program.state_width[d])
+        if width:
+            fresh = np.full(self.program.state_size, np.nan)
+            offsets = np.where(np.arange(len(self.registry))[:, None] == d, self.program.inst_off, -1)
+            self.kernels.init_state(fresh, self.program.inst_func, np.ascontiguousarray(offsets))
+            self.state[base:base + width] = fresh[base:base + width]
+
     def device_time(self, d: int, now: float) -> float:
         """Device ``d``'s clock at gateway time ``now``: its newest report's time, run on by the
         gateway time since that report arrived (never back before it), as ``tick`` reckons it.
