@@ -49,10 +49,19 @@ def test_eviction_takes_telemetry_oldest_first_keeps_latest_per_device_and_never
                                    [oldest_left]).fetchone()[0]
     assert evicted_intervals == 0 and oldest_left > 0  # the oldest went first
 
-    # Far over budget: every old summary goes, then the latest ones, but no order revision.
-    evictions = outbox.enforce_budget(outbox.used_bytes() // 10)
+    # Beyond reach (the unsent orders alone are over it): nothing is evicted, and the report says why.
+    before = kinds(db)
+    report = outbox.enforce_budget(outbox.used_bytes() // 10)
+    assert list(report) == [] and "unsent order revisions" in report.problem and not report.within_budget
+    assert kinds(db) == before and before["telemetry"] > 50
+
+    # Far over budget but within reach: every old summary goes, then the latest ones, but no order revision.
+    twin = open_database(tmp_path / "orders-only.db")
+    fill(twin, orders=300, telemetry_devices=0, intervals=0)
+    evictions = outbox.enforce_budget(Outbox(twin).used_bytes() + 100_000)
+    twin.conn.close()
     assert [e.step for e in evictions] == ["telemetry_old", "telemetry_latest"]
-    assert kinds(db) == {"order": 300}
+    assert kinds(db) == {"order": 300} and evictions.problem == "" and evictions.within_budget
     logged = db.execute("SELECT step, sum(rows) FROM evictions GROUP BY step").fetchall()
     assert dict(logged) == {"telemetry_old": 950, "telemetry_latest": 50}
     db.conn.close()
@@ -66,7 +75,10 @@ def test_acknowledged_rows_go_first_and_orders_only_when_configured(tmp_path):
     evictions = outbox.enforce_budget(outbox.used_bytes() - 100_000)
     assert [e.step for e in evictions] == ["acknowledged"]
     assert outbox.depth() == 210  # nothing unacknowledged went
-    assert outbox.enforce_budget(100_000) and outbox.depth("order") == 200  # orders stay: not configured
+    telemetry = outbox.depth("telemetry")
+    report = outbox.enforce_budget(100_000)  # the 200 unsent orders alone are over it: nothing is evicted
+    assert list(report) == [] and "evict_orders is off" in report.problem
+    assert outbox.depth("order") == 200 and outbox.depth("telemetry") == telemetry == 10
     evictions = outbox.enforce_budget(400_000, evict_orders=True)
     assert evictions[-1].step == "order_revisions" and outbox.depth("order") < 200
     db.conn.close()

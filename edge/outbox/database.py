@@ -5,14 +5,31 @@ never recreated. Each migration runs in its own transaction and bumps ``user_ver
 
 Durability: ``synchronous=FULL`` in WAL mode, so when a transaction returns its rows are on
 disk (fsync of the WAL). A power cut loses at most the transaction in progress.
+
+Size on disk (docs/uplink.md, "Disk budget and eviction"): the file is made with
+``auto_vacuum=INCREMENTAL``, so pages freed by eviction can be given back to the filesystem
+(edge/outbox/disk.py ``reclaim``); a file made by an older version is converted once, by a
+VACUUM at open when its partition has room for it. The WAL is truncated back to
+``WAL_SIZE_LIMIT`` after each checkpoint. A full partition never leaves a half-migrated file:
+``open_database`` raises ``DiskFullError`` saying what could not be done.
 """
 
 from __future__ import annotations
 
+import logging
+import os
 import sqlite3
+import time
 from pathlib import Path
 
 import sqlite_utils
+
+from edge.outbox.disk import DiskFullError, checkpoint, free_bytes, is_disk_full, release_reserve
+
+log = logging.getLogger(__name__)
+
+WAL_SIZE_LIMIT = 4 * 1024 * 1024  # PRAGMA journal_size_limit: the WAL file is cut back to this after a checkpoint
+CONVERT_MARGIN = 16 * 1024 * 1024  # room kept beyond what the one-time VACUUM needs
 
 MIGRATIONS: list[str] = [
     # 1: orders, the outbox of order revisions, and quarantined payloads.
@@ -134,13 +151,45 @@ MIGRATIONS: list[str] = [
 
 
 def open_database(path: Path) -> sqlite_utils.Database:
-    """Open (creating if needed) the gateway file and bring its schema up to date."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    conn = sqlite3.connect(str(path), timeout=30, isolation_level=None)
-    conn.execute("PRAGMA journal_mode=WAL")
-    conn.execute("PRAGMA synchronous=FULL")
-    conn.execute("PRAGMA foreign_keys=ON")
-    migrate(conn)
+    """Open (creating if needed) the gateway file and bring its schema up to date.
+
+    On a full partition the gateway's reserve file (edge/outbox/disk.py) is given back and the
+    open tried once more; with still no room, ``DiskFullError`` says what could not be done.
+    Nothing is left half done: a migration that does not fit is rolled back whole.
+    """
+    path = Path(path)
+    try:
+        return _open(path)
+    except DiskFullError as error:
+        if not release_reserve(path):
+            raise
+        log.warning("%s: no room to %s; gave back the gateway's reserve file to go on", path, error.action)
+    return _open(path)
+
+
+def _open(path: Path) -> sqlite_utils.Database:
+    action = "create its folder"
+    conn = None
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        action = "open it"
+        conn = sqlite3.connect(str(path), timeout=30, isolation_level=None)
+        conn.execute("PRAGMA auto_vacuum=INCREMENTAL")  # a new file: before its first table
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=FULL")
+        conn.execute("PRAGMA foreign_keys=ON")
+        conn.execute(f"PRAGMA journal_size_limit={WAL_SIZE_LIMIT}")
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        if version < len(MIGRATIONS):
+            action = f"bring its schema from version {version} to {len(MIGRATIONS)}"
+        migrate(conn)
+        _convert_to_incremental_vacuum(conn, path)
+    except BaseException as error:
+        if conn is not None:
+            conn.close()
+        if isinstance(error, (sqlite3.Error, OSError)) and is_disk_full(error, path):
+            raise DiskFullError(path, action, free_bytes(path)) from error
+        raise
     return sqlite_utils.Database(conn)
 
 
@@ -159,9 +208,55 @@ def migrate(conn: sqlite3.Connection) -> int:
             conn.execute(f"PRAGMA user_version={number}")
             conn.execute("COMMIT")
         except BaseException:
-            conn.execute("ROLLBACK")
+            if conn.in_transaction:  # (SQLite has already rolled back after a full disk)
+                conn.execute("ROLLBACK")
             raise
     return len(MIGRATIONS)
+
+
+def _sqlite_temp_dir() -> Path:
+    """Where SQLite puts VACUUM's temporary copy (the order of its unix VFS)."""
+    for candidate in (os.environ.get("SQLITE_TMPDIR"), os.environ.get("TMPDIR"), "/var/tmp", "/usr/tmp", "/tmp"):
+        if candidate and os.path.isdir(candidate) and os.access(candidate, os.W_OK | os.X_OK):
+            return Path(candidate)
+    return Path(".")
+
+
+def _convert_to_incremental_vacuum(conn: sqlite3.Connection, path: Path) -> None:
+    """Once in a file's life: a file made before auto_vacuum was set is rebuilt by VACUUM.
+
+    VACUUM writes a copy of the data (in SQLite's temporary folder) and then the whole file
+    through the WAL: it needs about twice the data's size free, and on a 256 MB file takes
+    seconds to a minute on an SD card. Without the room it is skipped (logged) and tried at the
+    next start; until then freed pages are reused but the file does not shrink.
+    """
+    if conn.execute("PRAGMA auto_vacuum").fetchone()[0] == 2:
+        return
+    size = conn.execute("PRAGMA page_count").fetchone()[0] * conn.execute("PRAGMA page_size").fetchone()[0]
+    temp = _sqlite_temp_dir()
+    same_partition = os.stat(temp).st_dev == os.stat(path.parent).st_dev
+    needed = {path.parent: size * (2 if same_partition else 1) + CONVERT_MARGIN}
+    if not same_partition:
+        needed[temp] = size + CONVERT_MARGIN
+    short = [f"{where}: {need / 1e6:.0f} MB needed, {free_bytes(where) / 1e6:.0f} MB free"
+             for where, need in needed.items() if free_bytes(where) < need]
+    if short:
+        log.warning("%s was made before it could give freed space back to the disk; converting it needs room "
+                    "(%s): tried again at the next start, meanwhile freed space is reused but the file does "
+                    "not shrink", path, "; ".join(short))
+        return
+    log.info("%s: converting it once so that it gives freed space back to the disk (VACUUM of %.1f MB)...",
+             path, size / 1e6)
+    started = time.monotonic()
+    try:
+        conn.execute("VACUUM")
+        checkpoint(conn, wait=10.0)
+    except sqlite3.Error as error:
+        if not (is_disk_full(error, path) or "locked" in str(error) or "busy" in str(error)):
+            raise
+        log.warning("%s not converted (%s): tried again at the next start", path, error)
+        return
+    log.info("%s converted in %.1fs", path, time.monotonic() - started)
 
 
 def _statements(script: str) -> list[str]:
