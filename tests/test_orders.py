@@ -299,3 +299,29 @@ def test_an_open_problem_getting_worse_revises_its_order_and_keeps_the_platform_
     changes = run_stream(engine, book, [("MH-0004", t0 + 800 + 60 * s, {"water_cm": 70.0}) for s in range(12)])
     assert [c.change for c in changes] == []  # the platform accepted it: the edge no longer clears it
     assert book.count() == 1
+
+
+def test_escalation_counts_in_the_device_s_clock_from_when_the_gateway_opened_the_order(setup):
+    """docs/uplink.md: which clock escalation uses. 15 minutes to accept an open cover."""
+    registry, rules, db, _ = setup
+    book = OrderBook(db, "gw-1", Categories.load(CATEGORIES))
+    gateway_now = 1_000_000.0
+    clocks = {
+        "MH-0003": gateway_now + 3600,  # its clock runs an hour ahead, steadily
+        "MH-0004": gateway_now,  # a backlog: its readings are 5 hours old, sent just now
+        "MH-0005": gateway_now,  # a simulated street: device time runs 240x faster than the gateway's
+    }
+    book.apply([transition("open", rules, registry, "MH-0003", ts=clocks["MH-0003"]),
+                transition("open", rules, registry, "MH-0004", ts=gateway_now - 5 * 3600),
+                transition("open", rules, registry, "MH-0005", ts=clocks["MH-0005"])],
+               now=gateway_now, clock=clocks.__getitem__)
+    assert book.escalate(now=gateway_now + 60, clock=clocks.__getitem__) == []  # the backlog: not at once
+    clocks["MH-0003"] += 15 * 60  # 15 gateway minutes later
+    clocks["MH-0004"] += 15 * 60
+    clocks["MH-0005"] += 240  # 1 gateway second later, 4 device minutes
+    escalated = book.escalate(now=gateway_now + 15 * 60, clock=clocks.__getitem__)
+    assert sorted(book.orders()[[o["id"] for o in book.orders()].index(c.order_id)]["device"]
+                  for c in escalated) == ["MH-0003", "MH-0004"]
+    clocks["MH-0005"] += 15 * 60 * 240
+    (sim,) = book.escalate(now=gateway_now + 15 * 60 + 1, clock=clocks.__getitem__)
+    assert [o["device"] for o in book.orders() if o["id"] == sim.order_id] == ["MH-0005"]
