@@ -174,7 +174,8 @@ def _open(path: Path) -> sqlite_utils.Database:
         path.parent.mkdir(parents=True, exist_ok=True)
         action = "open it"
         conn = sqlite3.connect(str(path), timeout=30, isolation_level=None)
-        conn.execute("PRAGMA auto_vacuum=INCREMENTAL")  # a new file: before its first table
+        if conn.execute("PRAGMA auto_vacuum").fetchone()[0] != 2:  # (setting it writes, even to the same value)
+            conn.execute("PRAGMA auto_vacuum=INCREMENTAL")  # a new file: before its first table; else at VACUUM
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=FULL")
         conn.execute("PRAGMA foreign_keys=ON")

@@ -220,14 +220,24 @@ def reclaim(conn: sqlite3.Connection, time_limit: float | None = None) -> int:
                 if not is_disk_full(error) or step <= 16:
                     raise
                 step //= 8  # no room for a whole step's moved pages in the WAL: smaller steps
-                checkpoint(conn)
+                _checkpoint_if_room(conn)
                 continue
             freed = before - conn.execute("PRAGMA page_count").fetchone()[0]
             given += freed
-            checkpoint(conn)
+            _checkpoint_if_room(conn)
             if freed <= 0:
                 break
             if time_limit is not None and time.monotonic() - started > time_limit:
                 break
     checkpoint(conn)
     return given
+
+
+def _checkpoint_if_room(conn: sqlite3.Connection) -> None:
+    """A checkpoint copies pages past the file's end into it, which takes room: on a full disk
+    it waits for the final one, after the file has shrunk."""
+    try:
+        checkpoint(conn)
+    except sqlite3.Error as error:
+        if not is_disk_full(error):
+            raise

@@ -46,6 +46,7 @@ REPORTS_KEPT = 1000  # unsent reports kept; a platform that floods bad changes c
 EVICTION_CHUNK = 500  # rows at most per eviction transaction (fewer when fewer bytes are needed)
 EVICTIONS_KEPT = 1000  # rows of the evictions table kept as they are; older ones are summed per step
 UNMET_RECHECK = 60.0  # seconds between estimates while the budget cannot be met
+TIGHT_ROOM = 32 * 1024 * 1024  # with less free on the partition, eviction goes in small chunks given back one by one
 BUDGET_TIME_LIMIT = 5.0  # seconds one enforce_budget call spends at most (the rest is done at the next)
 
 
@@ -267,7 +268,11 @@ class Outbox:
             db_bytes, wal_bytes = self.file_bytes()
             low = path is not None and not held and free < reserve
             if db_bytes + wal_bytes > max_bytes or low:
-                disk.reclaim(self.db.conn, time_limit)
+                try:
+                    disk.reclaim(self.db.conn, time_limit)
+                except (sqlite3.Error, OSError) as error:
+                    if not disk.is_disk_full(error, path):
+                        raise  # (no room to give space back before evicting: evicting comes first then)
                 db_bytes, wal_bytes = self.file_bytes()
                 free = disk.free_bytes(path) if path is not None else None
             need_min, need_floor, need = self._needs(max_bytes, wal_bytes, free, reserve, held)
@@ -283,7 +288,7 @@ class Outbox:
                 if target > 0:
                     steps = _STEPS + ((_ORDERS_STEP,) if evict_orders else ())
                     reason = "disk budget exceeded" if need_min > 0 else "partition nearly full"
-                    evictions = self._evict(steps, target, reason, max_bytes, started, time_limit)
+                    evictions = self._evict(steps, target, reason, max_bytes, started, time_limit, path)
                     disk.reclaim(self.db.conn, None if time_limit is None else
                                  max(0.5, time_limit - (time.monotonic() - started)))
                     db_bytes, wal_bytes = self.file_bytes()
@@ -374,7 +379,12 @@ class Outbox:
                 f"platform takes them; or raise max_bytes")
 
     def _evict(self, steps: tuple[_Step, ...], need: int, reason: str, max_bytes: int, started: float,
-               time_limit: float | None) -> list[Eviction]:
+               time_limit: float | None, path: Path | None) -> list[Eviction]:
+        """Evict ``need`` bytes of pages, step by step, in chunks.
+
+        On a partition with little room, deleting rows takes room first (the WAL holds the
+        changed pages until a checkpoint): each chunk is then a third of the room at most, and
+        its pages are given back before the next."""
         done: list[Eviction] = []
         start = self.used_bytes()
         for step in steps:
@@ -382,9 +392,13 @@ class Outbox:
             if start - before >= need:
                 break
             rows = 0
-            while start - self.used_bytes() < need:
-                taken = self._evict_chunk(step, need - (start - self.used_bytes()))
+            while (left := need - (start - self.used_bytes())) > 0:
+                room = disk.free_bytes(path) if path is not None else None
+                tight = room is not None and room < TIGHT_ROOM
+                taken = self._evict_chunk(step, min(left, max(16 * 1024, room // 3)) if tight else left)
                 rows += taken
+                if tight and taken:
+                    disk.reclaim(self.db.conn)
                 if taken == 0 or (time_limit is not None and time.monotonic() - started > time_limit):
                     break
             if rows:
