@@ -404,3 +404,41 @@ def test_a_password_in_the_platform_url_stays_out_of_errors():
     with pytest.raises(TransportError) as raised:
         transport.changes(0)
     assert "s3cretpw" not in str(raised.value)
+
+
+def test_the_mqtt_transport_keeps_whatever_arrives_on_changes_and_publishes_reports(mosquitto):
+    from uplink.transport_mqtt import MqttTransport
+
+    gateway = f"gw-{uuid.uuid4().hex[:8]}"
+    transport = MqttTransport(mosquitto.url, gateway, timeout=10)
+    platform = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"p-{uuid.uuid4().hex[:8]}")
+    reports: list[bytes] = []
+    platform.on_message = lambda client, userdata, message: reports.append(message.payload)
+    platform.connect(mosquitto.host, mosquitto.port)
+    platform.loop_start()
+    try:
+        assert transport.connected.wait(20)
+        platform.subscribe(f"edge/{gateway}/reports", qos=1)
+        hostile = [b"{not json", b"[1, 2]", b'{"seq": "x"}', b'{"seq": 1e400}', b"\xff\xfe", b"[" * 100_000,
+                   b'{"seq": 3, "order_id": {"a": 1}, "state": "accepted"}', b"x" * (2 * 1024 * 1024)]
+        for payload in hostile + [b'{"seq": 7, "order_id": "o1", "state": "accepted"}']:
+            platform.publish(f"edge/{gateway}/changes", payload, qos=1).wait_for_publish(10)
+        unusable: list = []
+
+        def numbered() -> list:
+            got = transport.changes(0)
+            unusable.extend(c for c in got if not (isinstance(c, dict) and c.get("seq") in (3, 7)))
+            return [c["seq"] for c in got if c not in unusable]
+
+        assert wait_until(lambda: numbered() == [3, 7], 20)  # in seq order (the last one published has arrived)
+        assert len(unusable) == len(hostile) - 1  # each returned once
+        assert numbered() == [3, 7] and transport.changes(7) == []  # kept until the cursor passes them
+        assert any(isinstance(c, str) and c.startswith("a message of 2097152 bytes") for c in unusable)
+        assert transport.client.is_connected()  # the network thread outlived all of it
+        acknowledged = transport.send([], [], [{"seq": 3, "type": "order", "status": "refused"}])
+        assert acknowledged == {("report-3", 3)}
+        assert wait_until(lambda: reports, 10) and orjson.loads(reports[0])["seq"] == 3
+    finally:
+        platform.loop_stop()
+        platform.disconnect()
+        transport.close()

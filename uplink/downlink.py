@@ -53,6 +53,7 @@ MAX_STATE = 40
 MAX_DETAIL = 4000  # characters of a report's detail
 ATTEMPTS = 3  # a change that fails unexpectedly this often is refused
 REMEMBERED = 1000  # changes with no usable seq remembered, so each is counted once
+PER_POLL = 200  # changes handled in one pass; the rest in the next ones, so sends are not held up
 
 
 def _number(value: object) -> int | None:
@@ -124,8 +125,10 @@ class Downlink:
                 self._unnumbered_change(item)
             elif number > after and number not in numbered:
                 numbered[number] = item
-        for seq in sorted(numbered):
+        for seq in sorted(numbered)[:PER_POLL]:
             self._attempt(db, book, seq, numbered[seq])
+        if len(numbered) > PER_POLL:
+            self._next = 0.0  # more waiting: the next pass comes right after the next send
 
     def _attempt(self, db, book: OrderBook, seq: int, item: object) -> None:
         try:
