@@ -442,3 +442,57 @@ def test_the_mqtt_transport_keeps_whatever_arrives_on_changes_and_publishes_repo
         platform.loop_stop()
         platform.disconnect()
         transport.close()
+
+
+def test_a_password_in_the_uplink_url_is_never_shown(tmp_path, mosquitto):
+    secret = "Sup3rSecretPw"
+    platform = Platform()
+    port = free_port()
+    url = platform.url.replace("http://", f"http://edge:{secret}@")
+    config = write_gateway_config(tmp_path, mosquitto.url, url, id=GATEWAY, status=f"127.0.0.1:{port}")
+    config.write_text(config.read_text().replace("[uplink]", "[uplink]\ndownlink_interval = 0.2\ntimeout = 2.0"))
+    platform.raw_uplink += [(500, "text/plain", b"down for maintenance")] * 2
+    platform.raw_changes += [(502, "text/html", b"<html>bad gateway</html>")] * 2
+    log = tmp_path / "gateway.log"
+    gateway = subprocess.Popen(edge_command() + ["run", "--config", str(config)], stderr=log.open("wb"))
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"t-{uuid.uuid4().hex[:8]}")
+    try:
+        assert wait_until(lambda: "subscribed to" in log.read_text(), 90), log.read_text()
+        client.connect(mosquitto.host, mosquitto.port)
+        client.loop_start()
+        t0 = time.time() - 30
+        for s in (0, 6, 12):
+            payload = orjson.dumps({"device": "MH-0001", "ts": t0 + s, "readings": {"tilt_deg": 31.0, "open": 1}})
+            client.publish("devices/MH-0001/telemetry", payload, qos=1).wait_for_publish(10)
+        assert wait_until(lambda: platform.orders_of("MH-0001"), 60), log.read_text()[-3000:]
+        base = f"http://127.0.0.1:{port}"
+        shown = {path: requests.get(base + path, timeout=10).text for path in ("/", "/status.json", "/metrics", "/healthz")}
+        assert "edge:***@127.0.0.1" in shown["/status.json"] and "edge:***@127.0.0.1" in shown["/"]
+        for argv in (["status"], ["status", "--json"]):
+            result = subprocess.run(edge_command() + argv + ["--config", str(config)], capture_output=True, text=True,
+                                    timeout=60)
+            shown[" ".join(argv)] = result.stdout + result.stderr
+        assert "HTTP 500" in log.read_text() and "HTTP 502" in log.read_text()  # the failures were logged...
+        shown["log"] = log.read_text()
+        for where, text in shown.items():
+            assert secret not in text, where  # ... without the password
+    finally:
+        client.loop_stop()
+        gateway.send_signal(signal.SIGTERM)
+        gateway.wait(30)
+        platform.shutdown()
+
+
+def test_redact_url_hides_every_kind_of_credential():
+    from edge.redact import redact_text, redact_url, url_secrets
+
+    assert redact_url("http://user:pw@host:8080/x") == "http://user:***@host:8080/x"
+    assert redact_url("https://tok3n@host/") == "https://***@host/"
+    assert redact_url("mqtts://u:p%40ss@broker:8883") == "mqtts://u:***@broker:8883"
+    assert redact_url("http://host/api?token=abc&x=1") == "http://host/api?token=***&x=1"
+    assert redact_url("http://host:80/plain") == "http://host:80/plain"
+    assert redact_url("http://u:p@[bad") == "http://***@[bad"  # cannot be parsed: everything before @ goes
+    assert redact_text("POST http://a:b@h/x failed; GET mqtt://c:d@h2 too") == \
+        "POST http://a:***@h/x failed; GET mqtt://c:***@h2 too"
+    assert url_secrets("mqtt://u:p%40ss@h:1883") == ["p%40ss", "p@ss"]
+    assert url_secrets("http://h/?api_key=k1&x=2") == ["k1"] and url_secrets("http://h/") == []
