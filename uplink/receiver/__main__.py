@@ -38,11 +38,15 @@ DEFAULTS = Limits()
 @click.option("--max-connections", default=DEFAULTS.max_connections, show_default=True, type=click.IntRange(1),
               help="Open connections and requests in progress; beyond, new requests get 503.")
 @click.option("--idle-timeout", default=DEFAULTS.head_timeout, show_default=True, type=click.FloatRange(0.1),
-              help="Seconds a connection may take to send a request's head (from connecting or the last answer); "
-                   "then it is closed. Idle keep-alive connections close after 5 s.")
+              help="Seconds a client may take to send a request's head (from connecting or the last answer: "
+                   "then the connection is closed) and each piece of a body (then 408). An idle connection "
+                   "after an answer is closed after 5 s.")
+@click.option("--mqtt-client-id", default="reference-receiver", show_default=True,
+              help="MQTT client id of --mqtt (its persistent session on the broker): one per receiver.")
 @click.option("--debug", is_flag=True, help="Log every request.")
 def main(host: str, port: int, db_path: Path, token: str, mqtt_url: str | None, tls_cert: str | None,
-         tls_key: str | None, max_body: int, max_connections: int, idle_timeout: float, debug: bool) -> None:
+         tls_key: str | None, max_body: int, max_connections: int, idle_timeout: float, mqtt_client_id: str,
+         debug: bool) -> None:
     """Reference central platform: stores work-order revisions uplinked by gateways.
 
     Drops a duplicate by (order id, revision) and acknowledges it all the same, so a
@@ -56,7 +60,8 @@ def main(host: str, port: int, db_path: Path, token: str, mqtt_url: str | None, 
         store = ReceiverStore(db_path)
     except (StoreError, OSError) as error:
         raise click.ClickException(str(error)) from None
-    limits = Limits(max_body=max_body, max_connections=max_connections, head_timeout=idle_timeout)
+    limits = Limits(max_body=max_body, max_connections=max_connections, head_timeout=idle_timeout,
+                    body_timeout=idle_timeout)
     try:
         server = ReceiverServer(host, port, store, token, tls_cert, tls_key, limits=limits, access_log=debug)
     except OSError as error:
@@ -69,7 +74,12 @@ def main(host: str, port: int, db_path: Path, token: str, mqtt_url: str | None, 
     if mqtt_url:
         from uplink.receiver.mqtt_listener import MqttListener
 
-        listener = MqttListener(mqtt_url, store)
+        try:
+            listener = MqttListener(mqtt_url, store, client_id=mqtt_client_id)
+        except ValueError as error:
+            server.shutdown()
+            store.close()
+            raise click.ClickException(str(error)) from None
         server.on_change = listener.publish_change
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):

@@ -23,6 +23,7 @@ from fastapi.responses import HTMLResponse, PlainTextResponse, RedirectResponse,
 from fastapi.routing import APIRoute
 from fastapi.security import HTTPBearer
 from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect
 
 from uplink.receiver.limits import Limits, refusal, token_matches
 from uplink.receiver.models import (
@@ -114,6 +115,8 @@ def describe(errors: list[dict]) -> tuple[str, str, list[dict]]:
         last = next((p for p in reversed(error["loc"]) if isinstance(p, str)), "")
         if tuple(error["loc"]) == ("body",):
             parts.append(f"{BODY_SHAPE} ({error['msg']})")
+        elif isinstance(error["loc"][-1], int):
+            parts.append(f"{where} must be a JSON object ({error['msg']})")
         else:
             parts.append(f"{where} {MUST.get(last, 'is invalid')} ({error['msg']})")
         detail.append({"loc": list(error["loc"]), "msg": error["msg"]})
@@ -168,6 +171,8 @@ def create_app(store: ReceiverStore, token: str = "", limits: Limits = Limits(),
         elif error.status_code == 413:
             limit = limits.rule_file_max if "/rules/" in request.url.path else limits.max_body
             message = f"the body is larger than {limit} bytes"
+        elif error.status_code == 400 and isinstance(error.__cause__, ClientDisconnect):
+            return refusal(400, "the client went away before its body was read")  # no one to answer, nothing to count
         elif error.status_code == 400 and not isinstance(error, Refused):
             reason, message = "not_json", f"the body cannot be read as JSON ({message})"
         if error.status_code != 413:  # counted by the Guard, which sees Starlette's own 413 answers too

@@ -32,8 +32,8 @@ class Limits:
     rule_file_max: int = 1024 * 1024  # bytes of a pushed rule file
     max_connections: int = 1000  # open connections and requests in progress; beyond, 503
     keep_alive: int = 5  # s an idle keep-alive connection stays open after a response
-    head_timeout: float = 10.0  # s from connecting (or the last response) to a complete request head
-    body_timeout: float = 30.0  # s the server waits for each piece of a body
+    head_timeout: float = 15.0  # s from connecting (or the last response) to a complete request head
+    body_timeout: float = 15.0  # s the server waits for each piece of a body
 
 
 def token_matches(given: str, token: str) -> bool:
