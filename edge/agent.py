@@ -145,7 +145,8 @@ class Agent:
             gateway_id=config.gateway.id,
             downlink_interval=config.uplink.downlink_interval,
             rules_paths=config.rules.paths,
-            **self._sender_extras(),
+            health=self.health,
+            category_keys=set(self.categories.keys()),
         )
         self.summaries = TelemetrySummaries(config.outbox.telemetry_interval)
         self.started_at = time.time()
@@ -164,14 +165,6 @@ class Agent:
                                       "write_seconds": None, "last_error": "", "restored": None,
                                       "replayed_steps": 0, "replay_seconds": None}
 
-    def _sender_extras(self) -> dict:
-        """What newer Sender versions take: the gateway's health and category table (see uplink/sender.py)."""
-        import inspect
-
-        wanted = inspect.signature(Sender.__init__).parameters
-        extras = {"health": self.health, "category_keys": set(self.categories.keys())}
-        return {name: value for name, value in extras.items() if name in wanted}
-
     @property
     def uplinked(self) -> int:
         return self.sender.uplinked
@@ -180,8 +173,9 @@ class Agent:
         self.inbox.put(RawMessage(topic, frame, time.time()), timeout=0.5)
 
     def request_reload(self) -> None:
-        """Reload the rule files at the next batch (SIGHUP does this)."""
+        """Reload the rule files at the next batch (SIGHUP does this); a refused pushed rule file is seen to."""
         self._reload_requested.set()
+        self.sender.acknowledge_refusal()
 
     def stop(self) -> None:
         self.stop_event.set()
@@ -505,8 +499,14 @@ class Agent:
             self.stats.last_rule_error = f"{type(error).__name__}: {error}"
             log.exception("rule files could not be loaded, the running rules stay")
             return False
-        engine = Engine(rules, self.registry)
-        kept = engine.carry_over(self.engine)
+        try:
+            engine = Engine(rules, self.registry)
+            kept = engine.carry_over(self.engine)
+        except Exception as error:  # noqa: BLE001 - rules that check but cannot be compiled: the running rules stay
+            self.stats.rule_errors += 1
+            self.stats.last_rule_error = f"{type(error).__name__}: {error}"
+            log.exception("rule files could not be compiled, the running rules stay")
+            return False
         for rule, device, state in book.live_orders():
             if state == "opened":
                 engine.mark_active(rule, device)

@@ -88,6 +88,7 @@ def run(config_path: Path, log_level: str | None, log_format: str | None) -> Non
     from edge.config import ConfigError, load_config
     from edge.engine import RuleFileError
     from edge.orders.categories import CategoryError
+    from edge.redact import url_secrets
     from edge.registry import RegistryError
 
     try:
@@ -95,7 +96,8 @@ def run(config_path: Path, log_level: str | None, log_format: str | None) -> Non
     except ConfigError as error:
         raise click.ClickException(str(error)) from None
     logs.setup(log_level or config.log.level, log_format or config.log.format,
-               secrets=[config.uplink.token, config.mqtt.password])
+               secrets=[config.uplink.token, config.mqtt.password,
+                        *url_secrets(config.uplink.url), *url_secrets(config.mqtt.url)])
     try:
         agent = Agent(config)
     except (ConfigError, RegistryError, CategoryError) as error:

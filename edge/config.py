@@ -17,6 +17,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from edge.redact import redact_url
+
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover
@@ -78,7 +80,7 @@ class MqttSection(_Section):
     def _mqtt_url(cls, value: str) -> str:
         parsed = urlparse(value)
         if parsed.scheme not in ("mqtt", "mqtts") or not parsed.hostname:
-            raise ValueError(f"expected mqtt://host:port or mqtts://host:port, got {value!r}")
+            raise ValueError(f"expected mqtt://host:port or mqtts://host:port, got {redact_url(value)!r}")
         return value
 
     @model_validator(mode="after")
@@ -131,7 +133,7 @@ class UplinkSection(_Section):
         parsed = urlparse(self.url)
         schemes = ("http", "https") if self.mode == "http" else ("mqtt", "mqtts")
         if parsed.scheme not in schemes or not parsed.hostname:
-            raise ValueError(f"url: expected {schemes[0]}(s)://host:port in {self.mode} mode, got {self.url!r}")
+            raise ValueError(f"url: expected {schemes[0]}(s)://host:port in {self.mode} mode, got {redact_url(self.url)!r}")
         self.url = self.url.rstrip("/")
         return self
 

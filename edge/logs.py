@@ -15,6 +15,8 @@ import sys
 
 import orjson
 
+from edge.redact import redact_text
+
 FORMATS = ("text", "json")
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
@@ -42,10 +44,8 @@ class RedactSecrets(logging.Filter):
         self.secrets = sorted({s for s in secrets if s and len(s) >= 3}, key=len, reverse=True)
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if not self.secrets:
-            return True
         message = record.getMessage()
-        redacted = message
+        redacted = redact_text(message)  # any scheme://user:password@ in a URL, whatever its length
         for secret in self.secrets:
             redacted = redacted.replace(secret, "***")
         if redacted != message:
@@ -53,6 +53,7 @@ class RedactSecrets(logging.Filter):
         if record.exc_info and not record.exc_text:
             record.exc_text = logging.Formatter().formatException(record.exc_info)
         if record.exc_text:
+            record.exc_text = redact_text(record.exc_text)
             for secret in self.secrets:
                 record.exc_text = record.exc_text.replace(secret, "***")
         return True

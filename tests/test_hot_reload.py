@@ -92,7 +92,7 @@ def test_rule_files_from_the_platform_are_validated_before_they_apply(tmp_path, 
 
         bad = good.replace("fill_pct >= 85", "fill_pct >= >= 85")
         assert requests.put(f"{server.url}/api/v1/gateways/gw-rules/rules/bins.yaml", data=bad, timeout=5).ok
-        assert wait_until(lambda: agent.sender.downlink_refused.get("rule_file") == 1, 10)
+        assert wait_until(lambda: agent.sender.downlink_refused.get("rule_file_invalid") == 1, 10)
         assert (rules / "bins.yaml").read_text() == good  # the bad file never reached the rules folder
         assert agent.stats.rule_reloads == 1 and agent.stats.rule_errors == 0
     finally:

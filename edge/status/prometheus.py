@@ -110,6 +110,14 @@ def render(snap: dict) -> str:
     w.metric("edge_checkpoints_total", "counter", "Engine checkpoints written.", engine.get("checkpoints"))
     w.metric("edge_checkpoint_failures_total", "counter", "Engine checkpoints that could not be written.",
              engine.get("checkpoint_failures"))
+    w.metric("edge_checkpoint_refused_total", "counter",
+             "Engine checkpoints, or rules' states in one, not used at start (another version's layout, unreadable): "
+             "those rules started fresh.", engine.get("checkpoint_refused"))
+    w.metric("edge_replayed_steps", "gauge", "Engine changelog steps replayed at the last start.",
+             engine.get("replayed_steps"))
+    w.metric("edge_device_clock_resets_total", "counter",
+             "Devices whose clock came back from far ahead of the gateway's: their rules started afresh.",
+             engine.get("clock_resets"))
     w.metric("edge_alerts_raised_total", "counter", "Rules that fired on a device (before one-order-per-problem).",
              engine["alerts_raised"])
     w.metric("edge_engine_batches_total", "counter", "Batches of messages evaluated.", engine["batches"])

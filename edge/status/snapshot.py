@@ -119,6 +119,8 @@ def from_agent(agent: "Agent", now: float) -> dict:
             "evicted": dict(s.evicted),
             "write_failures": getattr(s, "write_failures", None), "internal_errors": getattr(s, "internal_errors", None),
             "checkpoints": getattr(s, "checkpoints", None), "checkpoint_failures": getattr(s, "checkpoint_failures", None),
+            "checkpoint_refused": getattr(s, "checkpoint_refused", None),
+            "replayed_steps": getattr(s, "replayed_steps", None), "clock_resets": getattr(s, "clock_resets", None),
         },
         "checkpoint": checkpoint_of(agent, now),
         "uplink": {
