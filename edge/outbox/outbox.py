@@ -119,6 +119,7 @@ class _Watch:
     recheck_at: float = 0.0  # monotonic: while the budget cannot be met, no new estimate before this
     recheck_for: tuple = ()  # (max_bytes, evict_orders, unsent rows) the wait is for: when they change, at once
     estimate: dict[str, int] = field(default_factory=dict)
+    reserve_error: bool = False  # the reserve file could not be made for another reason than room (said once)
 
 
 _watches: dict[str, _Watch] = {}
@@ -302,9 +303,16 @@ class Outbox:
             if need_min <= 0 and need_floor <= 0:
                 watch.recheck_at = 0.0
             if path is not None and not held:
-                held = disk.has_room(path) and disk.hold_reserve(path)
+                try:
+                    held = disk.has_room(path) and disk.hold_reserve(path)
+                except OSError as error:  # not a full disk (that is False): a folder it may not write, say
+                    if not watch.reserve_error:
+                        log.warning("cannot make the reserve file %s (%s): a full partition will stop writes "
+                                    "until space returns", disk.reserve_path(path), error)
+                    watch.reserve_error = True
+                    held = None
                 free = disk.free_bytes(path)
-                if not held:
+                if held is False:
                     problems["partition"] = (
                         f"the partition of {path.parent} is nearly full ({free / 1e6:.1f} MB free of "
                         f"{disk.partition_bytes(path) / 1e6:.0f} MB): the gateway gave back its "
