@@ -260,6 +260,7 @@ class Outbox:
         free = reserve = None
         held: bool | None = None
         need_min = 0
+        evicting = False  # this call evicted for the budget: over it still only if it ran out of time
         try:
             if path is not None:
                 reserve, free, held = disk.reserve_size(path), disk.free_bytes(path), disk.reserve_held(path)
@@ -287,6 +288,7 @@ class Outbox:
                 if 0 < need_floor <= allowed:
                     target = max(target, need_floor)
                 if target > 0:
+                    evicting = 0 < need_min <= allowed
                     steps = _STEPS + ((_ORDERS_STEP,) if evict_orders else ())
                     reason = "disk budget exceeded" if need_min > 0 else "partition nearly full"
                     evictions = self._evict(steps, target, reason, max_bytes, started, time_limit, path)
@@ -298,7 +300,7 @@ class Outbox:
                 else:
                     watch.recheck_at = time.monotonic() + UNMET_RECHECK
                     watch.recheck_for = self._recheck_key(max_bytes, evict_orders)
-            if need_min > 0:
+            if need_min > 0 and not evicting:
                 problems["budget"] = self._unmet_text(max_bytes, evict_orders, watch.estimate)
             if need_min <= 0 and need_floor <= 0:
                 watch.recheck_at = 0.0
@@ -383,7 +385,7 @@ class Outbox:
         return (f"gateway.db and its WAL take {(db_bytes + wal_bytes) / 1e6:.1f} MB, over the "
                 f"{max_bytes / 1e6:.1f} MB disk budget ([outbox] max_bytes), and evicting all that may be "
                 f"({self._allowed_bytes(estimate, evict_orders) / 1e6:.1f} MB) would not bring them under it: "
-                f"{estimate.get('order', 0) / 1e6:.1f} MB are {kept}; nothing was evicted. They go once the "
+                f"{estimate.get('order', 0) / 1e6:.1f} MB are {kept}; nothing was evicted for it. They go once the "
                 f"platform takes them; or raise max_bytes")
 
     def _evict(self, steps: tuple[_Step, ...], need: int, reason: str, max_bytes: int, started: float,
