@@ -35,6 +35,7 @@ from edge.orders import OrderBook
 from edge.orders.categories import Categories
 from edge.paths import default_categories
 from edge.outbox import Outbox, open_database, transaction
+from edge.outbox.disk import DiskFullError, has_room, is_disk_full
 from edge.outbox.telemetry import TelemetrySummaries
 from edge.registry import Registry
 from edge.service import Notifier
@@ -156,6 +157,7 @@ class Agent:
         self._unwritten: list[Step] = []  # steps evaluated but not yet committed (a full disk): in order
         self._next_write_try = 0.0
         self._write_failures_in_a_row = 0
+        self._disk_problem = ""  # the disk budget cannot be met (enforce_budget's report)
         self._step = 0  # the engine changelog's last step written
         self._checkpoints: queue.Queue = queue.Queue(maxsize=1)
         self._checkpoint_due = 0.0
@@ -189,9 +191,33 @@ class Agent:
         thread.start()
         return thread
 
+    def _open_database(self):
+        """gateway.db, waiting (degraded, /healthz 503) while its partition has no room to open it."""
+        delay = 1.0
+        while True:
+            try:
+                db = open_database(self.config.database_path)
+            except DiskFullError as error:
+                self.health.fault("disk", error)
+                self.health.degraded("disk", f"{error}; waiting for room")
+                if self.status_server is None:
+                    self._start_status_server()
+                self.notifier.ready(f"waiting for room on the data partition: {error}")  # not a failed start
+                self.notifier.watchdog()
+                if self.stop_event.wait(delay):
+                    return None
+                delay = min(30.0, delay * 2)
+                continue
+            self.health.ok("disk")
+            return db
+
     def run(self) -> None:
         """Run until ``stop()``; returns after a clean shutdown."""
-        db = open_database(self.config.database_path)
+        db = self._open_database()
+        if db is None:
+            if self.status_server is not None:
+                self.status_server.close()
+            return
         book = OrderBook(db, self.config.gateway.id, self.categories, self.config.orders.reopen_within)
         self.engine.warm_up()
         self._recover(db)
@@ -209,7 +235,8 @@ class Agent:
         poller = None
         if self.poller is not None and self.poller.devices:
             poller = self._start_thread("modbus", self.poller.run)
-        self._start_status_server()
+        if self.status_server is None:
+            self._start_status_server()
         log.info(
             "gateway %s running: %d devices, %d rules, database %s",
             self.config.gateway.id, len(self.registry), len(self.rules), self.config.database_path,
@@ -271,7 +298,7 @@ class Agent:
                     self._record(book.escalate(now, clock=self._clock(now)))
                 except sqlite3.OperationalError as error:
                     self._write_failed(error)
-                self._housekeeping(db, now)
+            self._housekeeping(db, now)  # also while writes fail: eviction may make the room they need
             next_tick = now + self.config.engine.tick
         if now >= self._checkpoint_due and not self._unwritten:
             self._checkpoint()
@@ -417,7 +444,9 @@ class Agent:
 
     def _write(self, book: OrderBook, db, force: bool = False) -> None:
         """Commit the steps evaluated so far, in order, each with its orders; then acknowledge their messages."""
-        if not self._unwritten or (time.time() < self._next_write_try and not force):
+        if not self._unwritten:
+            return
+        if time.time() < self._next_write_try and not force and not has_room(self.config.database_path):
             return
         while self._unwritten:
             step = self._unwritten[0]
@@ -437,7 +466,8 @@ class Agent:
             self._unwritten.pop(0)
             if self._write_failures_in_a_row:
                 self._write_failures_in_a_row = 0
-                self.health.ok("disk")
+                if not self._disk_problem:
+                    self.health.ok("disk")
             if step.quarantine:
                 self._quarantine_added = True
                 log.warning("quarantined %d message(s)", len(step.quarantine))
@@ -452,7 +482,8 @@ class Agent:
         delay = min(30.0, 0.5 * 2 ** min(self._write_failures_in_a_row, 6))
         self._next_write_try = time.time() + delay
         self.health.fault("disk", error)
-        self.health.degraded("disk", f"cannot write gateway.db ({error}); {len(self._unwritten)} step(s) wait, "
+        what = "the data partition is full" if is_disk_full(error, self.config.database_path) else str(error)
+        self.health.degraded("disk", f"cannot write gateway.db ({what}); {len(self._unwritten)} step(s) wait, "
                                      f"their messages are not acknowledged; retrying")
 
     def _quarantine_row(self, raw: RawMessage, reason: str, detail: str):
@@ -474,8 +505,14 @@ class Agent:
                 self._quarantine_added = False
                 with transaction(db) as conn:
                     self.stats.quarantine_trimmed += trim_quarantine(conn, self.config.outbox.quarantine_max)
-            for eviction in outbox.enforce_budget(self.config.outbox.max_bytes, self.config.outbox.evict_orders):
+            report = outbox.enforce_budget(self.config.outbox.max_bytes, self.config.outbox.evict_orders)
+            for eviction in report:
                 self.stats.evicted[eviction.step] += eviction.rows
+            self._disk_problem = report.problem
+            if report.problem:
+                self.health.degraded("disk", report.problem)
+            elif not self._write_failures_in_a_row:
+                self.health.ok("disk")
         except sqlite3.OperationalError as error:
             self._write_failed(error)
 

@@ -168,7 +168,7 @@ class IngestSection(_Section):
 
 
 class OutboxSection(_Section):
-    max_bytes: int = Field(256 * 1024 * 1024, ge=1024 * 1024, description="Disk budget of gateway.db (bytes in use); beyond it rows are evicted as documented.")
+    max_bytes: int = Field(256 * 1024 * 1024, ge=1024 * 1024, description="Disk budget of gateway.db and its WAL on disk; beyond it rows are evicted as documented.")
     evict_orders: bool = Field(False, description="Evict unsent order revisions too when nothing else is left (default: never).")
     telemetry_interval: float = Field(300.0, gt=0, description="Seconds per telemetry summary of each device.")
     quarantine_max: int = Field(10000, ge=100, description="Quarantined messages kept in gateway.db, the newest; older ones "
