@@ -401,6 +401,19 @@ def test_the_page_needs_the_token_and_takes_it_once_from_the_address(rx):
     assert requests.get(rx.url + "/healthz", timeout=10).text == "ok\n"
 
 
+def test_the_openapi_document_describes_every_endpoint_from_the_models(rx):
+    document = requests.get(rx.url + "/openapi.json", timeout=10).json()
+    assert set(document["paths"]) == {
+        "/api/v1/uplink", "/api/v1/orders", "/api/v1/revisions", "/api/v1/telemetry", "/api/v1/stats",
+        "/api/v1/gateways/{gateway}/changes", "/api/v1/gateways/{gateway}/reports",
+        "/api/v1/gateways/{gateway}/rules/{name}", "/api/v1/orders/{order_id}/{action}", "/healthz"}
+    batch = document["components"]["schemas"]["UplinkBatch"]
+    assert batch["required"] == ["gateway", "revisions"] and "reports" in batch["properties"]
+    assert document["components"]["schemas"]["Revision"]["properties"]["revision"]["minimum"] == 1
+    assert "422" not in str(document["paths"])  # refusals are 400, as answered
+    assert document["components"]["securitySchemes"]["HTTPBearer"]["scheme"] == "bearer"
+
+
 def test_a_receiver_on_a_public_address_without_a_token_warns(tmp_path):
     def first_lines(host: str, *extra: str) -> str:
         process = subprocess.Popen([sys.executable, "-m", "uplink.receiver", "--host", host, "--port", "0",

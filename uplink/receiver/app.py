@@ -243,6 +243,24 @@ def create_app(store: ReceiverStore, token: str = "", limits: Limits = Limits(),
         return change
 
     app.include_router(api)
+    generate_openapi = app.openapi
+
+    def openapi() -> dict:
+        """FastAPI's document, without the 422 answers it adds: this API answers 400 (Problem)."""
+        if app.openapi_schema is None:
+            document = generate_openapi()
+            for operations in document["paths"].values():
+                for operation in operations.values():
+                    if operation.get("responses", {}).pop("422", None) is not None:
+                        operation["responses"].setdefault("400", {"description": "Refused: what was wrong",
+                                                                  "content": {"application/json": {"schema": {
+                                                                      "$ref": "#/components/schemas/Problem"}}}})
+            for name in ("HTTPValidationError", "ValidationError"):
+                document.get("components", {}).get("schemas", {}).pop(name, None)
+            app.openapi_schema = document
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
     @app.get("/healthz", response_class=PlainTextResponse, summary="Liveness (no token needed)")
     def healthz() -> str:
