@@ -7,6 +7,8 @@ of 1000 messages per client silently drops QoS 1 readings in a burst, so it is r
 
 from __future__ import annotations
 
+import os
+import pwd
 import shutil
 import socket
 import subprocess
@@ -100,6 +102,10 @@ def start_mosquitto(workdir: Path, port: int | None = None, persistent: bool = F
     conf = workdir / "mosquitto.conf"
     persistence = (f"persistence true\npersistence_location {workdir}/\nautosave_interval 1"
                    if persistent else "persistence false")
+    if persistent and hasattr(os, "geteuid") and os.geteuid() == 0:
+        # Started as root, Mosquitto drops to the user 'mosquitto', who cannot write our folder:
+        # it would then keep nothing across its restarts.
+        persistence += f"\nuser {pwd.getpwuid(os.geteuid()).pw_name}"
     conf.write_text(MOSQUITTO_CONF.format(port=port, persistence=persistence))
     log_path = workdir / "mosquitto.log"
     with log_path.open("ab") as log:

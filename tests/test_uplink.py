@@ -96,7 +96,8 @@ def test_receiver_requires_its_token_and_refuses_bad_batches(tmp_path):
         stop.set()
         thread.join(10)
         stats = requests.get(f"{receiver.url}/api/v1/stats", headers=auth, timeout=5).json()
-        assert stats == {"orders": 2, "revisions": 2, "duplicates": 0, "telemetry": 0}
+        assert stats == {"orders": 2, "revisions": 2, "duplicates": 0, "telemetry": 0, "reports": 0,
+                     "refused": {"invalid_batch": 2, "unauthorized": 1}}
     finally:
         receiver.process.terminate()
         receiver.process.wait(10)
