@@ -20,12 +20,14 @@ import os
 import shutil
 import socket
 import subprocess
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 import pytest
+import requests
 
 from conftest import RULES, edge_command, wait_until
 from edge.broker import start_mosquitto
@@ -451,14 +453,16 @@ def platform_world(tmp_path_factory, tally):
     broker = start_mosquitto(folder / "broker", persistent=True)
     worlds = []
     try:
-        with open_world(folder, broker, front=LyingPlatform, rules=rules, tally=tally,
-                        uplink="timeout = 2.0\ndownlink_interval = 0.5\n") as w:
+        with open_world(folder, broker, front=LyingPlatform, credentials=f"installer:{SECRET}", rules=rules,
+                        tally=tally, uplink="timeout = 2.0\ndownlink_interval = 0.2\n") as w:
             worlds.append(w)
             yield w
     finally:
         for each in [broker, *(w.broker for w in worlds)]:  # the broker it runs on now, if restarted
             each.stop()
 
+
+SECRET = "s3cr3t-Pw0rd"  # in the platform world's uplink URL: it must never be shown
 
 UPLINK_LIES = {
     "platform-answers-500": ["fail", "fail", "fail"],
@@ -485,6 +489,8 @@ def test_platform_that_lies_on_uplink(platform_world: World, lie: str):
     w.tally.hostile_messages += len(steps)
     w.check(before, (), witness_kind="bin", timeout=40)
     assert w.front.seen[seen:seen + len(steps)] == steps, f"the lies told: {w.front.seen[seen:]}"
+    # a platform that lies is not a fault of the gateway's (docs/operations.md): the uplink part stays ok
+    assert w.gateway.metric("edge_part_up", part="uplink") == 1
 
 
 def _rule_file(name: str, when: str = "temp_c > 1000", category: str = "bin_fire", extra: str = "") -> str:
@@ -571,6 +577,7 @@ def test_platform_pushes_hostile_downlink(platform_world: World, push: Push):
     w = platform_world
     before = w.begin(push.id)
     w.last_order = _some_order_id(w)
+    counted = _downlink_counters(w)
     seq = _next_seq(w)
     w.front.push(seq, push.item(seq, w))
     w.tally.hostile_messages += 1
@@ -591,12 +598,32 @@ def test_platform_pushes_hostile_downlink(platform_world: World, push: Push):
     if push.file:
         written = (w.rules / push.file).resolve()
         assert written.exists() == push.applied, f"{written} exists: {written.exists()}"
+    if push.has_seq:
+        now_counted = _downlink_counters(w)
+        grew = {k: now_counted[k] - counted.get(k, 0) for k in now_counted if now_counted[k] != counted.get(k, 0)}
+        if push.applied:
+            want = {"edge_rule_files_applied_total": 1}
+        elif push.file:
+            want = {"edge_rule_files_refused_total": 1, f"edge_downlink_refused_total:{report['reason']}": 1}
+        else:
+            want = {f"edge_downlink_refused_total:{report['reason']}": 1}
+        assert {k: grew.get(k) for k in want} == want, f"the metrics counted {grew}, want {want}"
     w.check(before, (), timeout=30)
     if push.restart:
         assert w.gateway.stop() == 0, "the gateway did not stop cleanly on SIGTERM"
         w.gateway.start()  # raises when it does not start
         again = w.begin(push.id + "-then-restart")
         w.check(again, ())
+
+
+def _downlink_counters(w: World) -> dict[str, float]:
+    """edge_rule_files_applied_total, edge_rule_files_refused_total, edge_downlink_refused_total:<reason>."""
+    metrics = w.gateway.metrics()
+    out = {name: sum(metrics.get(name, {}).values())
+           for name in ("edge_rule_files_applied_total", "edge_rule_files_refused_total")}
+    for labels, value in metrics.get("edge_downlink_refused_total", {}).items():
+        out[f"edge_downlink_refused_total:{dict(labels).get('reason')}"] = value
+    return out
 
 
 def _assert_next_push_applied(w: World, seq: int, case: str) -> None:
@@ -671,6 +698,24 @@ def test_broker_restart_mid_stream(platform_world: World):
     w.check(before, (), already=tuple(first + second), timeout=60)
 
 
+def test_credentials_in_the_uplink_url_are_never_shown(platform_world: World):
+    """After all the platform's lies (each logged with the URL it failed on), the password in
+    [uplink] url is in no log line, status page, /status.json, /metrics or `edge status` output."""
+    w = platform_world
+    w.front.plan.extend(["fail", "close", "html"])
+    before = w.begin("credentials-in-uplink-url")
+    w.check(before, (), timeout=40)
+    shown = {path: requests.get(w.gateway.url + path, timeout=10).text for path in ("/", "/status.json", "/metrics")}
+    status = subprocess.run(edge_command() + ["status", "--config", str(w.gateway.config)], capture_output=True,
+                            timeout=60)
+    shown["edge status"] = status.stdout.decode(errors="replace") + status.stderr.decode(errors="replace")
+    shown["gateway log"] = w.gateway.log.read_text(errors="replace")
+    leaked = sorted(where for where, text in shown.items() if SECRET in text)
+    assert leaked == [], f"the uplink password is shown in: {leaked}"
+    assert "uplink failed" in shown["gateway log"] or "HTTP 500" in shown["gateway log"], \
+        "the lies left no trace in the log: the URL was never logged, so this test proves nothing"
+
+
 # --- the disk: a partition that fills ---------------------------------------------------------------
 
 def _namespace_wrapper(data_dir: Path, size: str) -> tuple[str, ...]:
@@ -682,9 +727,11 @@ def _namespace_wrapper(data_dir: Path, size: str) -> tuple[str, ...]:
 
 
 def test_partition_that_fills(tmp_path, mosquitto, tally):
-    """gateway.db on a 24 MB partition that a filler file fills: the gateway keeps running (degraded,
-    not acknowledging what it cannot store) and, when the space returns, delivers every alarm sent
-    meanwhile exactly once, by itself."""
+    """gateway.db on a 24 MB partition that another writer keeps full: the gateway keeps running,
+    says so in health (/healthz 503, edge_part_up{part="disk"} 0), does not acknowledge what it
+    cannot store, and, when the space returns, is healthy again by itself and delivers every alarm
+    sent meanwhile exactly once. The time from freeing the space to the last order delivered is
+    the README's recovery figure."""
     assert shutil.which("unshare"), "this test needs util-linux's unshare to give the gateway a partition of its own"
     data = tmp_path / "data"
     data.mkdir()
@@ -693,24 +740,46 @@ def test_partition_that_fills(tmp_path, mosquitto, tally):
         inside = Path(f"/proc/{w.gateway.pid}/root") / data.relative_to("/")
         assert wait_until(lambda: (inside / "gateway.db").exists(), 20), "gateway.db is not on the small partition"
         before = w.begin("disk-fills")
-        filler = inside / "filler"
+        failures = w.gateway.metric("edge_write_failures_total") or 0
+        filling = threading.Event()
+        filler = threading.Thread(target=_keep_full, args=(inside / "filler", filling), daemon=True)
+        filling.set()
+        filler.start()
         try:
-            with filler.open("wb") as f:
-                try:
-                    while True:
-                        f.write(b"\0" * MB)
-                        f.flush()
-                except OSError:
-                    pass
+            assert wait_until(lambda: (inside / "filler").exists() and shutil.disk_usage(inside).free < MB, 20), \
+                "the partition did not fill"
             alarms = tuple(alarm(w.devices.bin(), "bin", time.time()) for _ in range(6))
             w.publisher.publish([m for a in alarms for m in a.messages])
             w.tally.hostile_messages += 1
-            time.sleep(5)  # the gateway meets the full disk
+            unhealthy = wait_until(lambda: w.gateway.alive() and _health(w) == (503, 0), 20)
             full_but_running = w.gateway.alive() and w.gateway.pid == before.pid
+            write_failures = (w.gateway.metric("edge_write_failures_total") or 0) - failures if full_but_running else 0
         finally:
-            if w.gateway.alive():
-                filler.unlink(missing_ok=True)
+            filling.clear()
+            filler.join(10)
+            (inside / "filler").unlink(missing_ok=True)
         freed = time.monotonic()
         assert full_but_running, f"the gateway exited on a full disk: {w.gateway.log_tail(10)}"
+        assert unhealthy, f"health while the disk was full: /healthz and edge_part_up{{disk}} {_health(w)}, want (503, 0)"
+        assert write_failures > 0, "edge_write_failures_total did not count the commits that found no room"
         w.check(before, (), already=alarms, timeout=60)
+        assert wait_until(lambda: _health(w) == (200, 1), 30), f"not healthy again after the space returned: {_health(w)}"
+        # freed -> every order sent while full delivered and /healthz 200 again
         tally.figures["disk_full_recovery_s"] = round(time.monotonic() - freed, 1)
+
+
+def _keep_full(path: Path, filling: threading.Event) -> None:
+    """Another writer on the partition: whatever room appears (a reserve given back), it takes."""
+    with path.open("ab", buffering=0) as f:
+        while filling.is_set():
+            try:
+                f.write(b"\0" * 65536)
+            except OSError:
+                time.sleep(0.05)
+
+
+def _health(w: World) -> tuple[int, float | None]:
+    try:
+        return status_answer(w.gateway, "/healthz"), w.gateway.metric("edge_part_up", part="disk")
+    except requests.RequestException as error:
+        return -1, str(error)
