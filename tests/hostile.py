@@ -367,11 +367,13 @@ def write_summary(request, name: str, tally: Tally) -> None:
             f"{tally.checks} checks, process exits {tally.process_exits}, devices blinded {tally.devices_blinded}, "
             f"valid orders lost {tally.valid_orders_lost}, duplicated {tally.valid_orders_duplicated}"
             + "".join(f", {k} {v}" for k, v in tally.figures.items()))
-    if reporter is not None:
-        reporter.write_line("")
-        reporter.write_line(line)
-        if tally.failed_cases:
-            reporter.write_line(f"  cases that failed a check: {', '.join(tally.failed_cases)}")
+    capture = request.config.pluginmanager.get_plugin("capturemanager")
+    if reporter is not None and capture is not None:
+        with capture.global_and_fixture_disabled():  # the module's teardown output is captured otherwise
+            reporter.write_line("")
+            reporter.write_line(line)
+            if tally.failed_cases:
+                reporter.write_line(f"  cases that failed a check: {', '.join(tally.failed_cases)}")
 
 
 # --- the world -----------------------------------------------------------------------------------
