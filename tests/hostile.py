@@ -409,8 +409,13 @@ class World:
     def begin(self, case: str) -> Before:
         """Before a hostile input: a running gateway (started again if an earlier case ended it), and
         the counters the check compares with."""
-        if not self.gateway.alive():
+        if not self.gateway.alive():  # it ended after the previous case's check had passed
+            code, tail = self.gateway.process.poll(), self.gateway.log_tail(12)
+            self.tally.process_exits += 1
+            self.tally.failed_cases.append(f"{case} (found the gateway gone)")
             self.gateway.restart_fresh_session()
+            raise AssertionError(f"[{case}] the gateway had exited (code {code}) after the previous case; started "
+                                 f"again for the next one. Log tail:\n{tail}")
         return Before(case, self.gateway.pid, self.gateway.quarantined(), self.receiver.stats()["duplicates"])
 
     def send(self, messages, **kwargs) -> int:
@@ -421,14 +426,15 @@ class World:
     def check(self, before: Before, named: tuple[str, ...] = (), *, quarantined: int = 0,
               reasons: tuple[str, ...] = (), may_accept: bool = False, witness_kind: str = "bin",
               protocol: dict[str, str] | None = None, already: tuple[Alarm, ...] = (),
-              counters: bool = True, timeout: float = ORDER_TIMEOUT) -> None:
+              aimed: tuple[str, ...] = (), counters: bool = True, timeout: float = ORDER_TIMEOUT) -> None:
         """Witness alarms after a hostile input, then every assertion of the rule (module docstring).
 
         ``quarantined`` hostile messages must show in edge_quarantined_messages_total under
         ``reasons`` (any of them); with ``may_accept`` the gateway may instead accept them.
         ``already``: valid alarms the case published during the hostile input (their devices get
-        no new alarm, so a lost one cannot be hidden by the next): their orders must arrive too.
-        ``counters=False`` leaves the quarantine counters unchecked (random input: its count is
+        no new alarm, so a lost one cannot be hidden by the next): their orders must arrive too;
+        ``aimed`` are those of their devices the hostile input named (a missing order is then a
+        device blinded). ``counters=False`` leaves the quarantine counters unchecked (random input: its count is
         not known).
         """
         self.tally.hostile_inputs += 1
@@ -449,7 +455,7 @@ class World:
         alive, same = self.gateway.alive(), self.gateway.alive() and self.gateway.pid == before.pid
         missing = {pair for pair in wanted if not found.get(pair)}
         duplicated = {pair for pair in wanted if len(found.get(pair, {})) > 1}
-        named_missing = {pair for pair in missing if pair[0] in named or pair in {(a.device, a.rule) for a in already}}
+        named_missing = {pair for pair in missing if pair[0] in named or pair[0] in aimed}
         if not same:
             self.tally.process_exits += 1
             code = self.gateway.process.poll()
@@ -580,11 +586,6 @@ def open_world(folder: Path, broker, *, front=None, credentials: str = "", extra
             platform.server_close()
         receiver.process.terminate()
         receiver.process.wait(10)
-
-
-def database_files(data_dir: Path) -> dict[str, int]:
-    """Sizes of gateway.db and its WAL and shared-memory files."""
-    return {p.name: p.stat().st_size for p in data_dir.glob("gateway.db*") if p.is_file()}
 
 
 def read_db(path: Path, sql: str, args=()) -> list[tuple]:
