@@ -13,6 +13,11 @@ from __future__ import annotations
 import logging
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+
+class _Server(ThreadingHTTPServer):
+    request_queue_size = 128  # the standard library's 5 makes a burst of connections wait on the kernel's retries
+    daemon_threads = True
 from typing import TYPE_CHECKING
 
 import orjson
@@ -31,7 +36,7 @@ class StatusServer:
     def __init__(self, agent: "Agent", host: str, port: int):
         self.agent = agent
         handler = type("Handler", (_Handler,), {"status": self})
-        self.httpd = ThreadingHTTPServer((host, port), handler)
+        self.httpd = _Server((host, port), handler)
         self.httpd.daemon_threads = True
         self.thread = threading.Thread(target=self.httpd.serve_forever, name="status", daemon=True)
 
