@@ -15,7 +15,8 @@ window slot of the rules below a multiple of 15 s), so that a rule's state chang
 reading and not between readings: between two readings of a device the gateway runs its
 clock on by its own (wall) clock, which differs from run to run; with the grid, a `for` or
 a window can only complete at a reading, however the runs are timed, unless the gateway is
-down for 10 s or more.
+down for 10 s or more. The recording starts three hours before the test, so its device times
+lie within [ingest] max_past and never ahead of the gateway's clock.
 """
 
 from __future__ import annotations
@@ -37,7 +38,6 @@ from pathlib import Path
 
 import orjson
 import paho.mqtt.client as mqtt
-import pytest
 
 from conftest import ROOT, RULES, edge_command, start_receiver, wait_until
 from edge.orders.book import iso
@@ -292,8 +292,9 @@ class Gateway:
         self.kills: list[float] = []  # wall times of the kills
 
     def start(self) -> None:
-        self.process = subprocess.Popen(edge_command() + ["run", "--config", str(self.config)],
-                                        stdout=subprocess.DEVNULL, stderr=self.log.open("ab"), cwd=self.folder)
+        with self.log.open("ab") as log:
+            self.process = subprocess.Popen(edge_command() + ["run", "--config", str(self.config)],
+                                            stdout=subprocess.DEVNULL, stderr=log, cwd=self.folder)
 
     def log_text(self) -> str:
         return self.log.read_text(errors="replace") if self.log.exists() else ""
