@@ -241,7 +241,8 @@ def encode_program(engine: Engine) -> bytes:
     """A 'program' row: the metric names and texts the batch rows after it are numbered by."""
     p = engine.program
     return zlib.compress(orjson.dumps({"metrics": list(p.metric_names), "texts": list(p.texts.codes),
-                                       "devices": [d.id for d in engine.registry.devices]}))
+                                       "devices": [d.id for d in engine.registry.devices],
+                                       "rules": [rule_digest(rule) for rule in engine.rules]}))
 
 
 def encode_batch(batch: ReadingBatch) -> bytes:
@@ -278,24 +279,35 @@ def truncate(conn: sqlite3.Connection, covers: int) -> int:
     return conn.execute("DELETE FROM engine_changelog WHERE seq <= ?", [covers]).rowcount
 
 
-def _remap(batch: ReadingBatch, program: dict, engine: Engine) -> ReadingBatch:
-    """A batch numbered by another rule set's metrics and texts, in the engine's numbering."""
+def _renumbering(program: dict, engine: Engine):
+    """How to bring batches numbered by ``program`` (another rule set's metrics, texts and
+    devices) into the engine's numbering: None when they are numbered alike."""
     p = engine.program
     devices = [d.id for d in engine.registry.devices]
     if program["metrics"] == list(p.metric_names) and program["texts"] == list(p.texts.codes) \
             and program["devices"] == devices:
-        return batch
+        return None
     index = {name: i for i, name in enumerate(p.metric_names)}
-    to_new = np.array([index.get(name, -1) for name in program["metrics"]], dtype=np.int32)
-    met = to_new[batch.met]
+    metrics = np.array([index.get(name, -1) for name in program["metrics"]], dtype=np.int32)
     where = {device: i for i, device in enumerate(devices)}
-    dev = np.array([where.get(device, -1) for device in program["devices"]], dtype=np.int32)[batch.dev]
+    dev = np.array([where.get(device, -1) for device in program["devices"]], dtype=np.int32)
+    texts = np.array([p.texts.code(text) for text in program["texts"]], dtype=np.float64)
+    text_ids = np.array([index[name] for name in p.text_metrics if name in index], dtype=np.int32)
+    return metrics, dev, texts, text_ids
+
+
+def _remap(batch: ReadingBatch, renumbering) -> ReadingBatch:
+    """A batch in the engine's numbering (``renumbering`` from ``_renumbering``)."""
+    if renumbering is None:
+        return batch
+    metrics, devices, texts, text_ids = renumbering
+    met = metrics[batch.met]
+    dev = devices[batch.dev]
     keep = (met >= 0) & (dev >= 0)
     val = batch.val.copy()
-    old_text = {float(i + 1): text for i, text in enumerate(program["texts"])}
-    text_ids = [index[name] for name in p.text_metrics if name in index]
-    for i in np.flatnonzero(np.isin(met, text_ids)):
-        val[i] = p.texts.code(old_text[val[i]]) if val[i] in old_text else val[i]
+    # the old numbering's code of a text is its position + 1; other codes (unknown: -1) stay
+    text = np.isin(met, text_ids) & (val >= 1) & (val <= len(texts)) & (val == np.floor(val))
+    val[text] = texts[val[text].astype(np.int64) - 1]
     return ReadingBatch(dev[keep], met[keep], batch.ts[keep], val[keep])
 
 
@@ -305,20 +317,38 @@ def replay(engine: Engine, conn: sqlite3.Connection, after: int, numbering: dict
     ``numbering``: the devices, metrics and texts the first rows are numbered by (the
     checkpoint's header; a 'program' row changes it); None: the engine's own. Their
     transitions were applied to the order book when they first ran (same transaction), so
-    they are dropped here: the engine only catches up with the book.
+    they are dropped here: the engine only catches up with the book. A rule of the engine that
+    was not running when a batch was logged (added or changed since) starts fresh after it.
     """
-    program = numbering
+    renumbering = None if numbering is None else _renumbering(numbering, engine)
+    digests = [rule_digest(rule) for rule in engine.rules]
+    everything = set(range(len(digests)))
+
+    def rules_in(program: dict | None) -> set[int]:
+        """The engine's rules that ran (the same definition) when ``program``'s batches did."""
+        if program is None or program.get("rules") is None:  # a changelog from before rule digests
+            return everything
+        theirs = {rule if isinstance(rule, str) else rule["digest"] for rule in program["rules"]}
+        return {r for r, digest in enumerate(digests) if digest in theirs}
+
+    # A rule that was not running when a batch was logged (added or changed by a reload later,
+    # or by this restart) did not see that batch: it starts fresh where it started then.
+    running = rules_in(numbering)
     steps, last = 0, after
     rows = conn.execute("SELECT seq, kind, at, body FROM engine_changelog WHERE seq > ? ORDER BY seq", [after])
     for seq, kind, at, body in rows:
         if kind == "program":
             program = orjson.loads(zlib.decompress(body))
+            renumbering = _renumbering(program, engine)
+            now_running = rules_in(program)
+            engine.reset_rules(sorted(now_running - running))
+            running = now_running
         elif kind == "start":
             if steps == 0 and after == 0:
                 engine.origin = float(at)  # a first run that ended before its first checkpoint
         elif kind == "batch":
             batch = decode_batch(body)
-            engine.process(batch if program is None else _remap(batch, program, engine))
+            engine.process(_remap(batch, renumbering))
         elif kind == "tick":
             engine.tick(at)
         elif kind == "rebase":  # a device whose wrong clock came back (agent._rebase)
@@ -330,4 +360,5 @@ def replay(engine: Engine, conn: sqlite3.Connection, after: int, numbering: dict
                     engine.mark_active(rule, device.id)
         steps += 1
         last = seq
+    engine.reset_rules(sorted(everything - running))
     return steps, last

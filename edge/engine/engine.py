@@ -279,6 +279,24 @@ class Engine:
         self.quiet[:, PENDING] = ~np.uint64(0)  # times carried over: each rule's is looked at once
         return kept
 
+    def reset_rules(self, rules: list[int]) -> None:
+        """Forget the state of ``rules`` on every device: they start fresh, as a changed rule does on
+        a reload (``carry_over``). Every rule's skip bits are cleared, as after a reload."""
+        if not rules:
+            return
+        self.since[:, rules] = np.nan
+        self.active[:, rules] = False
+        self.reported[:, rules] = np.nan
+        fresh = np.full(self.program.state_size, np.nan)
+        self.kernels.init_state(fresh, self.program.inst_func, self.program.inst_off)
+        for k, instance in enumerate(self.program.instances):
+            if instance.rule in rules and self.program.inst_width[k]:
+                index = self._state_index(k)
+                rows = index[:, 0] >= 0
+                self.state[index[rows]] = fresh[index[rows]]
+        self.quiet[:, :] = 0
+        self.quiet[:, PENDING] = ~np.uint64(0)
+
     def reset_device(self, d: int) -> None:
         """Forget everything about device ``d``, as if it had never reported (its clock was wrong).
 
