@@ -61,6 +61,7 @@ class Stats:
     orders_reopened: int = 0
     other_changes: Counter = field(default_factory=Counter)  # grouped, escalated
     batches: int = 0
+    commits: int = 0  # transactions that wrote evaluated batches and ticks (several at once: [engine] commit_interval)
     evicted: Counter = field(default_factory=Counter)
     quarantine_trimmed: int = 0  # quarantined messages deleted beyond [outbox] quarantine_max
     telemetry_summaries: int = 0
@@ -154,7 +155,8 @@ class Agent:
         self.notifier = Notifier()
         self.status_server: StatusServer | None = None
         self._quarantine_added = True  # trim at the first tick: the file may hold more than quarantine_max
-        self._unwritten: list[Step] = []  # steps evaluated but not yet committed (a full disk): in order
+        self._unwritten: list[Step] = []  # steps evaluated but not yet committed (grouped, or a full disk): in order
+        self._unwritten_messages = 0  # their messages
         self._next_write_try = 0.0
         self._write_failures_in_a_row = 0
         self._disk_problem = ""  # the disk budget cannot be met (enforce_budget's report)
@@ -292,7 +294,7 @@ class Agent:
         now = time.time()
         if now >= next_tick:
             self._tick(now)
-            self._write(book, db)
+            self._write(book, db, group=False)
             if not self._unwritten:
                 try:
                     self._record(book.escalate(now, clock=self._clock(now)))
@@ -300,9 +302,12 @@ class Agent:
                     self._write_failed(error)
             self._housekeeping(db, now)  # also while writes fail: eviction may make the room they need
             next_tick = now + self.config.engine.tick
-        if now >= self._checkpoint_due and not self._unwritten:
-            self._checkpoint()
+        if now >= self._checkpoint_due:
+            self._write(book, db, group=False)
+            if not self._unwritten:  # a checkpoint covers written steps only
+                self._checkpoint()
         if now >= next_rule_check or self._reload_requested.is_set():
+            self._write(book, db, group=False)
             if not self._unwritten:  # a reload checkpoints the state: only from a written one
                 self._maybe_reload(book, db, forced=self._reload_requested.is_set())
             next_rule_check = now + self.config.rules.watch_interval
@@ -442,38 +447,58 @@ class Agent:
         if changed:
             self._unwritten.append(Step("tick", now, transitions, log=[("tick", now, b"")]))
 
-    def _write(self, book: OrderBook, db, force: bool = False) -> None:
-        """Commit the steps evaluated so far, in order, each with its orders; then acknowledge their messages."""
+    def _commit_wait(self, now: float) -> float:
+        """Seconds until the steps evaluated so far are due to be committed (0: now)."""
+        engine = self.config.engine
+        if not self._unwritten or self._unwritten_messages >= engine.commit_messages:
+            return 0.0
+        return max(0.0, self._unwritten[0].at + engine.commit_interval - now)
+
+    def _write(self, book: OrderBook, db, group: bool = True, force: bool = False) -> None:
+        """Commit the steps evaluated so far, in order, with their orders; then acknowledge their messages.
+
+        Steps wait up to ``[engine] commit_interval`` to be committed together (``group``): one
+        commit writes the same pages once instead of once per batch. After a failed commit the
+        next try waits its backoff, unless room came back or ``force``.
+        """
         if not self._unwritten:
             return
-        if time.time() < self._next_write_try and not force and not has_room(self.config.database_path):
+        now = time.time()
+        if self._write_failures_in_a_row:
+            if now < self._next_write_try and not force and not has_room(self.config.database_path):
+                return
+        elif group and not force and self._commit_wait(now) > 0:
             return
-        while self._unwritten:
-            step = self._unwritten[0]
-            now = time.time()
-            try:
-                with transaction(db) as conn:
-                    changes = book.apply(step.transitions, now=now, clock=self._clock(now))
+        steps = self._unwritten
+        try:
+            with transaction(db) as conn:
+                changes = []
+                for step in steps:
+                    changes.append(book.apply(step.transitions, now=now, clock=self._clock(now)))
                     if step.quarantine:
                         store_quarantine(conn, step.quarantine)
                     if step.unknown:
                         record_unknown(conn, step.unknown, self.config.ingest.unknown_devices_max)
                     for kind, at, body in step.log:
                         self._step = checkpoint.append(conn, kind, at, body)
-            except sqlite3.OperationalError as error:
-                self._write_failed(error)
-                return
-            self._unwritten.pop(0)
-            if self._write_failures_in_a_row:
-                self._write_failures_in_a_row = 0
-                if not self._disk_problem:
-                    self.health.ok("disk")
-            if step.quarantine:
-                self._quarantine_added = True
-                log.warning("quarantined %d message(s)", len(step.quarantine))
-            self._record(changes)
-            if step.messages:
-                self.subscriber.ack(step.messages)  # only now: everything this batch changed is on disk
+        except sqlite3.OperationalError as error:
+            self._write_failed(error)
+            return
+        self._unwritten, self._unwritten_messages = [], 0
+        self.stats.commits += 1
+        if self._write_failures_in_a_row:
+            self._write_failures_in_a_row = 0
+            if not self._disk_problem:
+                self.health.ok("disk")
+        quarantined = sum(len(step.quarantine) for step in steps)
+        if quarantined:
+            self._quarantine_added = True
+            log.warning("quarantined %d message(s)", quarantined)
+        for change in changes:
+            self._record(change)
+        messages = [message for step in steps for message in step.messages]
+        if messages:
+            self.subscriber.ack(messages)  # only now: everything these batches changed is on disk
 
     def _write_failed(self, error: Exception) -> None:
         """A commit failed (full disk, I/O error): nothing of it is acknowledged; try again after a while."""
@@ -560,7 +585,10 @@ class Agent:
 
     def _take_batch(self) -> list[RawMessage]:
         engine = self.config.engine
-        return self.inbox.take(engine.batch_max, 0.2, engine.batch_wait, engine.batch_quiet)
+        wait = 0.2
+        if self._unwritten and not self._write_failures_in_a_row:
+            wait = min(wait, self._commit_wait(time.time()))  # the steps waiting to be committed do not wait longer
+        return self.inbox.take(engine.batch_max, wait, engine.batch_wait, engine.batch_quiet)
 
     def _drain_inbox(self) -> list[RawMessage]:
         return self.inbox.drain()
@@ -631,8 +659,9 @@ class Agent:
             "batch", time.time(), transitions, log=changelog, quarantine=quarantine,
             unknown=[(device, *seen) for device, seen in unknown.items()], messages=batch,
         ))
+        self._unwritten_messages += len(batch)
         stats.batches += 1
-        self._write(book, db, force=len(self._unwritten) == 1)
+        self._write(book, db)
 
     def _clock_came_back(self, d: int, ts: float, arrival: float, newest: dict[int, float]) -> bool:
         """Device ``d``'s clock was wrong (its newest time well ahead of the gateway's) and is right again.

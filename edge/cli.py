@@ -452,7 +452,8 @@ def status(config_path: Path, as_json: bool, timeout: float) -> None:
 
     Asks the running agent (its [status] listen port, /status.json); when it does not answer,
     shows what the local gateway.db says (orders, outbox backlog, quarantine) and says so.
-    Exits 0 when the agent answered, 3 when it did not.
+    Exits 0 when the agent answered and every part is ok, 1 when it answered and a part is
+    degraded or down (the same as /healthz answering 503), 3 when it did not answer.
     """
     import orjson
     import requests
@@ -477,4 +478,6 @@ def status(config_path: Path, as_json: bool, timeout: float) -> None:
     if snap is None:
         snap = snapshot(config.database_path, config.gateway.id)
     click.echo(orjson.dumps(snap, option=orjson.OPT_INDENT_2).decode() if as_json else text.render(snap, source))
-    sys.exit(0 if snap["agent"].get("running") else 3)
+    if not snap["agent"].get("running"):
+        sys.exit(3)
+    sys.exit(0 if (snap.get("health") or {}).get("healthy", True) else 1)

@@ -144,6 +144,12 @@ class EngineSection(_Section):
     batch_quiet: float = Field(0.001, gt=0, description="A batch is evaluated as soon as no message has come for this long.")
     queue_max: int = Field(50000, ge=100, description="Messages held between the network and the engine.")
     tick: float = Field(1.0, gt=0, le=60, description="Seconds between evaluations of rules that change with time alone.")
+    commit_interval: float = Field(0.2, ge=0, le=5, description="Longest time, seconds, evaluated batches wait to be "
+                                   "committed together to gateway.db (their messages are acknowledged to the broker only "
+                                   "then). One commit for several batches writes far fewer bytes to the SD card; 0 commits "
+                                   "each batch on its own. Ticks, checkpoints, rule reloads and stopping commit at once.")
+    commit_messages: int = Field(500, ge=1, description="Commit as soon as this many messages wait (keep it below the "
+                                 "broker's max_inflight_messages, 1000 for the private broker of edge/broker.py, or the broker waits too).")
     checkpoint_interval: float = Field(60.0, ge=1, le=86400, description="Seconds between checkpoints of the engine's state "
                                        "(engine.ckpt in data_dir); between them every batch is kept in a changelog and replayed "
                                        "after a restart (docs/rules.md, 'What survives a restart'). Longer: fewer bytes written "

@@ -419,6 +419,10 @@ def test_a_full_partition_is_a_degraded_mode_and_the_gateway_recovers_by_itself(
         assert healthz() == 503  # health says so while the disk is full
         status = requests.get(f"http://127.0.0.1:{port}/status.json", timeout=5).text
         assert "disk" in status
+        shown = subprocess.run(edge_command() + ["status", "--config", str(config)], capture_output=True, text=True,
+                               timeout=60)
+        assert shown.returncode == 1 and "NOT HEALTHY" in shown.stdout and "disk degraded" in shown.stdout, \
+            (shown.returncode, shown.stdout)
 
         partition.free()  # space returns
         want = {"MH-0002": ["cover_tilted"], "MH-0005": ["cover_tilted"], "MH-0009": ["cover_tilted"]}

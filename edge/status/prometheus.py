@@ -121,6 +121,8 @@ def render(snap: dict) -> str:
     w.metric("edge_alerts_raised_total", "counter", "Rules that fired on a device (before one-order-per-problem).",
              engine["alerts_raised"])
     w.metric("edge_engine_batches_total", "counter", "Batches of messages evaluated.", engine["batches"])
+    w.metric("edge_engine_commits_total", "counter", "Commits of evaluated batches to gateway.db (several batches each, "
+             "[engine] commit_interval).", engine["commits"])
     w.metric("edge_engine_batch_seconds_total", "counter", "Time spent evaluating batches in the engine.",
              engine["batch_seconds_total"])
     w.metric("edge_engine_last_batch_seconds", "gauge", "Engine time of the latest batch.",

@@ -112,7 +112,7 @@ def from_agent(agent: "Agent", now: float) -> dict:
             },
         },
         "engine": {
-            "rules": len(agent.rules), "rule_evaluations": engine.evaluations, "batches": s.batches,
+            "rules": len(agent.rules), "rule_evaluations": engine.evaluations, "batches": s.batches, "commits": s.commits,
             "batch_seconds_total": s.engine_seconds, "last_batch_seconds": s.last_batch_seconds,
             "rule_reloads": s.rule_reloads, "rule_errors": s.rule_errors, "last_rule_error": s.last_rule_error,
             "alerts_raised": s.alerts_raised, "kernels": engine.kernels.kind,
