@@ -394,6 +394,7 @@ if variant == "none":  # the gateway without durable engine state: no changelog 
     from edge.engine import checkpoint
     steps = itertools.count(1)
     checkpoint.encode_batch = lambda batch: b""
+    checkpoint.rows = lambda log: []
     checkpoint.append = lambda conn, kind, at, body: next(steps)
     checkpoint.tick = lambda engine, now: (engine.tick(now), False)
     agent.Agent._checkpoint = lambda self, final=False: None

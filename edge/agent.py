@@ -87,6 +87,7 @@ class Step:
     at: float  # gateway time
     transitions: list
     log: list = field(default_factory=list)  # the engine changelog's rows (kind, at, body): what changed the engine
+    # (a "batch" row's body is the ReadingBatch itself: the batches of one commit are encoded as one row)
     quarantine: list = field(default_factory=list)
     unknown: list = field(default_factory=list)
     messages: list = field(default_factory=list)  # acknowledged to the broker once written
@@ -479,8 +480,8 @@ class Agent:
                         store_quarantine(conn, step.quarantine)
                     if step.unknown:
                         record_unknown(conn, step.unknown, self.config.ingest.unknown_devices_max)
-                    for kind, at, body in step.log:
-                        self._step = checkpoint.append(conn, kind, at, body)
+                for kind, at, body in checkpoint.rows([row for step in steps for row in step.log]):
+                    self._step = checkpoint.append(conn, kind, at, body)
         except sqlite3.OperationalError as error:
             self._write_failed(error)
             return
@@ -614,7 +615,7 @@ class Agent:
             readings_batch = builder.build()
             if len(readings_batch):
                 transitions.extend(engine.process(readings_batch))
-                changelog.append(("batch", time.time(), checkpoint.encode_batch(readings_batch)))
+                changelog.append(("batch", time.time(), readings_batch))
 
         for raw in batch:
             try:

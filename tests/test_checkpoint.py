@@ -22,7 +22,7 @@ from edge.engine.reference import ReferenceEngine
 from edge.orders import OrderBook
 from edge.outbox import open_database, transaction
 from edge.registry import Registry
-from test_engine import FUNCTION_RULES, RULES, _action, make_registry, make_rules
+from test_engine import FUNCTION_RULES, RULES, _action, _message, make_registry, make_rules
 
 
 class Lite:
@@ -281,3 +281,38 @@ def test_a_rule_added_by_a_reload_starts_where_the_reload_was_when_replayed(tmp_
         np.testing.assert_array_equal(getattr(lite.engine, name), array, err_msg=name)
     lite.message("c1", 105.0, {"tilt_deg": 6.0}, arrival=105.0)
     assert lite.transitions[-1] == ("open", "many_tilts", "c1", 105.0)
+
+
+STATE = ("latest", "latest_ts", "since", "active", "quiet", "reported", "state")
+
+
+@settings(max_examples=60, deadline=None)
+@given(messages=st.lists(_message, min_size=1, max_size=80), cuts=st.sets(st.integers(1, 79), max_size=20),
+       ticks=st.sets(st.integers(1, 79), max_size=4))
+def test_batches_joined_into_one_changelog_row_replay_to_the_state_they_left(tmp_path_factory, messages, cuts, ticks):
+    """The agent writes the batches of one commit as one row (checkpoint.rows): replayed joined, they
+    leave the engine exactly as the batches processed apart did; a tick between them stays apart."""
+    folder = tmp_path_factory.mktemp("rules")
+    rules, registry = make_rules(folder, FUNCTION_RULES), make_registry()
+    live, replayed = Engine(rules, registry, origin=0.0), Engine(rules, registry, origin=0.0)
+    log, clock, builder = [], 0.0, live.builder()
+    for n, (device, gap, values) in enumerate(messages, start=1):
+        clock += gap
+        builder.add(registry.get(device).index, clock, values, arrival=clock)
+        if n in cuts or n in ticks or n == len(messages):
+            batch = builder.build()
+            live.process(batch)
+            log.append(("batch", clock, batch))
+            builder = live.builder()
+        if n in ticks:
+            _, changed = checkpoint.tick(live, clock + 1.0)
+            log.append(("tick", clock + 1.0, b""))
+    rows = checkpoint.rows(log)
+    assert sum(kind == "batch" for kind, _, _ in rows) <= len(ticks) + 1
+    for kind, at, body in rows:
+        if kind == "batch":
+            replayed.process(checkpoint.decode_batch(body))
+        else:
+            checkpoint.tick(replayed, at)
+    for name in STATE:
+        np.testing.assert_array_equal(getattr(replayed, name), getattr(live, name), err_msg=name)

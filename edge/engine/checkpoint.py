@@ -252,6 +252,36 @@ def encode_batch(batch: ReadingBatch) -> bytes:
         n.to_bytes(4, "little") + batch.dev.tobytes() + batch.met.tobytes() + batch.ts.tobytes() + batch.val.tobytes(), 1)
 
 
+def rows(steps: list[tuple[str, float, object]]) -> list[tuple[str, float, bytes]]:
+    """The changelog rows of steps in order: adjacent batches joined into one row, encoded once.
+
+    The engine takes readings one after the other, whatever batch they came in, so batches
+    replayed joined leave the state they left apart; one row per commit instead of one per
+    batch spares a compression and an insert each (a batch at 5,000 messages/s holds ~20)."""
+    out: list[tuple[str, float, bytes]] = []
+    pending: list[ReadingBatch] = []
+    first = 0.0
+    for kind, at, body in steps:
+        if kind == "batch" and isinstance(body, ReadingBatch):
+            if not pending:
+                first = at
+            pending.append(body)
+            continue
+        if pending:
+            out.append(("batch", first, encode_batch(_joined(pending))))
+            pending = []
+        out.append((kind, at, body))
+    if pending:
+        out.append(("batch", first, encode_batch(_joined(pending))))
+    return out
+
+
+def _joined(batches: list[ReadingBatch]) -> ReadingBatch:
+    if len(batches) == 1:
+        return batches[0]
+    return ReadingBatch(*(np.concatenate([getattr(b, column) for b in batches]) for column in ("dev", "met", "ts", "val")))
+
+
 def decode_batch(body: bytes) -> ReadingBatch:
     data = zlib.decompress(body)
     n = int.from_bytes(data[:4], "little")
