@@ -33,6 +33,7 @@ from edge.ingest.quarantine import UnknownDevices, quarantine_row, record_unknow
 from edge.ingest.quarantine import store as store_quarantine, trim as trim_quarantine
 from edge.orders import OrderBook
 from edge.orders.categories import Categories
+from edge.orders.verification import EngineView
 from edge.paths import default_categories
 from edge.outbox import Outbox, open_database, transaction
 from edge.outbox.disk import DiskFullError, has_room, is_disk_full
@@ -221,7 +222,9 @@ class Agent:
             if self.status_server is not None:
                 self.status_server.close()
             return
-        book = OrderBook(db, self.config.gateway.id, self.categories, self.config.orders.reopen_within)
+        orders = self.config.orders
+        book = OrderBook(db, self.config.gateway.id, self.categories, orders.reopen_within,
+                         verify_within=orders.verify_within, repeat_within=orders.repeat_within)
         self.engine.warm_up()
         self._recover(db)
         for rule, device, state in book.live_orders():
@@ -299,6 +302,7 @@ class Agent:
             if not self._unwritten:
                 try:
                     self._record(book.escalate(now, clock=self._clock(now)))
+                    self._record(book.verify(now, EngineView(self.engine, now), self.config.status.silent_after))
                 except sqlite3.OperationalError as error:
                     self._write_failed(error)
             self._housekeeping(db, now)  # also while writes fail: eviction may make the room they need

@@ -184,6 +184,11 @@ class OutboxSection(_Section):
 class OrdersSection(_Section):
     categories: Path | None = Field(None, description="The category table (CSV); default: the project's config/categories.csv.")
     reopen_within: float = Field(3600.0, ge=0, description="A problem back within this many seconds after its order was closed reopens it; 0: always a new order.")
+    verify_within: float = Field(1800.0, gt=0, description="After the platform resolves an order, how long (device time) the "
+                                 "sensors have to confirm the fix: verified, not_fixed or unverified (docs/rules.md); a "
+                                 "category's verify_within column overrides it.")
+    repeat_within: float = Field(604800.0, ge=0, description="A problem back within this many seconds (device time) of its "
+                                 "verified fix opens an order marked repeat_of the fixed one; 0: never marked.")
 
 
 class StatusSection(_Section):

@@ -132,10 +132,15 @@ def _load(path: Path, seed: int | None, duration: str | None):
 @click.option("--modbus-port", default=None, help="Serve Modbus devices on this serial port instead of a new pty.")
 @click.option("--linger", default=0.0, type=click.FloatRange(min=0), help="Keep the Modbus bus up this long after the run.")
 @click.option("--json", "as_json", is_flag=True, help="Print the run's figures as JSON.")
+@click.option("--platform", "platform_url", default=None,
+              help="The reference receiver's URL: events with a crew resolve their order there (accepted, dispatched, "
+                   "resolved), so the gateway re-checks the repair. Without it crews are counted as not sent.")
+@click.option("--platform-token", default="", envvar="RECEIVER_TOKEN", show_envvar=True, help="The receiver's token.")
 def scenario_command(path: Path, broker: str | None, out: Path | None, speed: str | None, start: str | None,
                      seed: int | None, duration: str | None, write_csv: bool, modbus_port: str | None,
-                     linger: float, as_json: bool) -> None:
+                     linger: float, as_json: bool, platform_url: str | None, platform_token: str) -> None:
     """Run the scenario file PATH: devices, events and faults, with ground truth and recorded readings."""
+    from firmware_sim.crews import Platform
     from firmware_sim.mqtt_sink import BrokerUnavailable
     from firmware_sim.runner import run_scenario
 
@@ -156,6 +161,7 @@ def scenario_command(path: Path, broker: str | None, out: Path | None, speed: st
             scenario, broker=broker, out=out, speed=_speed(speed), start=start_ts, csv=write_csv, stop=stop,
             modbus_port=modbus_port, linger=linger, progress=progress,
             on_modbus=lambda p: click.echo(f"modbus rtu on {p}", err=True),
+            platform=Platform(platform_url, platform_token) if platform_url else None,
         )
     except (ScenarioError, RegistryError, ValueError) as error:
         raise click.ClickException(str(error)) from None
@@ -175,6 +181,7 @@ def scenario_command(path: Path, broker: str | None, out: Path | None, speed: st
                    f"published {stats.published} ({rate:.0f}/s), recorded {stats.recorded}, dropped {stats.dropped}, "
                    f"malformed {stats.malformed}, duplicated {stats.duplicated}, delayed {stats.delayed}; "
                    f"{figures['events']} ground-truth events, {figures['expecting_orders']} expecting an order"
+                   + (f"; crews {stats.crews} sent, {stats.crew_errors} not" if stats.crews or stats.crew_errors else "")
                    + (f"; files in {out}" if out else ""))
     if result.unacknowledged:
         raise click.ClickException(f"{result.unacknowledged} messages were not acknowledged by the broker")

@@ -34,18 +34,19 @@ def run_scenario(scenario: Scenario, *, broker: str | None = None, out: Path | N
                  speed: float | str | None = None, start: float | None = None, csv: bool = False,
                  stop: threading.Event | None = None, client_id: str | None = None,
                  modbus_port: str | None = None, on_modbus=None, linger: float = 0.0, progress=None,
-                 window: int = 5000) -> RunResult:
+                 window: int = 5000, platform=None) -> RunResult:
     """Run a scenario to its end (or until ``stop``); returns the stats and the ground truth.
 
     Modbus devices are served on ``modbus_port`` (a serial device) or on a new pseudo-terminal;
     ``on_modbus(path)`` is called with its path before the run starts, and the bus keeps
-    answering ``linger`` seconds after the run.
+    answering ``linger`` seconds after the run. Crews resolve orders at ``platform``
+    (firmware_sim/crews.py).
     """
     recorder = None
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
         recorder = Recorder(out / "readings.jsonl", out / "readings.csv" if csv else None)
-    simulation = Simulation(scenario, start=start, recorder=recorder)
+    simulation = Simulation(scenario, start=start, recorder=recorder, platform=platform)
     if out is not None:
         write_registry(simulation.devices, out / "registry.csv")
     server = None

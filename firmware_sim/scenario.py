@@ -126,6 +126,25 @@ class DeviceGroup(_Model):
         return self
 
 
+CREW_OUTCOMES = {  # what the crew's work does, and the gateway's re-check it should give
+    "fixed": "verified",            # the problem ends at the crew's time
+    "not_fixed": "not_fixed",       # the problem goes on (for the event's duration, or to the end)
+    "breaks_again": "verified",     # ends, and the same problem starts again breaks_after later (a repeat)
+    "silent": "unverified",         # ends, and the device goes silent until the end of the run
+}
+
+
+class Crew(_Model):
+    """A repair crew sent to the event's problem: the platform resolves its order at ``at``."""
+
+    at: float = Field(description="When the crew reports the repair done, from the event's start.")
+    outcome: Literal["fixed", "not_fixed", "breaks_again", "silent"] = "fixed"
+    breaks_after: float = Field(3 * 86400.0, gt=0, description="breaks_again: when the problem comes back, after the repair.")
+    again_for: float = Field(3600.0, gt=0, description="breaks_again: how long the problem lasts the second time.")
+
+    durations_ = _durations("at", "breaks_after", "again_for")
+
+
 class EventSpec(_Model):
     """Something that happens: on a device (``device`` / ``devices``) or over grids (a storm)."""
 
@@ -143,6 +162,7 @@ class EventSpec(_Model):
     score: float | None = Field(None, gt=0, le=1, description="Camera events: typical confidence.")
     fill_pct: float | None = Field(None, ge=0, le=100, description="bin_full: how full.")
     ramp: float | None = Field(None, ge=0, description="How long the signal takes to reach its peak.")
+    crew: Crew | None = Field(None, description="A repair crew: the platform resolves the event's order (needs --platform).")
 
     durations_ = _durations("at", "duration", "ramp")
 
@@ -156,6 +176,11 @@ class EventSpec(_Model):
                 raise ValueError("a rain_storm needs grids and a duration")
         elif not (self.device or self.devices):
             raise ValueError(f"event {self.kind} needs a device (or devices)")
+        if self.crew is not None:
+            if self.kind == "rain_storm":
+                raise ValueError("a crew repairs a device's problem, not a storm")
+            if self.crew.outcome == "not_fixed" and self.duration is not None and self.duration <= self.crew.at:
+                raise ValueError("a crew that does not fix the problem comes while it lasts: crew.at before the duration ends")
         return self
 
     def targets(self) -> list[str]:

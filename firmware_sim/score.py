@@ -9,6 +9,11 @@ fits none is a *false order* (noted with any fault or flicker on its device at t
 An event that expects orders and got none is *missed*. The detection delay of a found event
 is its first order's ``opened_at`` minus the event's start, in device time.
 
+Repairs: an event with a crew (the platform resolved its order) expects the gateway's re-check
+to end as the ground truth says (``verified``, ``not_fixed`` or ``unverified``: the first such
+revision of the order that found it), and a problem that came back after a repair
+(``repeat_of_event``) expects its order to say ``repeat_of`` the repaired event's order.
+
 Orders come from the reference receiver's HTTP API (``GET /api/v1/revisions``) or its SQLite
 file; every revision is read, so an order that cleared and reopened is counted once, with its
 reopenings reported apart.
@@ -31,6 +36,9 @@ class ScoreError(Exception):
     pass
 
 
+RECHECKS = ("verified", "not_fixed", "unverified")
+
+
 @dataclass
 class Order:
     order_id: str
@@ -40,6 +48,8 @@ class Order:
     opened_at: float
     reopened: int = 0
     revisions: int = 1
+    outcomes: list[str] = field(default_factory=list)  # the gateway's re-checks of the order, in order
+    repeat_of: str | None = None
 
 
 def _ts(text: str) -> float:
@@ -53,7 +63,13 @@ def orders_from_revisions(revisions: list[dict]) -> list[Order]:
     opened when it joined; it shares the order's id.
     """
     orders: dict[tuple[str, str, str], Order] = {}
+    outcomes: dict[str, list[str]] = {}
+    repeats: dict[str, str] = {}
     for body in sorted(revisions, key=lambda b: (b.get("order_id", ""), b.get("revision", 0))):
+        if body.get("change") in RECHECKS:
+            outcomes.setdefault(body.get("order_id", ""), []).append(body["change"])
+        if body.get("repeat_of"):
+            repeats.setdefault(body.get("order_id", ""), str(body["repeat_of"]))
         try:
             order_id = body["order_id"]
             key = (order_id, body["device"], body["rule"])
@@ -72,6 +88,9 @@ def orders_from_revisions(revisions: list[dict]) -> list[Order]:
                                                _ts(item["at"]))
         except (KeyError, TypeError, ValueError) as error:
             raise ScoreError(f"an order revision without device, rule or opened_at: {error}: {body!r:.200}") from None
+    for order in orders.values():
+        order.outcomes = outcomes.get(order.order_id, [])
+        order.repeat_of = repeats.get(order.order_id)
     return sorted(orders.values(), key=lambda o: (o.opened_at, o.order_id, o.device))
 
 
@@ -125,6 +144,8 @@ class Score:
     reopened: int
     delays: dict[str, float]
     by_kind: dict[str, dict[str, int]] = field(default_factory=dict)
+    rechecks: list[dict] = field(default_factory=list)  # one per repaired event: expected and what the gateway said
+    repeats: list[dict] = field(default_factory=list)  # one per problem back after a repair
 
     @property
     def delay_median(self) -> float | None:
@@ -146,6 +167,10 @@ class Score:
             "duplicate_list": [{"order_id": o.order_id, "device": o.device, "rule": o.rule, "event": event}
                                for o, event in self.duplicates],
             "delays": self.delays,
+            "rechecks": {"expected": len(self.rechecks), "right": sum(c["right"] for c in self.rechecks),
+                         "list": self.rechecks},
+            "repeats": {"expected": len(self.repeats), "right": sum(r["right"] for r in self.repeats),
+                        "list": self.repeats},
         }
 
     def text(self) -> str:
@@ -165,6 +190,17 @@ class Score:
         if self.by_kind:
             lines.append("by kind (found/expected)   " + ", ".join(
                 f"{kind} {c['found']}/{c['expected']}" for kind, c in sorted(self.by_kind.items())))
+        if self.rechecks:
+            right = sum(c["right"] for c in self.rechecks)
+            lines.append(f"re-checks right            {right}/{len(self.rechecks)} (" + ", ".join(
+                f"{name} {sum(c['right'] for c in self.rechecks if c['expected'] == name)}/"
+                f"{sum(1 for c in self.rechecks if c['expected'] == name)}"
+                for name in RECHECKS if any(c["expected"] == name for c in self.rechecks)) + ")")
+        if self.repeats:
+            lines.append(f"repeats marked right       {sum(r['right'] for r in self.repeats)}/{len(self.repeats)}")
+        for check in [c for c in self.rechecks if not c["right"]][:20]:
+            lines.append(f"  re-check {check['event']} on {check['device']}: expected {check['expected']}, "
+                         f"the gateway said {check['got']}")
         for event in self.missed[:20]:
             lines.append(f"  missed {event.id} {event.kind} on {event.device} at {event.start:.0f} (expects {', '.join(event.expect)})")
         for order, during in self.false_orders[:20]:
@@ -211,7 +247,24 @@ def score(truth: list[TruthEvent], orders: list[Order], grace: float = 600.0, ea
         counts = by_kind.setdefault(event.kind, {"expected": 0, "found": 0})
         counts["expected"] += 1
         counts["found"] += event.id in first_order
+    rechecks, repeats = [], []
+    for event in expecting:
+        order = first_order.get(event.id)
+        crew = event.details.get("crew")
+        if crew:
+            got = order.outcomes[0] if order is not None and order.outcomes else "none"
+            rechecks.append({"event": event.id, "device": event.device, "crew": crew.get("outcome"),
+                             "expected": crew.get("expect"), "got": got, "right": got == crew.get("expect"),
+                             "order_id": order.order_id if order is not None else None})
+        repaired = event.details.get("repeat_of_event")
+        if repaired:
+            earlier = first_order.get(repaired)
+            want = earlier.order_id if earlier is not None else None
+            got = order.repeat_of if order is not None else None
+            repeats.append({"event": event.id, "device": event.device, "repeat_of_event": repaired,
+                            "expected": want, "got": got, "right": want is not None and got == want})
     return Score(
         expected=len(expecting), found=len(first_order), missed=[e for e in expecting if e.id not in first_order],
         false_orders=false_orders, duplicates=duplicates, reopened=reopened, delays=delays, by_kind=by_kind,
+        rechecks=rechecks, repeats=repeats,
     )

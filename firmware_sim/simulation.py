@@ -28,12 +28,13 @@ from firmware_sim.devices import CAMERA_KINDS, HOUR, KINDS, Bin, Camera, Cover, 
 from firmware_sim.protocols import Decoded, Frame, frigate, json_mqtt, lorawan
 from firmware_sim.protocols.modbus import REGISTER_MAPS, RegisterBank, from_registers
 from firmware_sim.record import Recorder
-from firmware_sim.scenario import DEVICE_EVENTS, Scenario, ScenarioError, Timing, start_time
+from firmware_sim.crews import CrewError, Platform
+from firmware_sim.scenario import CREW_OUTCOMES, DEVICE_EVENTS, Scenario, ScenarioError, Timing, start_time
 from firmware_sim.truth import TruthEvent, number
 
 log = logging.getLogger(__name__)
 
-REPORT, START, END, CAM_UPDATE, CAM_END, COLLECT, RELEASE, STATUS = range(8)
+REPORT, START, END, CAM_UPDATE, CAM_END, COLLECT, RELEASE, STATUS, CREW = range(9)
 
 
 class Sink:
@@ -73,6 +74,8 @@ class Stats:
     duplicated: int = 0
     delayed: int = 0
     status: int = 0
+    crews: int = 0          # repairs the platform was told of (resolved)
+    crew_errors: int = 0    # repairs it could not be told of (no order, no platform)
     by_protocol: dict = field(default_factory=dict)
     wall_s: float = 0.0
     device_s: float = 0.0
@@ -149,8 +152,11 @@ def _cell(value: float | None) -> str:
 
 
 class Simulation:
-    def __init__(self, scenario: Scenario, start: float | None = None, recorder: Recorder | None = None):
+    def __init__(self, scenario: Scenario, start: float | None = None, recorder: Recorder | None = None,
+                 platform: "Platform | None" = None):
         self.scenario = scenario
+        self.platform = platform  # where crews report their repairs (firmware_sim/crews.py)
+        self._repeats: list[tuple[TruthEvent, TruthEvent]] = []  # (the problem back, the one repaired)
         self.start = start if start is not None else start_time(scenario.start)
         self.end = self.start + scenario.duration
         self.recorder = recorder or Recorder(None)
@@ -222,19 +228,45 @@ class Simulation:
                                         f"possible: {', '.join(DEVICE_EVENTS[node.reg.kind])}")
                 start = self.start + spec.at
                 end = None if spec.duration is None else start + spec.duration
-                self._plan(node, spec.kind, start, end, sc.expected(spec.kind, spec.expect), "injected", spec.params(),
-                           zone=spec.zone, label=spec.label, score=spec.score)
+                crew = spec.crew
+                if crew is not None and crew.outcome != "not_fixed":
+                    end = start + crew.at  # the crew ends it
+                expect = sc.expected(spec.kind, spec.expect)
+                camera = {"zone": spec.zone, "label": spec.label, "score": spec.score}
+                truth = self._plan(node, spec.kind, start, end, expect, "injected", spec.params(), **camera)
+                if crew is not None and truth is not None:
+                    self._plan_crew(node, spec, crew, start + crew.at, truth, expect, camera)
+
+    def _plan_crew(self, node: Node, spec, crew, fix: float, truth: TruthEvent, expect: list[str], camera: dict) -> None:
+        """The platform resolves the event's order at ``fix``; then the device does what ``crew.outcome`` says."""
+        truth.details["crew"] = {"at": round(fix, 3), "outcome": crew.outcome, "expect": CREW_OUTCOMES[crew.outcome]}
+        if fix >= self.end:
+            return
+        self._push(fix, CREW, (node, truth))
+        if crew.outcome == "breaks_again":
+            back = fix + crew.breaks_after
+            again = self._plan(node, spec.kind, back, back + crew.again_for, expect, "injected", spec.params(), **camera)
+            if again is not None:
+                self._repeats.append((again, truth))
+        elif crew.outcome == "silent":
+            quiet = fix + 1.0  # the device's report at the repair still goes out
+            node.faults.append(faultlib.Fault("dropout", quiet, self.end, "", 1.0, 0.0, 60.0))
+            self.truth.append(TruthEvent(node.reg.id, "silent", round(quiet, 3), None, [], "fault", node.reg.grid,
+                                         node.reg.zone, details={"after_crew": True}))
+            if node.protocol == "mqtt_json":
+                self._push(quiet, STATUS, (node, False))
 
     def _plan(self, node: Node, kind: str, start: float, end: float | None, expect: list[str], source: str,
-              params: dict | None = None, **camera) -> None:
+              params: dict | None = None, **camera) -> TruthEvent | None:
         if start >= self.end:
-            return
+            return None
         truth = TruthEvent(node.reg.id, kind, round(start, 3), None if end is None or end >= self.end else round(end, 3),
                            expect, source, node.reg.grid, node.reg.zone)
         self.truth.append(truth)
         self._push(start, START, (node, kind, end, params or {}, camera, truth))
         if end is not None and end < self.end and node.reg.kind != "camera":
             self._push(end, END, (node, kind, truth))
+        return truth
 
     def _plan_storm(self, spec) -> None:
         sc = self.scenario
@@ -375,6 +407,24 @@ class Simulation:
         elif action == STATUS:
             node, online = arg
             self._status(node, online)
+        elif action == CREW:
+            node, truth = arg
+            self._crew(node, truth)
+
+    def _crew(self, node: Node, truth: TruthEvent) -> None:
+        """The crew reports its repair: the platform resolves the order of the event's device."""
+        report = truth.details["crew"]
+        if self.platform is None:
+            report["error"] = "no platform to tell (python -m firmware_sim scenario --platform URL)"
+            self.stats.crew_errors += 1
+            return
+        try:
+            report["order_id"] = self.platform.resolve(node.reg.id, truth.expect)
+            self.stats.crews += 1
+        except CrewError as error:
+            report["error"] = str(error)
+            self.stats.crew_errors += 1
+            log.warning("crew on %s: %s", node.reg.id, error)
 
     def _start(self, t: float, node: Node, kind: str, end: float | None, params: dict, camera: dict, truth) -> None:
         if isinstance(node.sim, Camera):
@@ -534,4 +584,7 @@ class Simulation:
                 self._status(node, False)
 
     def ground_truth(self) -> list[TruthEvent]:
-        return number(list(self.truth))
+        events = number(list(self.truth))
+        for again, repaired in self._repeats:
+            again.details["repeat_of_event"] = repaired.id
+        return events

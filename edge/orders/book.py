@@ -19,7 +19,9 @@ import orjson
 import sqlite_utils
 
 from edge.engine.engine import Transition
+from edge.orders import verification
 from edge.orders.categories import Categories, escalated
+from edge.orders.verification import DeviceView, Member
 from edge.outbox import Outbox, transaction
 
 log = logging.getLogger(__name__)
@@ -46,7 +48,7 @@ class OrderError(Exception):
 ORDER_COLUMNS = (
     "id", "rule", "device", "kind", "category", "severity", "title", "grid", "zone", "team",
     "address", "lat", "lon", "state", "revision", "opened_at", "updated_at", "last_seen_at", "evidence",
-    "escalations", "escalate_from",
+    "escalations", "escalate_from", "verification", "resolved_at", "verified_at", "repeat_of",
 )
 WAITING_STATES = ("opened", "cleared")  # not yet accepted by the platform
 
@@ -97,12 +99,14 @@ DeviceClock = Callable[[str], float]  # device id -> that device's clock now (En
 
 class OrderBook:
     def __init__(self, db: sqlite_utils.Database, gateway_id: str, categories: Categories | None = None,
-                 reopen_within: float = 0.0):
+                 reopen_within: float = 0.0, verify_within: float = 1800.0, repeat_within: float = 0.0):
         self.db = db
         self.gateway_id = gateway_id
         self.outbox = Outbox(db)
         self.categories = categories
         self.reopen_within = reopen_within  # a problem back this soon after its order closed reopens it
+        self.verify_within = verify_within  # the sensors' re-check of a resolved order (device time)
+        self.repeat_within = repeat_within  # a problem back this soon after its verified fix is a repeat
         self.failed = 0  # transitions that could not be applied (logged), a counter
 
     def apply(self, transitions: list[Transition], now: float | None = None,
@@ -138,7 +142,7 @@ class OrderBook:
         """The live order that stands for this problem, alone or grouped with others."""
         row = self.db.execute(
             f"SELECT {', '.join('o.' + c for c in ORDER_COLUMNS)} FROM order_members m JOIN orders o ON o.id = m.order_id "
-            "WHERE m.rule = ? AND m.device = ? AND o.state NOT IN ('closed', 'rejected')",
+            "WHERE m.rule = ? AND m.device = ? AND m.state != 'fixed' AND o.state NOT IN ('closed', 'rejected')",
             [rule, device],
         ).fetchone()
         return dict(zip(ORDER_COLUMNS, row)) if row else None
@@ -150,17 +154,17 @@ class OrderBook:
 
     def _set_member(self, order_id: str, rule: str, device: str, state: str, at: float) -> None:
         self.db.execute(
-            "INSERT INTO order_members (order_id, rule, device, state, joined_at) VALUES (?, ?, ?, ?, ?) "
-            "ON CONFLICT (order_id, rule, device) DO UPDATE SET state = excluded.state",
-            [order_id, rule, device, state, at],
+            "INSERT INTO order_members (order_id, rule, device, state, joined_at, changed_at) VALUES (?, ?, ?, ?, ?, ?) "
+            "ON CONFLICT (order_id, rule, device) DO UPDATE SET state = excluded.state, changed_at = excluded.changed_at",
+            [order_id, rule, device, state, at, at],
         )
 
     def _recently_closed(self, rule: str, device: str, now: float) -> dict | None:
         """The order the platform closed for this problem within ``reopen_within`` before ``now`` (gateway clock)."""
         row = self.db.execute(
             f"SELECT {', '.join('o.' + c for c in ORDER_COLUMNS)} FROM order_members m JOIN orders o ON o.id = m.order_id "
-            "WHERE m.rule = ? AND m.device = ? AND o.state = 'closed' AND o.updated_at >= ? "
-            "ORDER BY o.updated_at DESC LIMIT 1",
+            "WHERE m.rule = ? AND m.device = ? AND o.state = 'closed' AND o.verification != 'verified' "
+            "AND o.updated_at >= ? ORDER BY o.updated_at DESC LIMIT 1",
             [rule, device, now - self.reopen_within],
         ).fetchone()
         if row is None:
@@ -180,7 +184,8 @@ class OrderBook:
         keys = sorted(self.categories.in_group(category.group))
         row = self.db.execute(
             f"SELECT {', '.join(ORDER_COLUMNS)} FROM orders WHERE category IN ({', '.join('?' * len(keys))}) "
-            "AND grid = ? AND state NOT IN ('closed', 'rejected') AND opened_at >= ? ORDER BY opened_at DESC LIMIT 1",
+            "AND grid = ? AND state NOT IN ('closed', 'rejected') AND verification != 'verified' AND opened_at >= ? "
+            "ORDER BY opened_at DESC LIMIT 1",
             keys + [transition.device.grid, transition.ts - category.group_window],
         ).fetchone()
         return dict(zip(ORDER_COLUMNS, row)) if row else None
@@ -223,6 +228,8 @@ class OrderBook:
                     "state": "opened", "revision": 1, "opened_at": transition.ts, "updated_at": now,
                     "last_seen_at": transition.ts, "evidence": orjson.dumps(evidence).decode(), "escalations": 0,
                     "escalate_from": clock(device.id) if clock is not None else transition.ts,
+                    "verification": "", "resolved_at": None, "verified_at": None,
+                    "repeat_of": self._repeat_of(rule.name, device.id, transition.ts),
                 }
                 self.db.execute(
                     f"INSERT INTO orders ({', '.join(ORDER_COLUMNS)}) VALUES ({', '.join('?' * len(ORDER_COLUMNS))})",
@@ -232,6 +239,9 @@ class OrderBook:
                 return self._revision(order, "opened")
             if self._member_state(order["id"], rule.name, device.id) == "cleared":
                 self._set_member(order["id"], rule.name, device.id, "opened", transition.ts)
+                if order["state"] == "resolved":  # back after the platform said fixed: not fixed
+                    return self._update(order, now, state="dispatched", change=verification.NOT_FIXED,
+                                        evidence=evidence, seen=transition.ts, verification=verification.NOT_FIXED)
                 if order["state"] == "cleared":
                     return self._update(order, now, state="opened", change="reopened", evidence=evidence,
                                         seen=transition.ts)
@@ -258,7 +268,8 @@ class OrderBook:
         ).fetchall()]
 
     def _update(self, order: dict, now: float, *, state: str, change: str, evidence: list, seen: float,
-                severity: str | None = None, escalations: int | None = None) -> Change:
+                severity: str | None = None, escalations: int | None = None, verification: str | None = None,
+                verified_at: float | None = None) -> Change:
         order = dict(order)
         merged = orjson.loads(order["evidence"]) + evidence
         order.update(
@@ -266,14 +277,79 @@ class OrderBook:
             evidence=orjson.dumps(merged[-20:]).decode(),
             severity=severity or order["severity"],
             escalations=order["escalations"] if escalations is None else escalations,
+            verification=order["verification"] if verification is None else verification,
+            verified_at=order["verified_at"] if verified_at is None else verified_at,
         )
         self.db.execute(
             "UPDATE orders SET state = ?, revision = ?, updated_at = ?, last_seen_at = ?, evidence = ?, severity = ?, "
-            "escalations = ? WHERE id = ?",
+            "escalations = ?, verification = ?, verified_at = ? WHERE id = ?",
             [order["state"], order["revision"], order["updated_at"], order["last_seen_at"], order["evidence"],
-             order["severity"], order["escalations"], order["id"]],
+             order["severity"], order["escalations"], order["verification"], order["verified_at"], order["id"]],
         )
         return self._revision(order, change)
+
+    def _repeat_of(self, rule: str, device: str, opened_at: float) -> str | None:
+        """The order whose verified fix of this problem ended within ``repeat_within`` (device time) before ``opened_at``."""
+        if self.repeat_within <= 0:
+            return None
+        row = self.db.execute(
+            "SELECT o.id FROM order_members m JOIN orders o ON o.id = m.order_id "
+            "WHERE m.rule = ? AND m.device = ? AND o.verification = 'verified' AND o.verified_at >= ? "
+            "ORDER BY o.verified_at DESC LIMIT 1",
+            [rule, device, opened_at - self.repeat_within],
+        ).fetchone()
+        return row[0] if row else None
+
+    def verify(self, now: float, view: DeviceView, silent_after: float) -> list[Change]:
+        """Re-check every resolved order against its devices' readings (edge/orders/verification.py).
+
+        A decided order gets a revision: ``verified`` (state stays resolved; its problems count
+        as fixed, so one coming back opens a new order, ``repeat_of`` this one), ``not_fixed``
+        (back to dispatched, with the evidence) or ``unverified`` (state stays resolved, flagged).
+        """
+        changes = []
+        with transaction(self.db):
+            rows = self.db.execute(
+                f"SELECT {', '.join(ORDER_COLUMNS)} FROM orders WHERE state = 'resolved' AND verification = 'pending'"
+            ).fetchall()
+            for row in rows:
+                order = dict(zip(ORDER_COLUMNS, row))
+                members = self._verify_members(order, view, now)
+                category = self.categories.get(order["category"]) if self.categories else None
+                within = category.verify_within if category and category.verify_within else self.verify_within
+                outcome, deciding = verification.decide(members, view, within, silent_after)
+                if outcome == verification.PENDING:
+                    continue
+                evidence = [{**e, "at": iso(e["at"])} for m in deciding for e in view.values(m.rule, m.device)]
+                if outcome == verification.VERIFIED:
+                    self.db.execute("UPDATE order_members SET state = 'fixed' WHERE order_id = ?", [order["id"]])
+                    changes.append(self._update(
+                        order, now, state="resolved", change=outcome, evidence=evidence, seen=order["last_seen_at"],
+                        verification=outcome, verified_at=max(view.clock(m.device) for m in members)))
+                elif outcome == verification.NOT_FIXED:
+                    changes.append(self._update(order, now, state="dispatched", change=outcome, evidence=evidence,
+                                                seen=order["last_seen_at"], verification=outcome))
+                else:
+                    silent = [{"device": m.device, "rule": m.rule, "last_seen": iso(seen) if seen is not None else None,
+                               "note": "no report after the resolution"}
+                              for m in deciding for seen in [view.seen(m.device)]]
+                    changes.append(self._update(order, now, state="resolved", change=outcome, evidence=silent,
+                                                seen=order["last_seen_at"], verification=outcome))
+        return changes
+
+    def _verify_members(self, order: dict, view: DeviceView, now: float) -> list[Member]:
+        """The order's problems, each with its device's clock at the resolution (fixed at the first look)."""
+        rows = self.db.execute(
+            "SELECT rule, device, state, changed_at, verify_from FROM order_members WHERE order_id = ?", [order["id"]]
+        ).fetchall()
+        members = []
+        for rule, device, state, changed_at, verify_from in rows:
+            if verify_from is None:
+                verify_from = verification.resolution_clock(view.clock, device, now, order["resolved_at"] or now)
+                self.db.execute("UPDATE order_members SET verify_from = ? WHERE order_id = ? AND rule = ? AND device = ?",
+                                [verify_from, order["id"], rule, device])
+            members.append(Member(rule, device, state, changed_at, verify_from))
+        return members
 
     def escalate(self, now: float | None = None, clock: DeviceClock | None = None) -> list[Change]:
         """Escalate every order the platform has not accepted within its category's limit.
@@ -334,6 +410,9 @@ class OrderBook:
             "opened_at": iso(order["opened_at"]),
             "updated_at": iso(order["updated_at"]),
             "state": order["state"],
+            "verification": order["verification"] or None,
+            "repeat_of": order["repeat_of"],
+            "verified_at": iso(order["verified_at"]) if order["verified_at"] is not None else None,
             "evidence": orjson.loads(order["evidence"]),
         }
         self.outbox.put(order["id"], order["revision"], body)
@@ -390,7 +469,15 @@ class OrderBook:
                     f"order {order_id} is {order['state']}; it cannot become {state!r} "
                     f"(allowed: {', '.join(allowed) or 'nothing, it is final'})",
                 )
-            return self._update(order, now, state=state, change=state, evidence=[], seen=order["last_seen_at"])
+            check = None  # a verified order stays verified: its problems are fixed, any new one has its own order
+            if order["verification"] != verification.VERIFIED:
+                check = {"resolved": verification.PENDING, "dispatched": ""}.get(state)
+            if check == verification.PENDING:  # the sensors re-check it from now (verify)
+                self.db.execute("UPDATE orders SET resolved_at = ? WHERE id = ?", [now, order_id])
+                self.db.execute("UPDATE order_members SET verify_from = NULL WHERE order_id = ?", [order_id])
+                order["resolved_at"] = now
+            return self._update(order, now, state=state, change=state, evidence=[], seen=order["last_seen_at"],
+                                verification=check)
 
     def live_orders(self) -> list[tuple[str, str, str]]:
         """(rule, device, state) of every problem an order that is not closed or rejected stands for.

@@ -16,7 +16,10 @@
 - ``group``, ``group_window``: categories with the same group name make one order per grid:
   a problem of the group that starts within ``group_window`` of a live order of the group
   in the same grid joins that order (with its evidence) instead of opening another. So three
-  covers and a camera seeing water in one street in a storm make one order, not four.
+  covers and a camera seeing water in one street in a storm make one order, not four;
+- ``verify_within`` (optional column): after the platform resolves an order of the category,
+  how long the sensors have to confirm the fix (edge/orders/verification.py); empty: the
+  ``[orders] verify_within`` of the configuration.
 """
 
 from __future__ import annotations
@@ -44,6 +47,7 @@ class Category:
     accept_within: float | None
     group: str
     group_window: float | None
+    verify_within: float | None = None
 
 
 class Categories:
@@ -86,10 +90,13 @@ class Categories:
             try:
                 accept = parse_duration(row["accept_within"]) if (row["accept_within"] or "").strip() else None
                 group = parse_duration(row["group_window"]) if (row["group_window"] or "").strip() else None
+                verify = parse_duration(row["verify_within"]) if (row.get("verify_within") or "").strip() else None
             except ValueError as error:
                 raise CategoryError(f"{path}:{line}: {error}") from None
+            if verify is not None and verify <= 0:
+                raise CategoryError(f"{path}:{line}: verify_within must be longer than 0, or empty for the default")
             found.append(Category(key, (row["code"] or "").strip(), (row["name"] or "").strip(), kind, accept,
-                                  (row["group"] or "").strip(), group))
+                                  (row["group"] or "").strip(), group, verify))
         return cls(found)
 
 

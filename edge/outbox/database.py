@@ -147,6 +147,26 @@ MIGRATIONS: list[str] = [
         body BLOB NOT NULL
     );
     """,
+    # 7: the sensors' re-check of a resolved order (edge/orders/verification.py).
+    # - verification: '' (none), pending, verified, not_fixed or unverified;
+    # - resolved_at: gateway time of the platform's `resolved`; verified_at: the device time the
+    #   fix was confirmed (a repeat counts from it); repeat_of: the verified order this one repeats;
+    # - order_members.changed_at: device time of the problem's last open or clear;
+    #   verify_from: the device's clock when the order was resolved (the re-check counts from it);
+    # - a verified order no longer stands for its problem: one live order per problem, verified ones apart.
+    """
+    ALTER TABLE orders ADD COLUMN verification TEXT NOT NULL DEFAULT '';
+    ALTER TABLE orders ADD COLUMN resolved_at REAL;
+    ALTER TABLE orders ADD COLUMN verified_at REAL;
+    ALTER TABLE orders ADD COLUMN repeat_of TEXT;
+    ALTER TABLE order_members ADD COLUMN changed_at REAL;
+    ALTER TABLE order_members ADD COLUMN verify_from REAL;
+    UPDATE order_members SET changed_at = joined_at;
+    CREATE INDEX orders_by_verification ON orders (verification) WHERE verification != '';
+    DROP INDEX orders_one_live_per_problem;
+    CREATE UNIQUE INDEX orders_one_live_per_problem
+        ON orders (rule, device) WHERE state NOT IN ('closed', 'rejected') AND verification != 'verified';
+    """,
 ]
 
 

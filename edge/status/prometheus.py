@@ -49,6 +49,9 @@ def render(snap: dict) -> str:
     orders, outbox = snap["orders"], snap["outbox"]
     w.metric("edge_orders", "gauge", "Work orders in gateway.db by state.",
              [({"state": state}, n) for state, n in orders["by_state"].items()])
+    w.metric("edge_orders_rechecked", "gauge", "Orders by the outcome of the sensors' re-check of their last resolution "
+             "(pending, verified, not_fixed, unverified).",
+             [({"verification": v}, n) for v, n in orders.get("rechecks", {}).items()])
     w.metric("edge_outbox_unsent", "gauge", "Rows waiting in the outbox for the platform's acknowledgement.",
              [({"kind": "order"}, outbox["unsent_orders"]), ({"kind": "telemetry"}, outbox["unsent_telemetry"])])
     w.metric("edge_outbox_oldest_unsent_age_seconds", "gauge",

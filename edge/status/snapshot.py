@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from edge.orders.book import LIVE_STATES
+from edge.orders.verification import OUTCOMES, PENDING
 from edge.redact import redact_text, redact_url
 
 if TYPE_CHECKING:
@@ -27,6 +28,7 @@ if TYPE_CHECKING:
     from edge.engine import Engine
     from edge.registry import Registry
 
+RECHECK_STATES = (PENDING, *OUTCOMES)
 ORDER_STATES = ("opened", "cleared", "accepted", "dispatched", "resolved", "closed", "rejected")
 OPEN_ORDERS_SHOWN = 200
 
@@ -51,7 +53,8 @@ def _connect(path: Path) -> sqlite3.Connection | None:
 def from_database(path: Path, now: float) -> dict:
     """What gateway.db says: orders by state, the open ones, outbox backlog, quarantine, evictions."""
     out: dict = {
-        "database": str(path), "orders": {"by_state": {s: 0 for s in ORDER_STATES}, "open": []},
+        "database": str(path), "orders": {"by_state": {s: 0 for s in ORDER_STATES}, "open": [],
+                                          "rechecks": {v: 0 for v in RECHECK_STATES}},
         "outbox": {"unsent_orders": 0, "unsent_telemetry": 0, "unsent_reports": 0, "oldest_unsent_age_s": None, "sent": 0,
                    "used_bytes": 0, "evicted_rows": {}},
         "quarantine": {}, "unknown_devices": 0,
@@ -63,6 +66,10 @@ def from_database(path: Path, now: float) -> dict:
     try:
         for row in conn.execute("SELECT state, count(*) FROM orders GROUP BY state"):
             out["orders"]["by_state"][row[0]] = row[1]
+        if any(column[1] == "verification" for column in conn.execute("PRAGMA table_info(orders)")):
+            for row in conn.execute("SELECT verification, count(*) FROM orders WHERE verification != '' "
+                                    "GROUP BY verification"):
+                out["orders"]["rechecks"][row[0]] = row[1]
         live = ", ".join(f"'{s}'" for s in LIVE_STATES)
         out["orders"]["open"] = [dict(row) for row in conn.execute(
             f"SELECT id, device, rule, category, severity, state, revision, grid, address, title, opened_at, "

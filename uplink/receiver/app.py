@@ -33,6 +33,7 @@ from uplink.receiver.models import (
     DecisionRecorded,
     OrdersAnswer,
     Problem,
+    QualityAnswer,
     ReportsAnswer,
     RevisionsAnswer,
     RuleFileQueued,
@@ -41,7 +42,7 @@ from uplink.receiver.models import (
     UplinkAnswer,
     UplinkBatch,
 )
-from uplink.receiver.page import SECURITY_HEADERS, login_page, orders_page
+from uplink.receiver.page import SECURITY_HEADERS, login_page, order_page, orders_page
 from uplink.receiver.store import ReceiverStore, UnstorableItem
 
 log = logging.getLogger(__name__)
@@ -210,6 +211,12 @@ def create_app(store: ReceiverStore, token: str = "", limits: Limits = Limits(),
     def stats() -> dict:
         return store.stats()
 
+    @api.get("/quality", response_model=QualityAnswer,
+             summary="Fixed means fixed: resolutions the sensors confirmed, found not fixed or could not check, "
+                     "and how often a fixed problem came back; overall and by grid, team and category")
+    def quality() -> dict:
+        return store.quality()
+
     @api.get("/gateways/{gateway}/changes", response_model=ChangesAnswer,
              summary="Decisions and rule files for a gateway after change number `after`, oldest first")
     def changes(gateway: str, after: Annotated[int, Query(ge=0, le=MAX_INTEGER)] = 0) -> dict:
@@ -276,13 +283,31 @@ def create_app(store: ReceiverStore, token: str = "", limits: Limits = Limits(),
             answer.set_cookie(COOKIE, cookie_value, httponly=True, samesite="strict", path="/",
                               secure=request.url.scheme == "https")
             return answer
-        if token:
-            header = request.headers.get("authorization", "")
-            if not (token_matches(header, f"Bearer {token}")
-                    or token_matches(request.cookies.get(COOKIE, ""), cookie_value)):
-                store.refuse("unauthorized")
-                return HTMLResponse(login_page(wrong=False), 401, headers=SECURITY_HEADERS)
-        body = orders_page(store.orders(), store.reports(limit=100))
+        refused = page_refused(request)
+        if refused is not None:
+            return refused
+        body = orders_page(store.orders(), store.reports(limit=100), store.quality())
         return HTMLResponse(body, headers=SECURITY_HEADERS)
+
+    @app.get("/orders/{order_id}", response_class=HTMLResponse, include_in_schema=False)
+    def order(request: Request, order_id: str) -> Response:
+        refused = page_refused(request)
+        if refused is not None:
+            return refused
+        revisions = store.order_revisions(order_id)
+        if not revisions:
+            store.refuse("not_found")
+            return HTMLResponse(order_page(order_id, []), 404, headers=SECURITY_HEADERS)
+        return HTMLResponse(order_page(order_id, revisions), headers=SECURITY_HEADERS)
+
+    def page_refused(request: Request) -> Response | None:
+        """The login page (401) when a token is set and the request has neither it nor the page's cookie."""
+        if not token:
+            return None
+        header = request.headers.get("authorization", "")
+        if token_matches(header, f"Bearer {token}") or token_matches(request.cookies.get(COOKIE, ""), cookie_value):
+            return None
+        store.refuse("unauthorized")
+        return HTMLResponse(login_page(wrong=False), 401, headers=SECURITY_HEADERS)
 
     return app

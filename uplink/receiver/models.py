@@ -144,6 +144,29 @@ class Stats(BaseModel):
     refused: dict[str, int] = Field(description="Requests and MQTT messages refused since the receiver started, by reason.")
 
 
+class Quality(BaseModel):
+    """The re-check figures of one set of orders (all, one grid, one team or one category)."""
+
+    resolutions: int = Field(description="Times the platform resolved these orders.")
+    checked: int = Field(description="Re-checks the gateways finished: verified + not_fixed + unverified.")
+    verified: int = Field(description="Resolutions the sensors confirmed.")
+    not_fixed: int = Field(description="Resolutions the sensors found not fixed (the order went back to dispatched).")
+    unverified: int = Field(description="Resolutions no report could confirm (a silent device).")
+    verified_share: float | None = Field(description="verified / checked; null with nothing checked.")
+    not_fixed_share: float | None
+    unverified_share: float | None
+    repeats_marked: int = Field(description="Orders a gateway marked repeat_of an earlier verified fix.")
+    repeat_rate_7d: float | None = Field(description="Verified fixes whose problem (rule, device) came back within 7 days.")
+    repeat_rate_30d: float | None = Field(description="The same within 30 days.")
+
+
+class QualityAnswer(BaseModel):
+    overall: Quality
+    by_grid: dict[str, Quality]
+    by_team: dict[str, Quality]
+    by_category: dict[str, Quality]
+
+
 class Problem(BaseModel):
     error: str = Field(description="What was wrong and what to send instead.")
     detail: list[dict[str, Any]] | None = Field(None, description="Each invalid field (loc, msg), when the body was checked.")

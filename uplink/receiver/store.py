@@ -9,6 +9,8 @@ counting them on disk would let a flood of bad input cost one disk write each.
 
 from __future__ import annotations
 
+import datetime as dt
+import math
 import sqlite3
 import threading
 import time
@@ -86,6 +88,18 @@ def migrate(conn: sqlite3.Connection, path: Path) -> int:
             conn.execute("ROLLBACK")
             raise
     return found
+
+
+def _seconds(text: str) -> float:
+    """An ISO 8601 time from a revision, in seconds (nan when it is not one)."""
+    try:
+        return dt.datetime.fromisoformat(str(text).replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return math.nan
+
+
+def _share(part: int, whole: int) -> float | None:
+    return round(part / whole, 4) if whole else None
 
 
 class ReceiverStore:
@@ -228,6 +242,12 @@ class ReceiverStore:
             rows = self.conn.execute("SELECT body FROM revisions ORDER BY received_at, order_id, revision").fetchall()
         return [orjson.loads(body) for (body,) in rows]
 
+    def order_revisions(self, order_id: str) -> list[dict]:
+        """Every revision of one order, oldest first."""
+        with self.lock:
+            rows = self.conn.execute("SELECT body FROM revisions WHERE order_id = ? ORDER BY revision", [order_id]).fetchall()
+        return [orjson.loads(body) for (body,) in rows]
+
     def reports(self, gateway: str | None = None, limit: int = 500, status: str | None = None) -> list[dict]:
         """The newest ``limit`` reports (of one gateway, of one status), oldest first, each with its gateway."""
         where, args = [], []
@@ -248,6 +268,61 @@ class ReceiverStore:
             report["gateway"], report["received_at"] = gw, received_at
             out.append(report)
         return out
+
+    def quality(self, repeat_days: tuple[int, ...] = (7, 30)) -> dict:
+        """The district's re-check figures (docs/uplink.md, "Fixed means fixed"), overall and by grid, team, category.
+
+        Of the orders the gateways re-checked after a resolution: the share the sensors confirmed
+        (verified), found not fixed, or could not check (unverified); and of the verified fixes,
+        the share whose problem (same rule, same device) came back within 7 and 30 days.
+        """
+        with self.lock:
+            rows = self.conn.execute("SELECT body FROM revisions ORDER BY order_id, revision").fetchall()
+        latest: dict[str, dict] = {}
+        outcomes: dict[str, list[str]] = {}
+        resolutions: dict[str, int] = {}
+        fixes: list[tuple[str, str, str, float]] = []  # (order, rule, device, verified at)
+        opened: list[tuple[str, str, str, float]] = []  # (order, rule, device, opened at)
+        for (text,) in rows:
+            body = orjson.loads(text)
+            order_id = body.get("order_id")
+            latest[order_id] = body
+            change = body.get("change")
+            if change == "resolved":
+                resolutions[order_id] = resolutions.get(order_id, 0) + 1
+            elif change in ("verified", "not_fixed", "unverified"):
+                outcomes.setdefault(order_id, []).append(change)
+                if change == "verified" and body.get("verified_at"):
+                    fixes.append((order_id, body.get("rule"), body.get("device"), _seconds(body["verified_at"])))
+            elif change == "opened" and body.get("opened_at"):
+                opened.append((order_id, body.get("rule"), body.get("device"), _seconds(body["opened_at"])))
+
+        def came_back(fix: tuple, days: int) -> bool:
+            order_id, rule, device, at = fix
+            return any(o != order_id and r == rule and d == device and at < t <= at + days * 86400.0
+                       for o, r, d, t in opened)
+
+        def figures(keep) -> dict:
+            ids = {o for o in latest if keep(latest[o])}
+            counts = {name: sum(outcomes.get(o, []).count(name) for o in ids)
+                      for name in ("verified", "not_fixed", "unverified")}
+            checked = sum(counts.values())
+            mine = [f for f in fixes if f[0] in ids]
+            out = {"resolutions": sum(resolutions.get(o, 0) for o in ids), "checked": checked, **counts,
+                   "verified_share": _share(counts["verified"], checked),
+                   "not_fixed_share": _share(counts["not_fixed"], checked),
+                   "unverified_share": _share(counts["unverified"], checked),
+                   "repeats_marked": sum(1 for o in ids if latest[o].get("repeat_of"))}
+            for days in repeat_days:
+                back = sum(1 for f in mine if came_back(f, days))
+                out[f"repeat_rate_{days}d"] = _share(back, len(mine))
+            return out
+
+        result: dict = {"overall": figures(lambda body: True)}
+        for key in ("grid", "team", "category"):
+            values = sorted({str(body.get(key, "")) for body in latest.values()})
+            result[f"by_{key}"] = {v: figures(lambda body, v=v, k=key: str(body.get(k, "")) == v) for v in values}
+        return result
 
     def stats(self) -> dict:
         with self.lock:
