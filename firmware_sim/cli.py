@@ -125,7 +125,8 @@ def _load(path: Path, seed: int | None, duration: str | None):
               help="Folder for truth.jsonl, readings.jsonl, registry.csv, run.json (and modbus.json).")
 @click.option("--speed", default=None, help="Device seconds per real second (1 real time, 1440 a day a minute) or 'max'; "
                                             "default: the scenario's.")
-@click.option("--start", default=None, help="Device time of the start: 'now' or ISO 8601; default: the scenario's.")
+@click.option("--start", default=None, help="Device time of the start: 'now', 'now-DURATION' (now-156h) or ISO 8601; "
+                                            "default: the scenario's.")
 @click.option("--seed", type=int, default=None, help="Override the scenario's seed.")
 @click.option("--duration", default=None, help="Override the scenario's duration (e.g. 2h).")
 @click.option("--csv", "write_csv", is_flag=True, help="Also write readings.csv (ts,device,metric,value).")

@@ -230,7 +230,7 @@ class Scenario(_Model):
     name: str = "scenario"
     description: str = ""
     seed: int = 1
-    start: str = Field("now", description="Device time of the start: 'now' or ISO 8601 UTC.")
+    start: str = Field("now", description="Device time of the start: 'now', 'now-DURATION' (now-156h) or ISO 8601 UTC.")
     duration: float = Field(3600.0, gt=0)
     speed: float | Literal["max"] = Field(1.0, description="Device seconds per real second; 'max': no waiting.")
     utc_offset_h: float = Field(8.0, ge=-12, le=14, description="Local time of the street, for daily rhythms.")
@@ -290,15 +290,22 @@ class Scenario(_Model):
 
 
 def start_time(text: str) -> float:
-    """'now' or an ISO 8601 time (UTC unless it says otherwise), as seconds since the epoch."""
-    if text == "now":
-        import time
+    """'now', 'now-DURATION' (e.g. now-156h: a long run in the past that ends near now, so its device
+    times stay within the gateway's [ingest] max_past / max_future) or an ISO 8601 time (UTC unless
+    it says otherwise), as seconds since the epoch."""
+    import time
 
+    if text == "now":
         return time.time()
+    if text.startswith("now-"):
+        try:
+            return time.time() - parse_duration(text[4:])
+        except ValueError:
+            raise ValueError(f"start {text!r}: write now-DURATION, e.g. now-156h") from None
     try:
         when = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
     except ValueError:
-        raise ValueError(f"start {text!r}: write 'now' or an ISO 8601 time, e.g. 2025-06-01T00:00:00Z") from None
+        raise ValueError(f"start {text!r}: write 'now', now-DURATION or an ISO 8601 time, e.g. 2025-06-01T00:00:00Z") from None
     if when.tzinfo is None:
         when = when.replace(tzinfo=dt.timezone.utc)
     return when.timestamp()

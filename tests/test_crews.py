@@ -52,6 +52,11 @@ def test_a_week_of_crews_gives_every_recheck_the_ground_truth_expects(tmp_path, 
         result = wait_until(lambda: (r := rechecks()) and all(c["got"] != "none" for c in r["rechecks"]["list"]) and r,
                             90, interval=2)
         assert result, rechecks()
+        print(f"\ncrews: events {result['events']}, found {result['found']}, missed {result['missed']}, false orders "
+              f"{result['false_orders']}, duplicates {result['duplicates']}; re-checks right {result['rechecks']['right']}/"
+              f"{result['rechecks']['expected']}, repeats marked right {result['repeats']['right']}/"
+              f"{result['repeats']['expected']}; crews sent {figures['crews']}, messages {figures['published']}, "
+              f"{figures['wall_s']:.0f} s")
         assert (result["missed"], result["duplicates"]) == (0, 0), result
         wrong = [c for c in result["rechecks"]["list"] if not c["right"]]
         assert result["rechecks"]["expected"] == 11 and wrong == [], result["rechecks"]
