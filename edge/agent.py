@@ -80,6 +80,9 @@ class Stats:
     clock_resets: int = 0  # devices whose wrong clock came back: their rules started afresh
 
 
+BIG_PAYLOAD = 64 * 1024  # bytes; a message waiting for its commit keeps no larger payload
+
+
 @dataclass
 class Step:
     """What one batch or tick did, to be written in one transaction before its messages are acknowledged."""
@@ -662,7 +665,9 @@ class Agent:
         stats.engine_seconds += stats.last_batch_seconds
         self._unwritten.append(Step(
             "batch", time.time(), transitions, log=changelog, quarantine=quarantine,
-            unknown=[(device, *seen) for device, seen in unknown.items()], messages=batch,
+            unknown=[(device, *seen) for device, seen in unknown.items()],
+            # kept until the commit only to be acknowledged: a big payload's bytes are let go now
+            messages=[m if len(m.payload) <= BIG_PAYLOAD else m._replace(payload=b"") for m in batch],
         ))
         self._unwritten_messages += len(batch)
         stats.batches += 1
