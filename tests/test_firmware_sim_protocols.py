@@ -80,7 +80,8 @@ def test_lorawan_frigate_and_json_devices_on_a_real_broker(tmp_path, mosquitto):
             lorawan = sum(m.topic.startswith(f"application/app-{tag}/") for m in got)
             frigate = sum(m.topic == "frigate/events" for m in got)
             return (lorawan >= result.stats.by_protocol.get("lorawan", 0)
-                    and frigate >= result.stats.by_protocol.get("frigate", 0) and len(got) >= result.stats.published)
+                    and frigate >= result.stats.by_protocol.get("frigate", 0)
+                    and len(got) >= result.stats.published + result.stats.status)  # status messages too
 
         deadline = time.monotonic() + 30
         while not complete() and time.monotonic() < deadline:

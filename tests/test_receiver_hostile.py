@@ -406,7 +406,7 @@ def test_the_openapi_document_describes_every_endpoint_from_the_models(rx):
     assert set(document["paths"]) == {
         "/api/v1/uplink", "/api/v1/orders", "/api/v1/revisions", "/api/v1/telemetry", "/api/v1/stats",
         "/api/v1/gateways/{gateway}/changes", "/api/v1/gateways/{gateway}/reports",
-        "/api/v1/gateways/{gateway}/rules/{name}", "/api/v1/orders/{order_id}/{action}", "/healthz"}
+        "/api/v1/gateways/{gateway}/rules/{name}", "/api/v1/orders/{order_id}/{action}", "/api/v1/quality", "/healthz"}
     batch = document["components"]["schemas"]["UplinkBatch"]
     assert batch["required"] == ["gateway", "revisions"] and "reports" in batch["properties"]
     assert document["components"]["schemas"]["Revision"]["properties"]["revision"]["minimum"] == 1

@@ -77,6 +77,16 @@ def close_cover(street: Street, device: str, at: float) -> None:
     street.report(device, at + 20, tilt_deg=0.5, open=0)
 
 
+def verified_fix(street: Street) -> str:
+    """MH-0003 opened, closed by the crew, resolved at 2000 and confirmed by its report at 2300."""
+    order_id = open_cover(street)
+    close_cover(street, "MH-0003", 1500.0)
+    street.platform(order_id, 2000.0, "accepted", "resolved")
+    street.report("MH-0003", 2300.0, tilt_deg=0.5, open=0)
+    assert [c.change for c in street.tick(2300.0)] == ["verified"]
+    return order_id
+
+
 def test_resolved_while_still_open_is_not_fixed_and_goes_back_to_dispatched(street):
     order_id = open_cover(street)
     street.platform(order_id, 2000.0, "accepted", "dispatched", "resolved")
@@ -138,11 +148,7 @@ def test_a_problem_back_within_the_window_is_not_fixed_at_once(street):
 
 
 def test_a_verified_fix_that_breaks_days_later_opens_a_new_order_marked_as_a_repeat(street):
-    order_id = open_cover(street)
-    close_cover(street, "MH-0003", 1500.0)
-    street.platform(order_id, 2000.0, "accepted", "resolved")
-    street.report("MH-0003", 2300.0, tilt_deg=0.5, open=0)
-    assert [c.change for c in street.tick(2300.0)] == ["verified"]
+    order_id = verified_fix(street)
     street.platform(order_id, 2400.0, "closed")
     later = 2300.0 + 3 * DAY
     again = open_cover(street, at=later)
@@ -227,11 +233,7 @@ def test_redispatching_a_resolved_order_stops_its_recheck(street):
 
 
 def test_a_verified_order_stays_verified_whatever_the_platform_does_next(street):
-    order_id = open_cover(street)
-    close_cover(street, "MH-0003", 1500.0)
-    street.platform(order_id, 2000.0, "accepted", "resolved")
-    street.report("MH-0003", 2300.0, tilt_deg=0.5, open=0)
-    assert [c.change for c in street.tick(2300.0)] == ["verified"]
+    order_id = verified_fix(street)
     again = open_cover(street, at=3000.0)  # back: a new order, while the fixed one is still resolved
     street.platform(order_id, 3100.0, "dispatched", "resolved")  # the platform sends the crew again anyway
     assert street.order(order_id)["verification"] == "verified"
