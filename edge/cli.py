@@ -11,6 +11,9 @@ import click
 
 from edge import __version__
 
+# An order's states (edge/orders/book.py: LIVE_STATES, then the final ones), for --state.
+ORDER_STATES = ("opened", "cleared", "accepted", "dispatched", "resolved", "closed", "rejected")
+
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="edge")
@@ -40,7 +43,9 @@ def main() -> None:
               help="Use the embedded Python broker (amqtt) even when Mosquitto is installed.")
 @click.option("--workdir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Keep the demo's files (databases, logs, config) here instead of a temporary folder.")
-def demo(seconds: float, broker_url: str | None, embedded_broker: bool, workdir: Path | None) -> None:
+@click.option("--keep", is_flag=True, help="After the summary, keep the broker, gateway and receiver running (their "
+                                            "pages stay up) until Ctrl-C or SIGTERM.")
+def demo(seconds: float, broker_url: str | None, embedded_broker: bool, workdir: Path | None, keep: bool) -> None:
     """Run the whole system on this machine: broker, simulated street, gateway, central receiver.
 
     Starts a private Mosquitto (or, when Mosquitto is not installed, an embedded Python
@@ -49,14 +54,27 @@ def demo(seconds: float, broker_url: str | None, embedded_broker: bool, workdir:
     fill up. Shows progress, then a summary. Exits 0 only if every order the gateway opened
     was acknowledged by the receiver.
     """
+    import threading
+
     from edge.demo import run_demo
 
+    stop = None
+    if keep:
+        stop = threading.Event()
+        for number in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(number, lambda *_: stop.set())
+
+    def show(summary) -> None:
+        for line in summary.lines():
+            click.echo(line)
+
     try:
-        summary = run_demo(seconds, broker_url, workdir, embedded_broker=embedded_broker)
+        summary = run_demo(seconds, broker_url, workdir, embedded_broker=embedded_broker, keep=stop,
+                           on_summary=show if keep else None)
     except Exception as error:  # the demo's own failures: say what and where, not a traceback
         raise click.ClickException(f"the demo could not run: {error}") from None
-    for line in summary.lines():
-        click.echo(line)
+    if not keep:
+        show(summary)
     sys.exit(0 if summary.ok else 1)
 
 
@@ -299,7 +317,7 @@ _CONFIG_OPTION = click.option("--config", "config_path", default="config/gateway
 
 @orders.command("list")
 @_CONFIG_OPTION
-@click.option("--state", help="Only orders in this state (opened, cleared, accepted, dispatched, resolved, closed, rejected).")
+@click.option("--state", type=click.Choice(ORDER_STATES), help="Only orders in this state.")
 @click.option("--grid", help="Only orders of this grid.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def orders_list(config_path: Path, state: str | None, grid: str | None, as_json: bool) -> None:
@@ -315,10 +333,14 @@ def orders_list(config_path: Path, state: str | None, grid: str | None, as_json:
         click.echo(orjson.dumps(found, option=orjson.OPT_INDENT_2).decode())
         return
     if not found:
-        click.echo("no orders")
+        click.echo("no orders" + (f" in state {state}" if state else "") + (f" in grid {grid}" if grid else ""))
+        return
+    width = max(len(safe(o["id"])) for o in found)
+    click.echo(f"{'order':<{width}}  {'opened (device time)':<24}  {'state':<10} {'severity':<8} {'grid':<5} "
+               f"{'rule':<18} {'device':<9} rev  title")
     for o in found:
-        click.echo(f"{safe(o['id'])}  {iso(o['opened_at'])}  {safe(o['state']):<10} {safe(o['severity']):<8} "
-                   f"{safe(o['grid']):<5} {safe(o['rule']):<18} {safe(o['device']):<9} r{o['revision']}  {safe(o['title'])}")
+        click.echo(f"{safe(o['id']):<{width}}  {iso(o['opened_at']):<24}  {safe(o['state']):<10} {safe(o['severity']):<8} "
+                   f"{safe(o['grid']):<5} {safe(o['rule']):<18} {safe(o['device']):<9} r{o['revision']:<3} {safe(o['title'])}")
 
 
 @orders.command("show")

@@ -156,7 +156,11 @@ def run_demo(
     out=sys.stdout,
     say: Callable[[str], None] | None = None,
     embedded_broker: bool = False,
+    keep: threading.Event | None = None,
+    on_summary: Callable[[Summary], None] | None = None,
 ) -> Summary:
+    """The demo; with ``keep``, everything goes on running after the summary (``on_summary``) until
+    ``keep`` is set (edge demo --keep: Ctrl-C), so the URLs it printed can be looked at."""
     say = say or (lambda text: print(text, file=out, flush=True))
     owned_tmp = None
     if workdir is None:
@@ -232,14 +236,15 @@ def run_demo(
             force=True,
         )
         progress.done()
-        agent.stop()
-        agent_thread.join(timeout=30)
+        if keep is None:
+            agent.stop()
+            agent_thread.join(timeout=30)
 
         opened_ids = _gateway_order_ids(agent.config.database_path)
         received = requests.get(f"{receiver_url}/api/v1/orders", timeout=10).json()["orders"]
         stats = requests.get(f"{receiver_url}/api/v1/stats", timeout=10).json()
         received_ids = {order["order_id"] for order in received}
-        return Summary(
+        summary = Summary(
             devices=len(agent.registry),
             messages=agent.stats.messages,
             readings=agent.stats.readings,
@@ -251,6 +256,14 @@ def run_demo(
             receiver_duplicates=stats["duplicates"],
             unacknowledged_ids=sorted(set(opened_ids) - received_ids),
         )
+        if keep is not None:
+            if on_summary is not None:
+                on_summary(summary)
+            say(f"\nstill running: receiver {receiver_url}/, gateway status "
+                f"{f'http://127.0.0.1:{agent.status_server.port}/' if agent.status_server else '(off)'}, files in "
+                f"{workdir}; Ctrl-C to stop")
+            keep.wait()
+        return summary
     finally:
         if agent is not None and agent_thread is not None and agent_thread.is_alive():
             agent.stop()

@@ -155,7 +155,7 @@ def scenario_command(path: Path, broker: str | None, out: Path | None, speed: st
 
     def progress(simulation, t):
         done = (t - simulation.start) / max(1e-9, simulation.end - simulation.start)
-        click.echo(f"[{done:4.0%}] published {simulation.stats.published}", err=True)
+        click.echo(f"[{done:4.0%}] {'published' if broker else 'generated'} {simulation.stats.published}", err=True)
 
     try:
         result = run_scenario(
@@ -173,13 +173,15 @@ def scenario_command(path: Path, broker: str | None, out: Path | None, speed: st
     figures = {
         "scenario": scenario.name, "devices": len(result.simulation.nodes), "events": len(result.truth),
         "expecting_orders": sum(1 for e in result.truth if e.expect), **stats.as_dict(),
-        "publish_rate": round(rate, 1), "unacknowledged": result.unacknowledged,
+        "publish_rate": round(rate, 1) if broker else None, "broker": broker, "unacknowledged": result.unacknowledged,
     }
     if as_json:
         click.echo(orjson.dumps(figures, option=orjson.OPT_INDENT_2).decode())
     else:
+        sent = (f"published {stats.published} ({rate:.0f}/s)" if broker else
+                f"generated {stats.published} messages (nothing published: no --broker)")
         click.echo(f"{figures['devices']} devices, {stats.device_s / 3600:.2f} h of device time in {stats.wall_s:.1f} s; "
-                   f"published {stats.published} ({rate:.0f}/s), recorded {stats.recorded}, dropped {stats.dropped}, "
+                   f"{sent}, recorded {stats.recorded}, dropped {stats.dropped}, "
                    f"malformed {stats.malformed}, duplicated {stats.duplicated}, delayed {stats.delayed}; "
                    f"{figures['events']} ground-truth events, {figures['expecting_orders']} expecting an order"
                    + (f"; crews {stats.crews} sent, {stats.crew_errors} not" if stats.crews or stats.crew_errors else "")
@@ -217,6 +219,7 @@ def registry_command(path: Path, output: Path) -> None:
               help="With --replay: the rule files (default: the project's rules/).")
 @click.option("--registry", "registry_path", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
               help="With --replay: the registry (default: registry.csv next to the truth file).")
+@click.option("--gateway", default=None, help="Only this gateway's orders (a receiver shared by several gateways).")
 @click.option("--token", default=None, help="Bearer token of the receiver (default: $EDGE_UPLINK_TOKEN).")
 @click.option("--grace", default="10m", show_default=True,
               help="How long after an event's end an order still counts for it (device time).")
@@ -225,18 +228,21 @@ def registry_command(path: Path, output: Path) -> None:
                    "threshold a little early).")
 @click.option("--json", "as_json", is_flag=True, help="Print the score as JSON.")
 def score_command(truth_path: Path, receiver: str | None, db_path: Path | None, replay_path: Path | None,
-                  rules_path: Path | None, registry_path: Path | None, token: str | None, grace: str, early: str,
-                  as_json: bool) -> None:
+                  rules_path: Path | None, registry_path: Path | None, gateway: str | None, token: str | None, grace: str,
+                  early: str, as_json: bool) -> None:
     """Compare a run's ground truth with the orders the receiver got: found, missed, false, duplicates, delay."""
     from firmware_sim.scenario import parse_duration
     from edge.paths import default_rules
     from firmware_sim.score import (
-        ScoreError, orders_from_replay, orders_from_revisions, revisions_from_db, revisions_from_http, score,
+        ScoreError, of_gateway, orders_from_replay, orders_from_revisions, revisions_from_db, revisions_from_http,
+        score,
     )
     from firmware_sim.truth import read_truth
 
     if sum(x is not None for x in (receiver, db_path, replay_path)) != 1:
         raise click.UsageError("give one of --receiver URL, --db FILE or --replay READINGS")
+    if gateway is not None and replay_path is not None:
+        raise click.UsageError("--gateway picks orders from a receiver (--receiver or --db), not from --replay")
     try:
         grace_s = parse_duration(grace)
         truth = read_truth(truth_path)
@@ -245,9 +251,9 @@ def score_command(truth_path: Path, receiver: str | None, db_path: Path | None, 
                                         registry_path or truth_path.parent / "registry.csv")
         elif receiver is not None:
             token = token if token is not None else os.environ.get("EDGE_UPLINK_TOKEN", "")
-            orders = orders_from_revisions(revisions_from_http(receiver, token))
+            orders = orders_from_revisions(of_gateway(revisions_from_http(receiver, token), gateway))
         else:
-            orders = orders_from_revisions(revisions_from_db(db_path))
+            orders = orders_from_revisions(of_gateway(revisions_from_db(db_path), gateway))
         result = score(truth, orders, grace=grace_s, early=parse_duration(early))
     except (ScoreError, ValueError) as error:
         raise click.ClickException(str(error)) from None

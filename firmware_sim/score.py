@@ -110,6 +110,11 @@ def orders_from_replay(rules_path: Path, readings: Path, registry: Path) -> list
     )
 
 
+def of_gateway(revisions: list[dict], gateway: str | None) -> list[dict]:
+    """The revisions one gateway sent (all of them when ``gateway`` is None)."""
+    return revisions if gateway is None else [r for r in revisions if r.get("gateway") == gateway]
+
+
 def revisions_from_db(path: Path) -> list[dict]:
     if not path.exists():
         raise ScoreError(f"{path}: no such receiver database")

@@ -198,6 +198,11 @@ def test_command_line_runs_a_shipped_scenario_and_writes_its_files(tmp_path):
     figures = orjson.loads(run.stdout)
     assert figures["devices"] == 52 and figures["published"] > 1000 and figures["unacknowledged"] == 0
     assert sorted(p.name for p in out.iterdir()) == ["readings.jsonl", "registry.csv", "run.json", "truth.jsonl"]
+    assert figures["broker"] is None and figures["publish_rate"] is None  # nothing was published
+    text = subprocess.run(
+        [sys.executable, "-m", "firmware_sim", "scenario", str(SCENARIOS / "street-day.yaml"), "--speed", "max",
+         "--duration", "1h", "--start", "2025-06-01T00:00:00Z"], capture_output=True, text=True, timeout=60)
+    assert text.returncode == 0 and "nothing published: no --broker" in text.stdout and "published " not in text.stdout
     bad = subprocess.run([sys.executable, "-m", "firmware_sim", "scenario", str(write(tmp_path, "speed: -1\n"))],
                          capture_output=True, text=True, timeout=60)
     assert bad.returncode == 1 and "speed" in bad.stderr and "Traceback" not in bad.stderr
@@ -208,3 +213,29 @@ def test_every_shipped_scenario_loads(tmp_path):
         scenario = load_scenario(path)
         scenario.duration = 60.0
         run_scenario(scenario, start=START, speed="max")
+
+
+def test_score_counts_only_the_named_gateway_s_orders(tmp_path):
+    """A receiver shared by two gateways: the other one's order for the same device is not a false order."""
+    import sqlite3
+
+    truth = tmp_path / "truth.jsonl"
+    truth.write_text('{"device":"MH-0003","kind":"cover_open","start":1000.0,"end":1600.0,"expect":["cover_tilted"],'
+                     '"source":"injected","grid":"G01","zone":"Z1","id":"E00001"}\n')
+    db = tmp_path / "receiver.db"
+    with sqlite3.connect(db) as conn:
+        conn.execute("CREATE TABLE revisions (order_id TEXT, revision INTEGER, gateway TEXT, received_at FLOAT, body TEXT)")
+        for n, (gateway, at) in enumerate((("gw-a", "1970-01-01T00:16:50Z"), ("gw-b", "1970-01-01T05:00:00Z"))):
+            body = {"order_id": f"{gateway}-1", "revision": 1, "change": "opened", "gateway": gateway,
+                    "device": "MH-0003", "rule": "cover_tilted", "opened_at": at}
+            conn.execute("INSERT INTO revisions VALUES (?, 1, ?, ?, ?)", [body["order_id"], gateway, n, orjson.dumps(body)])
+
+    def score(*extra):
+        run = subprocess.run([sys.executable, "-m", "firmware_sim", "score", "--truth", str(truth), "--db", str(db),
+                              "--json", *extra], capture_output=True, text=True, timeout=60)
+        assert run.returncode == 0, run.stderr
+        return orjson.loads(run.stdout)
+
+    assert (score()["found"], score()["false_orders"]) == (1, 1)
+    assert (score("--gateway", "gw-a")["found"], score("--gateway", "gw-a")["false_orders"]) == (1, 0)
+    assert score("--gateway", "gw-b")["missed"] == 1

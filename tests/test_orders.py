@@ -48,6 +48,8 @@ def test_lifecycle_opens_once_and_revises_each_change(setup):
     assert body["title"] == "Manhole cover MH-0003 open or tilted at 16 Jiefang Rd"
     assert (body["grid"], body["zone"], body["team"], body["device_kind"]) == ("G01", "Z1", "team-grid-01", "manhole_cover")
     assert body["evidence"] == [{"device": "MH-0003", "rule": "cover_tilted", "metric": "tilt_deg", "value": 30.0, "at": "1970-01-01T00:16:40.000Z", "condition": "tilt_deg > 15 or open == 1"}]
+    clearing = pending[1].body["evidence"][-1]  # a clearing's values are shown with the clearing condition
+    assert (clearing["value"], clearing["condition"]) == (2.0, "tilt_deg < 5 and open == 0")
 
 
 def test_a_second_live_order_for_the_same_problem_is_impossible(setup):
@@ -210,6 +212,15 @@ def test_orders_commands_and_category_check(tmp_path):
     listed = subprocess.run(edge_command() + ["orders", "list", "--config", str(config), "--state", "accepted"],
                             capture_output=True, text=True, timeout=60)
     assert listed.returncode == 0 and opened.order_id in listed.stdout and "cover_tilted" in listed.stdout
+    header, row = listed.stdout.splitlines()
+    assert header.split()[:4] == ["order", "opened", "(device", "time)"] and "state" in header and "title" in header
+    assert row.index("accepted") == header.index("state")  # the columns line up under their names
+    bogus = subprocess.run(edge_command() + ["orders", "list", "--config", str(config), "--state", "bogus"],
+                           capture_output=True, text=True, timeout=60)
+    assert bogus.returncode == 2 and "'bogus' is not one of" in bogus.stderr and "resolved" in bogus.stderr
+    none = subprocess.run(edge_command() + ["orders", "list", "--config", str(config), "--state", "closed"],
+                          capture_output=True, text=True, timeout=60)
+    assert none.returncode == 0 and none.stdout.strip() == "no orders in state closed"
     shown = subprocess.run(edge_command() + ["orders", "show", opened.order_id, "--config", str(config)],
                            capture_output=True, text=True, timeout=60)
     assert shown.returncode == 0
@@ -325,3 +336,11 @@ def test_escalation_counts_in_the_device_s_clock_from_when_the_gateway_opened_th
     clocks["MH-0005"] += 15 * 60 * 240
     (sim,) = book.escalate(now=gateway_now + 15 * 60 + 1, clock=clocks.__getitem__)
     assert [o["device"] for o in book.orders() if o["id"] == sim.order_id] == ["MH-0005"]
+
+
+def test_the_command_line_knows_every_order_state():
+    from edge.cli import ORDER_STATES
+    from edge.orders.book import LIVE_STATES, PLATFORM_TRANSITIONS
+
+    assert ORDER_STATES == (*LIVE_STATES, "closed", "rejected")
+    assert {s for targets in PLATFORM_TRANSITIONS.values() for s in targets} <= set(ORDER_STATES)

@@ -200,9 +200,11 @@ class OrderBook:
 
     def _apply_one(self, transition: Transition, now: float, clock: DeviceClock | None = None) -> Change | None:
         rule, device = transition.rule, transition.device
+        # the condition the values show: a clearing's values meet clear_when (by default: not when)
+        condition = rule.spec.when if transition.kind != "clear" else (rule.spec.clear_when or f"not ({rule.spec.when})")
         evidence = [
             {"device": device.id, "rule": rule.name, "metric": e.metric, "value": e.value, "at": iso(transition.ts),
-             "condition": rule.spec.when}
+             "condition": condition}
             for e in transition.evidence
         ]
         order = self._live(rule.name, device.id)
