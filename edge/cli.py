@@ -109,10 +109,15 @@ def run(config_path: Path, log_level: str | None, log_format: str | None) -> Non
     from edge.redact import url_secrets
     from edge.registry import RegistryError
 
+    from edge.config_check import data_dir_problem
+
     try:
         config = load_config(config_path)
     except ConfigError as error:
         raise click.ClickException(str(error)) from None
+    problem = data_dir_problem(config.gateway.data_dir)
+    if problem:  # said before anything starts, as `edge config check` says it
+        raise click.ClickException(f"{config_path}: gateway.data_dir: {problem}")
     logs.setup(log_level or config.log.level, log_format or config.log.format,
                secrets=[config.uplink.token, config.mqtt.password,
                         *url_secrets(config.uplink.url), *url_secrets(config.mqtt.url)])

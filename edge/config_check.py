@@ -10,7 +10,9 @@ the line in the rule file for a rule's own problems.
 
 from __future__ import annotations
 
+import errno
 import os
+import tempfile
 from pathlib import Path
 
 from pydantic import BaseModel
@@ -104,16 +106,43 @@ def _check_files(config: GatewayConfig, at) -> list[str]:
 
 
 def _check_data_dir(config: GatewayConfig, at) -> list[str]:
-    folder = config.gateway.data_dir
+    problem = data_dir_problem(config.gateway.data_dir)
+    return [at("gateway", "data_dir", problem)] if problem else []
+
+
+def data_dir_problem(folder: Path) -> str:
+    """Why ``edge run`` could not keep its files in ``folder`` ('' when it can).
+
+    Tried the way ``edge run`` uses it: the missing folders are made (and removed again) and a
+    file is written in it, so a read-only mount or a pseudo file system (/proc) is found too,
+    where permission bits alone would say yes."""
     existing = folder
     while not existing.exists() and existing != existing.parent:
         existing = existing.parent
     if not existing.is_dir():
-        return [at("gateway", "data_dir", f"{existing} is not a folder")]
+        return f"{existing} is not a folder"
     if not os.access(existing, os.W_OK | os.X_OK):
         what = "write to" if existing == folder else f"create {folder} in"
-        return [at("gateway", "data_dir", f"cannot {what} {existing} (as user {_user()})")]
-    return []
+        return f"cannot {what} {existing} (as user {_user()})"
+    made: list[Path] = []
+    try:
+        for part in reversed([folder, *folder.parents]):
+            if not part.exists():
+                part.mkdir()
+                made.append(part)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as error:
+        if error.errno in (errno.ENOSPC, errno.EDQUOT):
+            return ""  # a full partition is a degraded mode of edge run (it waits for room), not a wrong folder
+        return f"cannot {'create' if not folder.exists() else 'write to'} {folder}: {error.strerror or error}"
+    finally:
+        for part in reversed(made):
+            try:
+                part.rmdir()
+            except OSError:
+                pass
+    return ""
 
 
 def _user() -> str:

@@ -74,3 +74,22 @@ def test_every_setting_is_documented():
         assert f"## [{section}]" in reference
         for key in field.annotation.model_fields:
             assert f"| `{section}.{key}` |" in reference, f"{section}.{key} is not in docs/configuration.md"
+
+
+@pytest.mark.parametrize("folder", ["/proc/edge", "/sys/edge-data"])
+def test_a_data_folder_that_cannot_be_made_is_found_by_check_and_refused_by_run_without_a_traceback(tmp_path, folder):
+    """Permission bits say yes (root may write anywhere); the folder still cannot be made there."""
+    path = write_gateway_config(tmp_path, "mqtt://127.0.0.1:1", "http://127.0.0.1:2")
+    path.write_text(path.read_text().replace('data_dir = "data"', f'data_dir = "{folder}"'))
+    checked = check(path)
+    assert checked.returncode == 1 and f"gateway.data_dir: cannot create {folder}" in checked.stderr, checked.stderr
+    run = subprocess.run(edge_command() + ["run", "--config", str(path)], capture_output=True, text=True, timeout=60)
+    assert run.returncode == 1 and f"gateway.data_dir: cannot create {folder}" in run.stderr
+    assert "Traceback" not in run.stderr
+
+
+def test_checking_a_data_folder_leaves_nothing_behind(tmp_path):
+    path = write_gateway_config(tmp_path, "mqtt://127.0.0.1:1", "http://127.0.0.1:2")
+    path.write_text(path.read_text().replace('data_dir = "data"', 'data_dir = "a/b/data"'))
+    assert check(path).returncode == 0
+    assert not (tmp_path / "a").exists()
