@@ -258,36 +258,58 @@ def _key_line(text: str, loc: tuple) -> int:
     return start + 1
 
 
+def _did_you_mean(loc: tuple) -> str:
+    """" (did you mean 'section.key'?)" for an unknown key close to a known one ('' when none is)."""
+    import difflib
+
+    if len(loc) == 1:
+        names, prefix = list(GatewayConfig.model_fields), ""
+    else:
+        field = GatewayConfig.model_fields.get(str(loc[0]))
+        section = getattr(field, "annotation", None)
+        if len(loc) != 2 or not hasattr(section, "model_fields"):
+            return ""
+        names, prefix = list(section.model_fields), f"{loc[0]}."
+    close = difflib.get_close_matches(str(loc[-1]), names, n=1)
+    return f" (did you mean {prefix + close[0]!r}?)" if close else ""
+
+
 def load_config(path: Path) -> GatewayConfig:
+    config, problems = read_config(path)
+    if problems or config is None:
+        raise ConfigError("\n".join(problems))
+    return config
+
+
+def read_config(path: Path) -> tuple[GatewayConfig | None, list[str]]:
+    """The configuration and every problem of the file itself, as ``file:line: message``.
+
+    A key with a wrong value or an unknown key is a problem, and the configuration is still
+    made without it (its default stands), so that ``edge config check`` can go on to check
+    what the rest points to in the same pass. None only when the file cannot be read as TOML."""
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as error:
-        raise ConfigError(f"{path}: cannot read: {error.strerror}") from None
+        return None, [f"{path}: cannot read: {error.strerror}"]
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as error:
         where = re.search(r"\(at line (\d+), column \d+\)", str(error))
         line = f":{where.group(1)}" if where else ""
-        raise ConfigError(f"{path}{line}: not valid TOML: {error}") from None
-    try:
-        config = GatewayConfig.model_validate(data)
-    except ValidationError as error:
-        problems = []
-        for e in error.errors():
-            loc = tuple(e["loc"])
-            message = e["msg"].removeprefix("Value error, ")
-            key, _, rest = message.partition(": ")
-            if rest and re.fullmatch(r"[a-z_]+", key):  # a check across a section's keys names its key
-                loc, message = loc + (key,), rest
-            where = ".".join(str(p) for p in loc)
-            if e["type"] == "extra_forbidden":
-                message = f"unknown key {where!r}"
-            elif e["type"] == "missing":
-                message = f"missing required key {where!r}"
-            else:
-                message = f"{where}: {message}"
-            problems.append(f"{path}:{_key_line(text, loc)}: {message}")
-        raise ConfigError("\n".join(problems)) from None
+        return None, [f"{path}{line}: not valid TOML: {error}"]
+    problems: list[str] = []
+    config = None
+    for _ in range(4):  # each pass drops the keys found wrong; what is left is checked again
+        try:
+            config = GatewayConfig.model_validate(data)
+            break
+        except ValidationError as error:
+            for e in error.errors():
+                loc = tuple(e["loc"])
+                problems.append(f"{path}:{_key_line(text, _named(loc, e))}: {_message(loc, e)}")
+                _drop(data, _named(loc, e))
+    if config is None:
+        return None, problems
     base = path.parent.resolve()
     config.gateway.data_dir = (base / config.gateway.data_dir).resolve()
     config.registry.path = (base / config.registry.path).resolve()
@@ -301,14 +323,44 @@ def load_config(path: Path) -> GatewayConfig:
         if value is not None:
             value = (base / value).resolve()
             if not value.is_file():
-                raise ConfigError(f"{path}:{_key_line(text, ('mqtt', name))}: mqtt.{name}: no such file {str(value)!r}")
+                problems.append(f"{path}:{_key_line(text, ('mqtt', name))}: mqtt.{name}: no such file {str(value)!r}")
             setattr(config.mqtt, name, value)
     config.uplink.token = os.environ.get("EDGE_UPLINK_TOKEN", config.uplink.token)
     config.mqtt.password = os.environ.get("EDGE_MQTT_PASSWORD", config.mqtt.password)
     config.mqtt.username = os.environ.get("EDGE_MQTT_USERNAME", config.mqtt.username)
     if config.mqtt.password and not config.mqtt.username:
-        raise ConfigError(f"{path}:{_key_line(text, ('mqtt', 'username'))}: mqtt.username: "
-                          "EDGE_MQTT_PASSWORD is set but there is no username (set mqtt.username or EDGE_MQTT_USERNAME)")
+        problems.append(f"{path}:{_key_line(text, ('mqtt', 'username'))}: mqtt.username: "
+                        "EDGE_MQTT_PASSWORD is set but there is no username (set mqtt.username or EDGE_MQTT_USERNAME)")
     if not config.mqtt.client_id:
         config.mqtt.client_id = f"edge-{config.gateway.id}"
-    return config
+    return config, problems
+
+
+def _named(loc: tuple, error: dict) -> tuple:
+    """The key an error is about: a check across a section's keys names its key in its message."""
+    key, _, rest = error["msg"].removeprefix("Value error, ").partition(": ")
+    return loc + (key,) if rest and re.fullmatch(r"[a-z_]+", key) else loc
+
+
+def _message(loc: tuple, error: dict) -> str:
+    message = error["msg"].removeprefix("Value error, ")
+    key, _, rest = message.partition(": ")
+    if rest and re.fullmatch(r"[a-z_]+", key):
+        loc, message = loc + (key,), rest
+    where = ".".join(str(p) for p in loc)
+    if error["type"] == "extra_forbidden":
+        return f"unknown key {where!r}{_did_you_mean(loc)}"
+    if error["type"] == "missing":
+        return f"missing required key {where!r}"
+    return f"{where}: {message}"
+
+
+def _drop(data: dict, loc: tuple) -> None:
+    """Remove the key at ``loc`` (its default then stands); a whole section when the key is the section."""
+    node = data
+    for part in loc[:-1]:
+        node = node.get(part) if isinstance(node, dict) else None
+        if not isinstance(node, dict):
+            return
+    if isinstance(node, dict):
+        node.pop(loc[-1], None)

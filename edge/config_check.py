@@ -1,7 +1,7 @@
 """``edge config check``: everything that would stop the gateway, found before it starts.
 
-First the file itself (TOML syntax, unknown keys, wrong types: edge/config.py), then what it
-points to: the registry and rule files load (with ``[modbus] port`` set, the registry's Modbus
+The file itself (TOML syntax, unknown keys, wrong types: edge/config.py) and, in the same pass
+(a wrong key counts as its default), what it points to: the registry and rule files load (with ``[modbus] port`` set, the registry's Modbus
 columns are valid), the category table loads and has every rule's
 category, every file named by a ``*_file`` key exists, and the data folder can be written.
 Each problem is ``file:line: message``, with the line of the key in the config file, or
@@ -17,21 +17,19 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
-from edge.config import ConfigError, GatewayConfig, _key_line, load_config
+from edge.config import GatewayConfig, _key_line, read_config
 
 
 def check_config(path: Path) -> list[str]:
     """Every problem found, as ``file:line: message``; empty when the gateway can start."""
-    try:
-        config = load_config(path)
-    except ConfigError as error:
-        return str(error).splitlines()
+    config, problems = read_config(path)
+    if config is None:  # not readable as TOML: nothing else can be checked
+        return problems
     text = path.read_text(encoding="utf-8")
 
     def at(section: str, key: str, message: str) -> str:
         return f"{path}:{_key_line(text, (section, key))}: {section}.{key}: {message}"
 
-    problems: list[str] = []
     problems += _check_registry(config, at)
     categories, category_problems = _check_categories(config, at)
     problems += category_problems

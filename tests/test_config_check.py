@@ -56,11 +56,13 @@ def test_every_problem_is_reported_with_its_line(tmp_path):
 
 @pytest.mark.parametrize("change, expected", [
     (("[uplink]", "[uplink]\nretries = 3"), ":17: unknown key 'uplink.retries'"),
+    (("[uplink]", "[uplink]\nretry_maxx = 3"), ":17: unknown key 'uplink.retry_maxx' (did you mean 'uplink.retry_max'?)"),
+    (("[uplink]", "[uplinks]"), ":16: unknown key 'uplinks' (did you mean 'uplink'?)"),
     (('listen = "127.0.0.1:0"', 'listen = "9180"'), ":21: status.listen: expected host:port"),
     (("[uplink]", '[log]\nformat = "xml"\n[uplink]'), ":17: log.format"),
     (("[uplink]", "[uplink\n"), ":16: not valid TOML"),
 ])
-def test_syntax_and_type_problems_stop_before_anything_else(tmp_path, change, expected):
+def test_syntax_and_type_problems_are_reported_with_their_line(tmp_path, change, expected):
     path = write_gateway_config(tmp_path, "mqtt://127.0.0.1:1", "http://127.0.0.1:2")
     path.write_text(path.read_text().replace(*change, 1))
     result = check(path)
@@ -93,3 +95,19 @@ def test_checking_a_data_folder_leaves_nothing_behind(tmp_path):
     path.write_text(path.read_text().replace('data_dir = "data"', 'data_dir = "a/b/data"'))
     assert check(path).returncode == 0
     assert not (tmp_path / "a").exists()
+
+
+def test_a_wrong_key_and_a_missing_file_are_reported_in_one_pass(tmp_path):
+    path = write_gateway_config(tmp_path, "mqtt://127.0.0.1:1", "http://127.0.0.1:2")
+    text = re.sub(r'path = ".*devices.csv"', 'path = "missing.csv"', path.read_text())
+    text = text.replace("[uplink]", "[uplink]\nretries = 3").replace('listen = "127.0.0.1:0"', 'listen = "9180"')
+    path.write_text(text)
+    result = check(path)
+    assert result.returncode == 1
+    problems = result.stderr.splitlines()[:-1]
+    assert any("unknown key 'uplink.retries'" in p for p in problems)
+    assert any("status.listen: expected host:port" in p for p in problems)
+    assert any(f"registry.path: no such file: {tmp_path / 'missing.csv'}" in p for p in problems)
+    assert "3 problem(s)" in result.stderr, result.stderr
+    run = subprocess.run(edge_command() + ["run", "--config", str(path)], capture_output=True, text=True, timeout=60)
+    assert run.returncode == 1 and "unknown key 'uplink.retries'" in run.stderr and "Traceback" not in run.stderr
