@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import textwrap
 
@@ -129,3 +130,18 @@ def test_which_way_is_worse(tmp_path, when, worse_by, expected):
     (rule,) = load_rules([write(tmp_path, text)])
     worse = rule.worsening
     assert (worse.metric, worse.direction, worse.step) == expected if expected else worse is None
+
+
+def test_names_and_categories_are_checked_in_the_same_pass_as_each_rule(tmp_path):
+    """A rule with a problem does not hide the others' unknown category or repeated name."""
+    second = GOOD.replace("rules:\n", "").replace("tilt_deg > 15", "tilt > 15").replace("cover_tilted", "other")
+    unknown_category = GOOD.replace("rules:\n", "")
+    category = re.search(r"category: (\w+)", GOOD).group(1)
+    unknown_category = unknown_category.replace(f"category: {category}", "category: no_such_category")
+    path = write(tmp_path, GOOD + second + unknown_category)
+    with pytest.raises(RuleFileError) as caught:
+        load_rules([path], categories={category})
+    messages = [p.message for p in caught.value.problems]
+    assert any("rule 'other': when: unknown metric 'tilt'" in m for m in messages), messages
+    assert any("category 'no_such_category' is not in the category table" in m for m in messages), messages
+    assert any("rule name 'cover_tilted' is already used" in m for m in messages), messages

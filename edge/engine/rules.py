@@ -43,11 +43,15 @@ class Problem:
 
 
 class RuleFileError(Exception):
-    """One or more rule files are invalid; ``problems`` has each with its file and line."""
+    """One or more rule files are invalid; ``problems`` has each with its file and line.
 
-    def __init__(self, problems: list[Problem]):
+    ``rules``: the rules of the file that could be read all the same, so that the checks across
+    files (names, categories) still see them and every problem is reported in one pass."""
+
+    def __init__(self, problems: list[Problem], rules: list | None = None):
         super().__init__("\n".join(str(p) for p in problems))
         self.problems = problems
+        self.rules = rules or []
 
 
 class _Model(BaseModel):
@@ -419,7 +423,7 @@ def _load_rule_text(text: str, shown: str) -> list[Rule]:
         metrics = tuple(dict.fromkeys(expr.metrics_of(when) + expr.metrics_of(clear)))
         rules.append(Rule(spec, when, clear, shown, lines.get(("rules", index), 1), metrics))
     if problems:
-        raise RuleFileError(problems)
+        raise RuleFileError(problems, rules)
     return rules
 
 
@@ -461,6 +465,7 @@ def load_rules(paths: list[Path], categories: set[str] | None = None,
             rules.extend(load_rule_file(path) if text is None else load_rule_text(text[1], text[0]))
         except RuleFileError as error:
             problems.extend(error.problems)
+            rules.extend(error.rules)  # their names and categories are checked too, in the same pass
     return _together(rules, problems, categories)
 
 
