@@ -334,6 +334,28 @@ def _line_of(root: yaml.Node | None, loc: tuple) -> int | None:
     return line
 
 
+def _did_you_mean(loc: tuple) -> str:
+    """" (did you mean 'speed'?)" for an unknown key at ``loc`` close to a key its model has."""
+    import difflib
+    import typing
+
+    model: Any = Scenario
+    for part in loc[:-1]:
+        if isinstance(part, int):
+            continue
+        fields = getattr(model, "model_fields", {})
+        if part not in fields:
+            return ""
+        annotation = fields[part].annotation
+        while typing.get_origin(annotation) is not None:  # list[X], X | None, dict[K, X]: the model inside
+            annotation = next((a for a in reversed(typing.get_args(annotation)) if hasattr(a, "model_fields")
+                               or typing.get_origin(a) is not None), None)
+        model = annotation
+    names = list(getattr(model, "model_fields", {}))
+    close = difflib.get_close_matches(str(loc[-1]), names, n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
 def load_scenario(path: Path) -> Scenario:
     try:
         text = path.read_text(encoding="utf-8")
@@ -356,6 +378,12 @@ def load_scenario(path: Path) -> Scenario:
             loc = tuple(p for p in item["loc"] if not (isinstance(p, str) and p.startswith(("function-", "literal"))))
             line = _line_of(root, loc)
             where = ".".join(str(p) for p in loc) or "(top)"
+            if item["type"] == "extra_forbidden":  # said as the rule checker says it
+                problems.append(f"{path}:{line or 1}: unknown key {where!r}{_did_you_mean(loc)}")
+                continue
+            if item["type"] == "missing":
+                problems.append(f"{path}:{line or 1}: missing required key {where!r}")
+                continue
             message = item["msg"].removeprefix("Value error, ")
             problems.append(f"{path}:{line or 1}: {where}: {message}")
         raise ScenarioError("\n".join(problems)) from None

@@ -171,7 +171,12 @@ def test_replaying_the_recording_through_the_rules_finds_every_event(street_run)
 
 
 @pytest.mark.parametrize("text, message", [
-    ("devices: [{kind: bin, count: 2}]\nspeeed: 3\n", "street.yaml:2: speeed: Extra inputs are not permitted"),
+    ("devices: [{kind: bin, count: 2}]\nspeeed: 3\n", "street.yaml:2: unknown key 'speeed' (did you mean 'speed'?)"),
+    ("devices: [{kind: bin, count: 2, gridz: [G01]}]\n",
+     "street.yaml:1: unknown key 'devices.0.gridz' (did you mean 'grids'?)"),
+    ("devices: [{kind: bin, count: 2}]\nevents:\n  - {kind: bin_fire, device: BIN-0001, at: 1m, crew: {att: 2m}}\n",
+     "street.yaml:3: unknown key 'events.0.crew.att' (did you mean 'at'?)"),
+    ("devices: [{kind: bin}]\n", "street.yaml:1: missing required key 'devices.0.count'"),
     ("devices: [{kind: bin, count: 2}]\nevents:\n  - {kind: cover_open, device: BIN-0001, at: 1m}\n",
      "event cover_open is not possible on bin BIN-0001"),
     ("devices: [{kind: bin, count: 2}]\nevents:\n  - {kind: fly_away, device: BIN-0001, at: 1m}\n",
