@@ -84,25 +84,28 @@ def test_metrics_status_page_and_edge_status_of_a_running_gateway(tmp_path, mosq
         tilted = [("devices/MH-0003/telemetry", orjson.dumps({"device": "MH-0003", "ts": t0 + s,
                                                                 "readings": {"tilt_deg": 31.0, "open": 1}}))
                   for s in (0, 6, 12)]
+        warm = ("devices/MH-0002/telemetry", orjson.dumps({"device": "MH-0002", "ts": t0, "readings": {"temp_c": 21.23456}}))
         publish(mosquitto.url, tilted + [("devices/MH-0001/telemetry", b"{not json"),
                                          ("devices/XX-9999/telemetry", orjson.dumps(
-                                             {"device": "XX-9999", "ts": t0, "readings": {"tilt_deg": 1.0}}))])
+                                             {"device": "XX-9999", "ts": t0, "readings": {"tilt_deg": 1.0}})), warm])
 
         def metrics():
             values = parse_metrics(requests.get(f"{base}/metrics", timeout=5).text)
-            done = values.get('edge_orders{state="opened"}') == 1 and values.get("edge_uplinked_total", 0) >= 1
+            done = (values.get('edge_orders{state="opened"}') == 1 and values.get("edge_uplinked_total", 0) >= 1
+                    and values.get("edge_messages_total") == 6)
             return values if done else None
 
         values = wait_until(metrics, 30)
         assert values, requests.get(f"{base}/metrics", timeout=5).text
         devices = len(Registry.load(REGISTRY))
         assert values["edge_agent_up"] == 1
-        assert values["edge_messages_total"] == 5
+        assert values["edge_messages_total"] == 6
         assert values['edge_quarantined_messages_total{reason="malformed_json"}'] == 1
         assert values["edge_unknown_devices"] == 1
         assert values["edge_alerts_raised_total"] == 1
         assert values["edge_rule_evaluations_total"] > 0 and values["edge_engine_batches_total"] >= 1
-        assert values["edge_devices"] == devices and values["edge_devices_silent"] == devices - 1
+        # not heard from yet, 30 s after a start, is not silent: silent_after (7200 s) has not passed since the start
+        assert values["edge_devices"] == devices and values["edge_devices_silent"] == 0
         assert values["edge_uplink_failing"] == 0 and values["edge_uplink_sends_total"] >= 1
         assert values['edge_outbox_unsent{kind="order"}'] == 0
         assert 50e6 < values["edge_resident_memory_bytes"] < 2e9
@@ -110,14 +113,14 @@ def test_metrics_status_page_and_edge_status_of_a_running_gateway(tmp_path, mosq
         snap = requests.get(f"{base}/status.json", timeout=5).json()
         (order,) = snap["orders"]["open"]
         assert (order["device"], order["rule"], order["state"]) == ("MH-0003", "cover_tilted", "opened")
-        (reporting,) = [d for d in snap["devices"] if not d["silent"]]
-        assert reporting["id"] == "MH-0003" and reporting["readings"] == {"tilt_deg": 31.0, "open": 1.0}
+        (reporting,) = [d for d in snap["devices"] if d["id"] == "MH-0003"]
+        assert reporting["readings"] == {"tilt_deg": 31.0, "open": 1.0} and not reporting["silent"]
 
         status = subprocess.run(edge_command() + ["status", "--config", str(config)], capture_output=True, text=True,
                                 timeout=60, env=clean_env)
         assert status.returncode == 0, status.stderr
         assert "agent running" in status.stdout and order["id"] in status.stdout
-        assert "malformed_json 1" in status.stdout and f"{devices - 1} silent" in status.stdout
+        assert "malformed_json 1" in status.stdout and "0 silent" in status.stdout
 
         # The page, as a browser renders it (no JavaScript needed), and a picture of it.
         dom = headless(base + "/", tmp_path / "chromium", "--dump-dom")
@@ -126,8 +129,24 @@ def test_metrics_status_page_and_edge_status_of_a_running_gateway(tmp_path, mosq
         assert "Gateway gw-test" in page and "cover_tilted" in page and "MH-0003" in page
         assert re.search(r'id="tile-open-orders">open orders<b class="">1</b>', page)
         assert re.search(r'id="tile-uplink">uplink<b class="ok">ok</b>', page)
-        assert "Silent devices" in page and "MH-0001" in page  # silent: its only message was malformed
-        assert "tilt_deg 31 · open 1" in page
+        assert "Silent devices" in page and "MH-0001" in page
+        assert "tilt_deg 31 · open 1" in page and "temp_c 21.23" in page and "21.2345" not in page  # rounded
+        rows = re.findall(r"<tr><td>([A-Z]+-\d+)</td><td>(manhole_cover|bin|camera)</td>", page)
+        assert rows[0][0] == "MH-0003"  # the device with an open order first
+        assert "Unknown devices (1)" in page and "XX-9999" in page
+        assert '<svg id="map"' in page and page.count("<circle") == devices and 'fill="#c62828"' in page
+
+        # an open order opens to its timeline
+        link = re.search(r'<a href="(/orders/[^"]+)">', page).group(1)
+        assert link == f"/orders/{order['id']}"
+        timeline = requests.get(base + link, timeout=5)
+        assert timeline.status_code == 200 and "Timeline" in timeline.text and "cover_tilted" in timeline.text
+        assert "tilt_deg &gt; 15 or open == 1" in timeline.text and "opened" in timeline.text
+        assert requests.get(base + "/orders/nope", timeout=5).status_code == 404
+        order_shot = tmp_path / "order.png"
+        picture = headless(base + link, tmp_path / "chromium", f"--screenshot={order_shot}", "--window-size=1000,800")
+        assert picture.returncode == 0 and order_shot.stat().st_size > 10_000, picture.stderr[-2000:]
+        shutil.copy(order_shot, tmp_path.parent / "status-order.png")
         shot = tmp_path / "status.png"
         picture = headless(base + "/", tmp_path / "chromium", f"--screenshot={shot}", "--window-size=1200,1400", "--hide-scrollbars")
         assert picture.returncode == 0 and shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", picture.stderr[-2000:]

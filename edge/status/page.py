@@ -1,15 +1,20 @@
 """The local status page for a field engineer on site: plain HTML, no JavaScript.
 
 Sections: the parts' health, the uplink (state, backlog), the downlink (changes and rule
-files from the platform, the last refused one with its reason), open orders, rule errors,
-silent devices, then every device with its last message. It refreshes itself every 10 s (a
-meta refresh). Everything shown is escaped; URLs come redacted from the snapshot.
+files from the platform, the last refused one with its reason), open orders (each opens to its
+timeline, ``/orders/ID``), rule errors, silent devices, unknown devices, a map of the devices
+(drawn from the registry's lat/lon, no tiles: the box is often offline), then every device,
+those that need attention first. It refreshes itself every 10 s (a meta refresh). Everything
+shown is escaped; URLs come redacted from the snapshot.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 from html import escape
+from urllib.parse import quote
+
+import orjson
 
 
 def _when(ts: float | None, now: float) -> str:
@@ -29,7 +34,45 @@ def _when(ts: float | None, now: float) -> str:
 
 
 def _value(value) -> str:
-    return value if isinstance(value, str) else f"{value:g}"
+    """A reading as a person reads it: at most two decimals (87.67, not 87.6667)."""
+    if isinstance(value, str):
+        return value
+    return f"{value:.0f}" if abs(value) >= 1e5 else f"{round(value, 2):g}"
+
+
+def _order_link(order_id: str, text: str) -> str:
+    return f'<a href="/orders/{escape(quote(order_id, safe=""))}">{text}</a>'
+
+
+MAP_W, MAP_H = 640, 360
+
+
+def _map(devices: list[dict], open_devices: set[str]) -> str:
+    """The devices on their coordinates (an SVG; no map tiles): red with an open order, orange silent."""
+    placed = [d for d in devices if isinstance(d.get("lat"), (int, float)) and isinstance(d.get("lon"), (int, float))
+              and d["lat"] == d["lat"] and d["lon"] == d["lon"]]
+    if not placed:
+        return '<p class="empty">No device has coordinates in the registry.</p>'
+    lats, lons = [d["lat"] for d in placed], [d["lon"] for d in placed]
+    south, north, west, east = min(lats), max(lats), min(lons), max(lons)
+    span_y, span_x = max(north - south, 1e-4), max(east - west, 1e-4)
+    pad = 20
+
+    def xy(d: dict) -> tuple[float, float]:
+        return (pad + (d["lon"] - west) / span_x * (MAP_W - 2 * pad), pad + (north - d["lat"]) / span_y * (MAP_H - 2 * pad))
+
+    dots = []
+    for d in sorted(placed, key=lambda d: (d["id"] in open_devices, d["silent"])):  # the ones that matter drawn last
+        x, y = xy(d)
+        color = "#c62828" if d["id"] in open_devices else "#b26a00" if d["silent"] else "#1a7f37"
+        state = "open order" if d["id"] in open_devices else "silent" if d["silent"] else "reporting"
+        dots.append(f'<circle cx="{x:.1f}" cy="{y:.1f}" r="6" fill="{color}"><title>{escape(d["id"])} '
+                    f'({escape(d["kind"])}, {escape(d["address"])}): {state}</title></circle>')
+    legend = ('<text x="8" y="14" font-size="11">● <tspan fill="#c62828">open order</tspan> · '
+              '<tspan fill="#b26a00">silent</tspan> · <tspan fill="#1a7f37">reporting</tspan> · north up</text>')
+    return (f'<svg id="map" width="{MAP_W}" height="{MAP_H}" viewBox="0 0 {MAP_W} {MAP_H}" role="img" '
+            f'aria-label="devices on a map" style="border:1px solid #ccc;background:#fafafa">{legend}'
+            + "".join(dots) + "</svg>")
 
 
 def _age(seconds: float | None) -> str:
@@ -71,7 +114,9 @@ def render(snap: dict) -> str:
     uplink = snap.get("uplink", {})
     state = uplink.get("state", "unknown (agent not running)")
     state_css = {"ok": "ok", "failing": "bad"}.get(state, "warn")
-    devices = snap.get("devices", [])
+    open_devices = {o["device"] for o in orders["open"]}
+    # what needs attention first: silent devices, then those with an open order, then the rest
+    devices = sorted(snap.get("devices", []), key=lambda d: (not d["silent"], d["id"] not in open_devices, d["id"]))
     silent = [d for d in devices if d["silent"]]
     backlog = outbox["unsent_orders"] + outbox["unsent_telemetry"]
     health = snap.get("health")
@@ -147,7 +192,7 @@ def render(snap: dict) -> str:
     parts.append("<h2>Open orders</h2>")
     parts.append(_table(
         ["opened", "device", "rule", "severity", "state", "rev", "grid", "address"],
-        [[_when(o["opened_at"], now), escape(o["device"]), escape(o["rule"]),
+        [[_order_link(o["id"], _when(o["opened_at"], now)), escape(o["device"]), escape(o["rule"]),
           f'<span class="sev-{escape(o["severity"])}">{escape(o["severity"])}</span>', escape(o["state"]),
           str(o["revision"]), escape(o["grid"]), escape(o["address"])] for o in orders["open"]],
         "No open orders.", "orders",
@@ -166,6 +211,18 @@ def render(snap: dict) -> str:
          for d in silent],
         "None." if running else "Unknown (agent not running).", "silent",
     ))
+    unknown = snap.get("unknown_devices_newest") or []
+    if snap.get("unknown_devices"):
+        parts.append(f"<h2>Unknown devices ({snap['unknown_devices']})</h2>")
+        parts.append('<p class="empty">Sending messages but not in the registry (the newest; all of them: '
+                     '<code>edge devices unknown</code>).</p>')
+        parts.append(_table(
+            ["device", "first seen", "last seen", "messages", "topic"],
+            [[escape(u["device"]), _when(u["first_seen"], now), _when(u["last_seen"], now), str(u["count"]),
+              escape(u["topic"])] for u in unknown], "", "unknown"))
+    if running:
+        parts.append("<h2>Map</h2>")
+        parts.append(_map(devices, open_devices))
     if snap["quarantine"]:
         parts.append("<h2>Quarantined messages</h2>")
         parts.append(_table(["reason", "messages"], [[escape(r), str(n)] for r, n in snap["quarantine"].items()], ""))
@@ -180,3 +237,44 @@ def render(snap: dict) -> str:
     parts.append('<p class="empty">Also: <a href="/metrics">/metrics</a> (Prometheus) · '
                  '<a href="/status.json">/status.json</a></p></body></html>')
     return "\n".join(parts)
+
+
+def render_order(order: dict | None, order_id: str) -> str:
+    """One order: what it is, its problems, its evidence and the timeline of its revisions."""
+    head = (f"<!doctype html><html><head><meta charset='utf-8'><title>Order {escape(order_id)}</title>"
+            f"<style>{STYLE}</style></head><body><p><a href='/'>status page</a></p><h1>Order {escape(order_id)}</h1>")
+    if order is None:
+        return head + '<p class="bad">No such order in gateway.db.</p></body></html>'
+    facts = [("title", escape(order["title"])), ("state", escape(order["state"])),
+             ("severity", f'<span class="sev-{escape(order["severity"])}">{escape(order["severity"])}</span>'),
+             ("category", escape(order["category"])), ("grid / zone / team",
+                                                       escape(f'{order["grid"]} / {order["zone"]} / {order["team"]}')),
+             ("address", escape(order["address"])), ("opened (device time)", _stamp(order["opened_at"])),
+             ("re-check", escape(order.get("verification") or "-")),
+             ("repeat of", _order_link(order["repeat_of"], escape(order["repeat_of"])) if order.get("repeat_of") else "-")]
+    parts = [head, _table(["", ""], [[escape(k), v] for k, v in facts], "")]
+    parts.append("<h2>Problems</h2>")
+    parts.append(_table(["rule", "device", "state", "joined (device time)"],
+                        [[escape(m["rule"]), escape(m["device"]), escape(m["state"]), _stamp(m["joined_at"])]
+                         for m in order["members"]], "None."))
+    parts.append("<h2>Timeline</h2>")
+    parts.append(_table(["revision", "at (gateway time)", "change", "state", "severity"],
+                        [[str(e["revision"]), _stamp(e["at"]), escape(e["change"]), escape(e["state"]),
+                          escape(e["severity"])] for e in order["timeline"]], "No revisions."))
+    parts.append("<h2>Evidence</h2>")
+    try:
+        evidence = orjson.loads(order["evidence"]) if order.get("evidence") else []
+    except orjson.JSONDecodeError:
+        evidence = []
+    parts.append(_table(["device", "metric", "value", "at (device time)", "condition"],
+                        [[escape(str(e.get("device", ""))), escape(str(e.get("metric", ""))),
+                          escape(_value(e["value"]) if isinstance(e.get("value"), (int, float, str)) else str(e.get("value", ""))),
+                          escape(str(e.get("at", ""))), escape(str(e.get("condition", e.get("note", ""))))]
+                         for e in evidence if isinstance(e, dict)], "None."))
+    return "\n".join(parts) + "</body></html>"
+
+
+def _stamp(ts: float | None) -> str:
+    if ts is None:
+        return "-"
+    return dt.datetime.fromtimestamp(ts, dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")

@@ -19,12 +19,13 @@ class _Server(ThreadingHTTPServer):
     request_queue_size = 128  # the standard library's 5 makes a burst of connections wait on the kernel's retries
     daemon_threads = True
 from typing import TYPE_CHECKING
+from urllib.parse import unquote
 
 import orjson
 
 from edge.redact import redact_text
 from edge.status import page, prometheus
-from edge.status.snapshot import snapshot
+from edge.status.snapshot import order_detail, snapshot
 
 if TYPE_CHECKING:
     from edge.agent import Agent
@@ -86,8 +87,12 @@ class _Handler(BaseHTTPRequestHandler):
                 self._send(200, "application/json", orjson.dumps(self.status.snapshot()))
             elif path in ("/", "/index.html"):
                 self._send(200, "text/html; charset=utf-8", page.render(self.status.snapshot()).encode())
+            elif path.startswith("/orders/"):
+                order = order_detail(self.status.agent.config.database_path, unquote(path[len("/orders/"):]))
+                self._send(200 if order is not None else 404, "text/html; charset=utf-8",
+                           page.render_order(order, unquote(path[len("/orders/"):])).encode())
             else:
-                self._send(404, "text/plain", b"not found: try /, /metrics, /status.json, /healthz\n")
+                self._send(404, "text/plain", b"not found: try /, /orders/ID, /metrics, /status.json, /healthz\n")
         except Exception:  # a broken page must never take the agent down
             log.exception("status page failed for %s", path)
             self._send(500, "text/plain", b"internal error; see the gateway log\n")

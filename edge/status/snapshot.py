@@ -11,6 +11,7 @@ No secret reaches the snapshot: URLs are shown through ``edge.redact.redact_url`
 
 from __future__ import annotations
 
+import math
 import os
 import sqlite3
 import time
@@ -30,6 +31,7 @@ if TYPE_CHECKING:
 
 RECHECK_STATES = (PENDING, *OUTCOMES)
 ORDER_STATES = ("opened", "cleared", "accepted", "dispatched", "resolved", "closed", "rejected")
+UNKNOWN_SHOWN = 20  # unknown devices listed on the page, the newest
 OPEN_ORDERS_SHOWN = 200
 
 
@@ -57,7 +59,7 @@ def from_database(path: Path, now: float) -> dict:
                                           "rechecks": {v: 0 for v in RECHECK_STATES}},
         "outbox": {"unsent_orders": 0, "unsent_telemetry": 0, "unsent_reports": 0, "oldest_unsent_age_s": None, "sent": 0,
                    "used_bytes": 0, "evicted_rows": {}},
-        "quarantine": {}, "unknown_devices": 0,
+        "quarantine": {}, "unknown_devices": 0, "unknown_devices_newest": [],
     }
     conn = _connect(path)
     if conn is None:
@@ -91,9 +93,32 @@ def from_database(path: Path, now: float) -> dict:
         out["quarantine"] = {reason: n for reason, n in conn.execute(
             "SELECT reason, count(*) FROM quarantine GROUP BY reason ORDER BY reason")}
         out["unknown_devices"] = conn.execute("SELECT count(*) FROM unknown_devices").fetchone()[0]
+        out["unknown_devices_newest"] = [dict(row) for row in conn.execute(
+            f"SELECT device, first_seen, last_seen, count, topic FROM unknown_devices ORDER BY last_seen DESC "
+            f"LIMIT {UNKNOWN_SHOWN}")]
     finally:
         conn.close()
     return out
+
+
+def order_detail(path: Path, order_id: str) -> dict | None:
+    """One order as gateway.db holds it: its row, its problems and every revision (the status page's order view)."""
+    conn = _connect(path)
+    if conn is None:
+        return None
+    try:
+        row = conn.execute("SELECT * FROM orders WHERE id = ?", [order_id]).fetchone()
+        if row is None:
+            return None
+        order = dict(row)
+        order["members"] = [dict(r) for r in conn.execute(
+            "SELECT rule, device, state, joined_at FROM order_members WHERE order_id = ? ORDER BY joined_at", [order_id])]
+        order["timeline"] = [dict(r) for r in conn.execute(
+            "SELECT revision, at, change, state, severity FROM order_events WHERE order_id = ? ORDER BY revision",
+            [order_id])]
+        return order
+    finally:
+        conn.close()
 
 
 def from_agent(agent: "Agent", now: float) -> dict:
@@ -140,7 +165,7 @@ def from_agent(agent: "Agent", now: float) -> dict:
             "faults": getattr(sender, "faults", 0), "last_fault": redact_text(getattr(sender, "last_fault", "")),
         },
         "downlink": None if downlink is None else {**downlink.status(), "last_error": redact_text(downlink.last_error)},
-        "devices": device_table(agent.registry, engine, now, config.status.silent_after),
+        "devices": device_table(agent.registry, engine, now, config.status.silent_after, since=agent.started_at),
     }
 
 
@@ -169,9 +194,14 @@ def checkpoint_of(agent: "Agent", now: float) -> dict | None:
     return out
 
 
-def device_table(registry: "Registry", engine: "Engine", now: float, silent_after: float) -> list[dict]:
+def device_table(registry: "Registry", engine: "Engine", now: float, silent_after: float,
+                 since: float | None = None) -> list[dict]:
     """Each device: its last message (arrival time, device time), whether it is silent, and the
-    latest value of each metric the rules read."""
+    latest value of each metric the rules read.
+
+    Silent: no message for ``silent_after``. A device not heard from yet is silent only once the
+    gateway has been running (``since``) that long: a camera that reports only what it sees is not
+    silent 30 s after a start."""
     latest, latest_ts, program = engine.latest, engine.latest_ts, engine.program
     heard = latest_ts[:, 0] > -np.inf
     rows = []
@@ -186,7 +216,8 @@ def device_table(registry: "Registry", engine: "Engine", now: float, silent_afte
         rows.append({
             "id": device.id, "kind": device.kind, "grid": device.grid, "address": device.address,
             "last_message_at": last, "device_time": float(latest_ts[d, 0]) if heard[d] else None,
-            "silent": last is None or now - last > silent_after, "readings": readings,
+            "silent": now - (last if last is not None else (since if since is not None else -math.inf)) > silent_after,
+            "readings": readings, "lat": device.lat, "lon": device.lon,
         })
     return rows
 
