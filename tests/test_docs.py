@@ -45,3 +45,10 @@ def test_every_command_is_in_the_readme():
             assert usage in readme, f"`{usage}` is not documented in README.md"
             args = [name] + ([sub] if sub else []) + ["--help"]
             assert CliRunner().invoke(main, args).exit_code == 0
+
+
+def test_the_readme_is_short_and_leads_to_every_doc():
+    readme = (ROOT / "README.md").read_text()
+    assert len(readme.encode()) < 10_000, "README.md: keep it under 10 KB (detail goes to docs/)"
+    for doc in sorted((ROOT / "docs").glob("*.md")):
+        assert f"](docs/{doc.name})" in readme, f"README.md does not link docs/{doc.name}"
