@@ -229,29 +229,42 @@ def rules_check(paths: tuple[Path, ...], categories_path: Path | None) -> None:
 @click.option("--against", "other", type=click.Path(exists=True, path_type=Path),
               help="Another version of the rules (file or folder) to compare with.")
 @click.option("--registry", "registry_path", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              help="Device registry CSV (default: the project's config/devices.csv).")
+              help="Device registry CSV (default: registry.csv beside the recording, as python -m firmware_sim "
+                   "writes it; else the project's config/devices.csv).")
+@click.option("--categories", "categories_path", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="The category table for the order book (default: the project's config/categories.csv).")
 @click.option("--tick", default=1.0, show_default=True, type=click.FloatRange(min=0.01),
               help="Seconds of data time between evaluations of time-dependent rules (silence, windows, for).")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False, path_type=Path),
               help="Also draw the metrics, thresholds and orders per device into this PNG.")
-def rules_test(rules_path: Path, data: Path, other: Path | None, registry_path: Path | None, tick: float,
-               as_json: bool, plot_path: Path | None) -> None:
-    """Replay recorded readings through RULES: the orders they would open and clear.
+def rules_test(rules_path: Path, data: Path, other: Path | None, registry_path: Path | None,
+               categories_path: Path | None, tick: float, as_json: bool, plot_path: Path | None) -> None:
+    """Replay recorded readings through RULES and the gateway's order book: the alerts they raise
+    and the orders the platform would get (grouping, worse_by updates, reopening, escalation).
 
-    With --against, also runs the other rules and prints the difference: orders only one
-    version opens, and orders whose opening time moved. Exits 1 if a rule file is invalid
+    With --against, also runs the other rules and prints the difference: alerts only one
+    version raises, and alerts whose opening time moved. Exits 1 if a rule file is invalid
     or the data cannot be read; the result itself never fails the command.
     """
     import orjson
 
+    from edge import backtest
     from edge.engine import RuleFileError, load_rules
-    from edge.engine.replay import ReplayError, compare, describe, describe_difference, read_messages, replay
-    from edge.paths import default_registry
+    from edge.engine.replay import ReplayError, compare, describe, describe_difference, read_messages
+    from edge.orders.categories import Categories, CategoryError
+    from edge.paths import default_categories, default_registry
     from edge.registry import Registry, RegistryError
 
+    beside = data.parent / "registry.csv"
+    registry_path = registry_path or (beside if beside.is_file() else default_registry())
+    click.echo(f"registry: {registry_path}", err=True)
     try:
-        registry = Registry.load(registry_path or default_registry())
+        categories = Categories.load(categories_path or default_categories())
+    except CategoryError as error:
+        raise click.ClickException(str(error)) from None
+    try:
+        registry = Registry.load(registry_path)
         versions = [(str(rules_path), load_rules([rules_path]))]
         if other is not None:
             versions.append((str(other), load_rules([other])))
@@ -260,7 +273,8 @@ def rules_test(rules_path: Path, data: Path, other: Path | None, registry_path: 
         raise click.ClickException("the rules cannot be loaded:\n" + str(error)) from None
     except (RegistryError, ReplayError) as error:
         raise click.ClickException(str(error)) from None
-    results = [(label, replay(loaded, registry, messages, tick)) for label, loaded in versions]
+    tests = [(label, backtest.backtest(loaded, registry, messages, categories, tick)) for label, loaded in versions]
+    results = [(label, test.replayed) for label, test in tests]
     difference = compare(results[0][1], results[1][1]) if other is not None else None
     if plot_path is not None:
         from edge.engine.plot import plot_replay
@@ -270,10 +284,10 @@ def rules_test(rules_path: Path, data: Path, other: Path | None, registry_path: 
     if as_json:
         document = {
             "versions": [
-                {"rules": label, "orders": result.orders, "messages": result.messages,
-                 "episodes": [e.as_dict() for e in result.episodes],
-                 "unknown_devices": dict(result.unknown_devices)}
-                for label, result in results
+                {"rules": label, "registry": str(registry_path), "messages": test.replayed.messages,
+                 "episodes": [e.as_dict() for e in test.replayed.episodes],
+                 "unknown_devices": dict(test.replayed.unknown_devices), **test.as_dict()}
+                for label, test in tests
             ]
         }
         if difference is not None:
@@ -286,8 +300,8 @@ def rules_test(rules_path: Path, data: Path, other: Path | None, registry_path: 
             }
         click.echo(orjson.dumps(document, option=orjson.OPT_INDENT_2).decode())
         return
-    for label, result in results:
-        for line in describe(label, result):
+    for label, test in tests:
+        for line in describe(label, test.replayed) + backtest.describe(test):
             click.echo(line)
     if difference is not None:
         for line in describe_difference(results[0][0], results[1][0], difference):

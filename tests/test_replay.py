@@ -85,3 +85,31 @@ def test_bad_recordings_name_their_line(tmp_path):
     result = subprocess.run(edge_command() + ["rules", "test", str(RULES), "--replay", str(bad)],
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 1 and "bad.jsonl:2:" in result.stderr
+
+
+def test_rules_test_runs_the_gateway_s_order_book_on_the_recording_s_own_registry(tmp_path):
+    """The storm recording: 13 alerts, which the order book groups into 3 orders (one flooding order per
+    flooded grid, one for the open cover), as the live gateway makes them; titles from the recording's registry."""
+    import subprocess
+    import sys
+
+    from conftest import ROOT, edge_command
+
+    out = tmp_path / "storm"
+    made = subprocess.run([sys.executable, "-m", "firmware_sim", "scenario", str(ROOT / "config" / "scenarios" / "storm.yaml"),
+                           "--speed", "max", "--out", str(out), "--start", "2025-06-01T00:00:00Z"],
+                          capture_output=True, text=True, timeout=120)
+    assert made.returncode == 0, made.stderr
+    run = subprocess.run(edge_command() + ["rules", "test", str(ROOT / "rules"), "--replay", str(out / "readings.jsonl")],
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    assert f"registry: {out / 'registry.csv'}" in run.stderr
+    assert "raises 13 alert(s)" in run.stdout and "13 alert(s) make 3 order(s) (10 grouped" in run.stdout, run.stdout
+    orders = [line for line in run.stdout.splitlines() if line.startswith("  ORDER")]
+    assert len(orders) == 3 and all("Riverside Rd" in line for line in orders)
+    assert sum("sewer_overflow" in line for line in orders) == 2
+    as_json = subprocess.run(edge_command() + ["rules", "test", str(ROOT / "rules"), "--replay", str(out / "readings.jsonl"),
+                                               "--json"], capture_output=True, text=True, timeout=120)
+    (version,) = orjson.loads(as_json.stdout)["versions"]
+    assert (version["alerts"], version["orders"], version["revisions"]["grouped"]) == (13, 3, 10)
+    assert {len(o["problems"]) for o in version["order_list"]} == {7, 5, 1}

@@ -23,6 +23,7 @@ import math
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import orjson
 
@@ -154,8 +155,12 @@ def iso(ts: float) -> str:
     return dt.datetime.fromtimestamp(ts, dt.timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
-def replay(rules: list[Rule], registry: Registry, messages: list[Message], tick: float = 1.0) -> ReplayResult:
-    """Run recorded messages through the engine, ticking every ``tick`` seconds of the data's clock."""
+def replay(rules: list[Rule], registry: Registry, messages: list[Message], tick: float = 1.0,
+           sink: Callable[[Engine, list[Transition], float], None] | None = None) -> ReplayResult:
+    """Run recorded messages through the engine, ticking every ``tick`` seconds of the data's clock.
+
+    ``sink(engine, transitions, now)`` sees every step's transitions (also an empty tick) with the
+    recording's clock (its messages' arrival times): edge/backtest.py runs the order book on them."""
     from edge.orders.book import render_title
 
     start = messages[0].received if messages else 0.0
@@ -165,7 +170,9 @@ def replay(rules: list[Rule], registry: Registry, messages: list[Message], tick:
     unknown: Counter = Counter()
     seen: set[str] = set()
 
-    def record(transitions: list[Transition]) -> None:
+    def record(transitions: list[Transition], now: float) -> None:
+        if sink is not None:
+            sink(engine, transitions, now)
         for t in transitions:
             key = (t.rule.name, t.device.id)
             evidence = {e.metric: e.value for e in t.evidence}
@@ -184,9 +191,9 @@ def replay(rules: list[Rule], registry: Registry, messages: list[Message], tick:
     builder = engine.builder()
     for message in messages:
         while message.received >= next_tick:
-            record(engine.process(builder.build()))
+            record(engine.process(builder.build()), next_tick)
             builder = engine.builder()
-            record(engine.tick(next_tick))
+            record(engine.tick(next_tick), next_tick)
             next_tick += tick
         device = registry.get(message.device)
         if device is None:
@@ -194,9 +201,10 @@ def replay(rules: list[Rule], registry: Registry, messages: list[Message], tick:
             continue
         seen.add(device.id)
         builder.add(device.index, message.ts, derive(device, dict(message.values)), message.received)
-    record(engine.process(builder.build()))
+    end = messages[-1].received if messages else start
+    record(engine.process(builder.build()), end)
     if messages:
-        record(engine.tick(messages[-1].received))
+        record(engine.tick(end), end)
     return ReplayResult(
         rules, episodes, len(messages), len(seen), unknown,
         min((m.ts for m in messages), default=None), max((m.ts for m in messages), default=None),
@@ -249,7 +257,7 @@ def describe(label: str, result: ReplayResult) -> list[str]:
     span = f"{iso(result.first_ts)} .. {iso(result.last_ts)}" if result.first_ts is not None else "no data"
     lines = [
         f"{label}: {len(result.rules)} rules; {result.messages} messages from {result.devices} devices, {span}",
-        f"  would open {result.orders} order(s) over {len(result.episodes)} episode(s)",
+        f"  raises {len(result.episodes)} alert(s) on {result.orders} problem(s) (a rule on a device)",
     ]
     if result.unknown_devices:
         lines.append(f"  devices not in the registry (skipped): {', '.join(sorted(result.unknown_devices))}")
