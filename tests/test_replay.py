@@ -113,3 +113,16 @@ def test_rules_test_runs_the_gateway_s_order_book_on_the_recording_s_own_registr
     (version,) = orjson.loads(as_json.stdout)["versions"]
     assert (version["alerts"], version["orders"], version["revisions"]["grouped"]) == (13, 3, 10)
     assert {len(o["problems"]) for o in version["order_list"]} == {7, 5, 1}
+
+
+def test_the_plot_gives_each_metric_a_panel_and_labels_each_threshold_with_its_rule(tmp_path):
+    from edge.engine import expr
+    from edge.engine.plot import panels_of, thresholds
+
+    rules = load_rules([RULES])
+    registry = Registry.load(REGISTRY)
+    result = replay(rules, registry, read_messages(recording(tmp_path / "data.jsonl")))
+    panels = panels_of([("rules", result)], registry)
+    assert ("MH-0003", "tilt_deg") in panels and ("MH-0003", "open") in panels  # not one axis for both
+    assert all(device in {"MH-0003", "BIN-0002"} for device, _ in panels)
+    assert thresholds(expr.parse("tilt_deg > 15 or 5 > battery_v")) == [("tilt_deg", ">", 15.0), ("battery_v", "<", 5.0)]
