@@ -28,7 +28,7 @@ from edge.ingest.decoders import decode as decode_message
 from edge.ingest.dedupe import Duplicates
 from edge.ingest.inbox import Inbox
 from edge.ingest.modbus_poll import ModbusPoller, ModbusSetupError, polled_devices
-from edge.ingest.mqtt import MqttSubscriber, RawMessage, TlsSettings
+from edge.ingest.mqtt import MqttSubscriber, RawMessage, TlsSettings, to_ack
 from edge.ingest.quarantine import UnknownDevices, quarantine_row, record_unknown
 from edge.ingest.quarantine import store as store_quarantine, trim as trim_quarantine
 from edge.orders import OrderBook
@@ -80,9 +80,6 @@ class Stats:
     clock_resets: int = 0  # devices whose wrong clock came back: their rules started afresh
 
 
-BIG_PAYLOAD = 64 * 1024  # bytes; a message waiting for its commit keeps no larger payload
-
-
 @dataclass
 class Step:
     """What one batch or tick did, to be written in one transaction before its messages are acknowledged."""
@@ -94,7 +91,7 @@ class Step:
     # (a "batch" row's body is the ReadingBatch itself: the batches of one commit are encoded as one row)
     quarantine: list = field(default_factory=list)
     unknown: list = field(default_factory=list)
-    messages: list = field(default_factory=list)  # acknowledged to the broker once written
+    acks: list = field(default_factory=list)  # packet ids of its messages, acknowledged to the broker once written
 
 
 class Agent:
@@ -440,13 +437,7 @@ class Agent:
 
     def _clock(self, now: float):
         """Each device's clock at gateway time ``now`` (escalation counts in it)."""
-        index, engine = self.registry.by_id, self.engine
-
-        def clock(device_id: str) -> float:
-            device = index.get(device_id)
-            return engine.device_time(device.index, now) if device is not None else now
-
-        return clock
+        return self.engine.clock(now)
 
     def _tick(self, now: float) -> None:
         """Advance the rules that change with time alone; a tick that changed the state is a logged step."""
@@ -480,9 +471,9 @@ class Agent:
         steps = self._unwritten
         try:
             with transaction(db) as conn:
-                changes = []
+                changes, clock = [], self._clock(now)
                 for step in steps:
-                    changes.append(book.apply(step.transitions, now=now, clock=self._clock(now)))
+                    changes.append(book.apply(step.transitions, now=now, clock=clock))
                     if step.quarantine:
                         store_quarantine(conn, step.quarantine)
                     if step.unknown:
@@ -504,9 +495,9 @@ class Agent:
             log.warning("quarantined %d message(s)", quarantined)
         for change in changes:
             self._record(change)
-        messages = [message for step in steps for message in step.messages]
-        if messages:
-            self.subscriber.ack(messages)  # only now: everything these batches changed is on disk
+        acks = [mid for step in steps for mid in step.acks]
+        if acks:
+            self.subscriber.ack(acks)  # only now: everything these batches changed is on disk
 
     def _write_failed(self, error: Exception) -> None:
         """A commit failed (full disk, I/O error): nothing of it is acknowledged; try again after a while."""
@@ -665,9 +656,7 @@ class Agent:
         stats.engine_seconds += stats.last_batch_seconds
         self._unwritten.append(Step(
             "batch", time.time(), transitions, log=changelog, quarantine=quarantine,
-            unknown=[(device, *seen) for device, seen in unknown.items()],
-            # kept until the commit only to be acknowledged: a big payload's bytes are let go now
-            messages=[m if len(m.payload) <= BIG_PAYLOAD else m._replace(payload=b"") for m in batch],
+            unknown=[(device, *seen) for device, seen in unknown.items()], acks=to_ack(batch),
         ))
         self._unwritten_messages += len(batch)
         stats.batches += 1

@@ -56,15 +56,9 @@ def backtest(rules: list[Rule], registry: Registry, messages: list[Message], cat
             changes: Counter = Counter()
 
             def sink(engine: Engine, transitions: list[Transition], now: float) -> None:
-                def clock(device_id: str) -> float:
-                    device = registry.get(device_id)
-                    return engine.device_time(device.index, now) if device is not None else now
-
-                for change in book.apply(transitions, now=now, clock=clock):
+                clock = engine.clock(now)
+                for change in book.apply(transitions, now=now, clock=clock) + book.escalate(now, clock=clock):
                     changes[change.change] += 1
-                if categories is not None and book.count("opened") + book.count("cleared"):
-                    for change in book.escalate(now, clock=clock):
-                        changes[change.change] += 1
 
             replayed = replay(rules, registry, messages, tick, sink=sink)
             orders = [{

@@ -305,9 +305,9 @@ def read_config(path: Path) -> tuple[GatewayConfig | None, list[str]]:
             break
         except ValidationError as error:
             for e in error.errors():
-                loc = tuple(e["loc"])
-                problems.append(f"{path}:{_key_line(text, _named(loc, e))}: {_message(loc, e)}")
-                _drop(data, _named(loc, e))
+                loc, message = _named(tuple(e["loc"]), e)
+                problems.append(f"{path}:{_key_line(text, loc)}: {_message(loc, message, e['type'])}")
+                _drop(data, loc)
     if config is None:
         return None, problems
     base = path.parent.resolve()
@@ -336,21 +336,19 @@ def read_config(path: Path) -> tuple[GatewayConfig | None, list[str]]:
     return config, problems
 
 
-def _named(loc: tuple, error: dict) -> tuple:
-    """The key an error is about: a check across a section's keys names its key in its message."""
-    key, _, rest = error["msg"].removeprefix("Value error, ").partition(": ")
-    return loc + (key,) if rest and re.fullmatch(r"[a-z_]+", key) else loc
-
-
-def _message(loc: tuple, error: dict) -> str:
+def _named(loc: tuple, error: dict) -> tuple[tuple, str]:
+    """The key an error is about, and its message: a check across a section's keys names its key
+    in its message (``key: what is wrong``)."""
     message = error["msg"].removeprefix("Value error, ")
     key, _, rest = message.partition(": ")
-    if rest and re.fullmatch(r"[a-z_]+", key):
-        loc, message = loc + (key,), rest
+    return (loc + (key,), rest) if rest and re.fullmatch(r"[a-z_]+", key) else (loc, message)
+
+
+def _message(loc: tuple, message: str, kind: str) -> str:
     where = ".".join(str(p) for p in loc)
-    if error["type"] == "extra_forbidden":
+    if kind == "extra_forbidden":
         return f"unknown key {where!r}{_did_you_mean(loc)}"
-    if error["type"] == "missing":
+    if kind == "missing":
         return f"missing required key {where!r}"
     return f"{where}: {message}"
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import time
+from typing import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -314,6 +315,17 @@ class Engine:
             offsets = np.where(np.arange(len(self.registry))[:, None] == d, self.program.inst_off, -1)
             self.kernels.init_state(fresh, self.program.inst_func, np.ascontiguousarray(offsets))
             self.state[base:base + width] = fresh[base:base + width]
+
+    def clock(self, now: float) -> Callable[[str], float]:
+        """Each device's clock at gateway time ``now``, by device id (``device_time``; the gateway's own
+        clock for an id not in the registry): what escalation, the re-check of fixes and the backtest count in."""
+        index = self.registry.by_id
+
+        def clock(device_id: str) -> float:
+            device = index.get(device_id)
+            return self.device_time(device.index, now) if device is not None else now
+
+        return clock
 
     def device_time(self, d: int, now: float) -> float:
         """Device ``d``'s clock at gateway time ``now``: its newest report's time, run on by the

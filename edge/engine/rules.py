@@ -252,6 +252,11 @@ class Rule:
         return self.spec.name
 
     @property
+    def clear_text(self) -> str:
+        """The condition that clears it, as written: ``clear_when``, by default ``not (when)``."""
+        return self.spec.clear_when or f"not ({self.spec.when})"
+
+    @property
     def worsening(self) -> Worsening | None:
         return worsening(self.when, self.spec.worse_by)
 

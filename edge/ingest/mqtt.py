@@ -57,6 +57,14 @@ class RawMessage(NamedTuple):
     qos: int = 0
 
 
+def to_ack(messages: list[RawMessage]) -> list[int]:
+    """The packet ids a batch's messages are acknowledged by (QoS 1; QoS 0 and polled ones need none).
+
+    Only these are kept until the batch is committed, not the messages: a flood of 10 MB payloads
+    is not held in memory while it waits for its commit."""
+    return [message.mid for message in messages if message.qos == 1]
+
+
 @dataclass(frozen=True)
 class TlsSettings:
     ca_file: str | None = None  # None: the system's CAs
@@ -188,8 +196,8 @@ class MqttSubscriber:
         self._thread = threading.Thread(target=self._run, name="mqtt-ingest", daemon=True)
         self._thread.start()
 
-    def ack(self, messages) -> None:
-        """Acknowledge messages whose batch is committed; the broker may then forget them.
+    def ack(self, mids: list[int]) -> None:
+        """Acknowledge messages whose batch is committed (their packet ids: ``to_ack``); the broker may then forget them.
 
         All PUBACKs of a batch go out as one write: each is 4 bytes (type 0x40, remaining length
         2, packet id; in MQTT 5 a PUBACK without reason code means success), so they are packed
@@ -197,7 +205,6 @@ class MqttSubscriber:
         per-message ``ack()`` costs a Python call chain and a wake-up of the network thread per
         message, a third of the engine thread's time at 5,000 messages/s.
         """
-        mids = [message.mid for message in messages if message.qos == 1]
         if not mids:
             return
         data = struct.pack(f">{len(mids)}I", *[0x40020000 | mid for mid in mids])

@@ -51,6 +51,7 @@ ORDER_COLUMNS = (
     "escalations", "escalate_from", "verification", "resolved_at", "verified_at", "repeat_of",
 )
 WAITING_STATES = ("opened", "cleared")  # not yet accepted by the platform
+ORDER_STATES = (*LIVE_STATES, "closed", "rejected")
 
 
 @dataclass(frozen=True)
@@ -200,8 +201,7 @@ class OrderBook:
 
     def _apply_one(self, transition: Transition, now: float, clock: DeviceClock | None = None) -> Change | None:
         rule, device = transition.rule, transition.device
-        # the condition the values show: a clearing's values meet clear_when (by default: not when)
-        condition = rule.spec.when if transition.kind != "clear" else (rule.spec.clear_when or f"not ({rule.spec.when})")
+        condition = rule.spec.when if transition.kind != "clear" else rule.clear_text  # what the values show
         evidence = [
             {"device": device.id, "rule": rule.name, "metric": e.metric, "value": e.value, "at": iso(transition.ts),
              "condition": condition}

@@ -114,10 +114,7 @@ class EngineView:
         self.engine, self.now = engine, now
         self.program = engine.program
         self.rules = {rule.name: (r, rule) for r, rule in enumerate(engine.rules)}
-
-    def clock(self, device: str) -> float:
-        d = self.engine.registry.get(device)
-        return self.engine.device_time(d.index, self.now) if d is not None else self.now
+        self.clock = engine.clock(now)
 
     def seen(self, device: str) -> float | None:
         d = self.engine.registry.get(device)
@@ -143,8 +140,7 @@ class EngineView:
         d, found = self.engine.registry.get(device), self.rules.get(rule)
         if d is None or found is None:
             return []
-        r, spec = found[0], found[1].spec
-        condition = spec.clear_when or f"not ({spec.when})"
+        r, condition = found[0], found[1].clear_text
         out = []
         for m in self.program.rule_metrics[r]:
             if m < 0:

@@ -29,8 +29,7 @@ def _when(ts: float | None, now: float) -> str:
         text = f"{ago / 3600:.1f} h ago"
     else:
         text = f"{ago / 86400:.1f} days ago"
-    stamp = dt.datetime.fromtimestamp(ts, dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
-    return f'<span title="{stamp}">{text}</span>'
+    return f'<span title="{_stamp(ts)}">{text}</span>'
 
 
 def _value(value) -> str:
@@ -138,7 +137,7 @@ def render(snap: dict) -> str:
         "<!doctype html><html><head><meta charset='utf-8'><meta http-equiv='refresh' content='10'>",
         f"<title>Gateway {escape(snap['gateway'])}</title><style>{STYLE}</style></head><body>",
         f"<h1>Gateway {escape(snap['gateway'])}</h1>",
-        f"<p>{dt.datetime.fromtimestamp(now, dt.timezone.utc).strftime('%Y-%m-%d %H:%M:%S UTC')}"
+        f"<p>{_stamp(now)}"
         + (f" · up {_age(agent['uptime_s'])} · {agent['resident_bytes'] / 1e6:.0f} MB" if running and agent.get("resident_bytes") else "")
         + "</p>",
         '<div class="tiles">' + "".join(

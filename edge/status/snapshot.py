@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from edge.orders.book import LIVE_STATES
+from edge.orders.book import LIVE_STATES, ORDER_STATES
 from edge.orders.verification import OUTCOMES, PENDING
 from edge.redact import redact_text, redact_url
 
@@ -30,7 +30,6 @@ if TYPE_CHECKING:
     from edge.registry import Registry
 
 RECHECK_STATES = (PENDING, *OUTCOMES)
-ORDER_STATES = ("opened", "cleared", "accepted", "dispatched", "resolved", "closed", "rejected")
 UNKNOWN_SHOWN = 20  # unknown devices listed on the page, the newest
 OPEN_ORDERS_SHOWN = 200
 
