@@ -214,3 +214,23 @@ def test_config_check_finds_a_bad_modbus_registry_when_the_line_is_polled(tmp_pa
     (problem,) = check_config(config)
     assert problem.startswith(f"{config}:") and "registry.path" in problem
     assert "modbus_unit 1 is already RMH-0001's" in problem and "[modbus] port is set" in problem
+
+
+def test_frames_are_pymodbus_frames_on_both_sides():
+    from pymodbus.framer import FramerRTU
+    from pymodbus.pdu import DecodePDU, ExceptionResponse
+
+    from edge.ingest.modbus_map import read_request
+    from firmware_sim.protocols.modbus import answer
+
+    assert read_request(1, 3, 0, 10) == bytes.fromhex("01 03 00 00 00 0a c5 cd")  # the read of 10 registers every Modbus guide shows
+    server_side, client_side = FramerRTU(DecodePDU(is_server=True)), FramerRTU(DecodePDU(is_server=False))
+    used, request = server_side.handleFrame(read_request(7, 4, 0, 10), 0, 0)
+    assert (used, request.dev_id, request.function_code, request.address, request.count) == (8, 7, 4, 0, 10)
+    bank = RegisterBank()
+    bank.add(7, "manhole_cover")
+    bank.update(7, {"tilt_deg": 31.0, "open": 1}, 1_700_000_000, alarm=True)
+    used, reply = client_side.handleFrame(answer(bank, read_request(7, 4, 0, 10)), 7, 0)
+    assert reply.registers[:2] == [310, 1] and reply.registers[8:] == [1_700_000_000 >> 16, 1_700_000_000 & 0xFFFF]
+    _, refused = client_side.handleFrame(answer(bank, read_request(7, 4, 8, 5)), 7, 0)
+    assert isinstance(refused, ExceptionResponse) and refused.exception_code == 2

@@ -1,6 +1,9 @@
 """Modbus RTU as the gateway reads it: the register map of each polled device kind, and the
-frame CRC. The gateway decodes replies with these (modbus_rtu.py, modbus_poll.py); the
+frames. The gateway decodes replies with these (modbus_rtu.py, modbus_poll.py); the
 simulator serves the same maps (firmware_sim/protocols/modbus.py), so the two cannot drift.
+
+Frames (CRC, request and reply PDUs) are pymodbus's (``FramerRTU``, ``DecodePDU``); the
+serial exchange around them is ours, for the reasons in docs/ingest.md ("Modbus RTU").
 
 Register map, one 16-bit register each, big-endian, scaled integers:
 
@@ -32,10 +35,20 @@ Registers of a device that has not measured yet read 0xFFFF ("no reading").
 
 from __future__ import annotations
 
-import struct
+import logging
 from dataclasses import dataclass
 
-MAX_COUNT = 125
+from pymodbus.framer import FramerRTU
+from pymodbus.pdu import DecodePDU, ExceptionResponse, ModbusPDU
+from pymodbus.pdu.register_message import (
+    ReadHoldingRegistersRequest, ReadHoldingRegistersResponse, ReadInputRegistersRequest, ReadInputRegistersResponse,
+)
+
+# pymodbus logs a warning for every frame it cannot decode; a noisy line would flood the log, and
+# the gateway quarantines such frames with their reason instead.
+logging.getLogger("pymodbus.logging").setLevel(logging.ERROR)
+
+MAX_COUNT = ReadHoldingRegistersRequest.MAX_COUNT
 NO_READING = 0xFFFF
 
 
@@ -57,33 +70,43 @@ REGISTER_MAPS: dict[str, tuple[Reg, ...]] = {
     ),
 }
 
-
-def _crc_table() -> list[int]:
-    table = []
-    for byte in range(256):
-        crc = byte
-        for _ in range(8):
-            crc = (crc >> 1) ^ 0xA001 if crc & 1 else crc >> 1
-        table.append(crc)
-    return table
-
-
-_TABLE = _crc_table()
-
-
-def crc16(data: bytes) -> int:
-    crc = 0xFFFF
-    for byte in data:
-        crc = (crc >> 8) ^ _TABLE[(crc ^ byte) & 0xFF]
-    return crc
+_CLIENT = FramerRTU(DecodePDU(is_server=False))
+_SERVER = FramerRTU(DecodePDU(is_server=True))
+READ_REQUESTS = {3: ReadHoldingRegistersRequest, 4: ReadInputRegistersRequest}
+READ_REPLIES = {3: ReadHoldingRegistersResponse, 4: ReadInputRegistersResponse}
 
 
 def with_crc(body: bytes) -> bytes:
-    return body + struct.pack("<H", crc16(body))
+    """``body`` (unit, function, data) with its CRC-16/Modbus appended, as pymodbus frames it."""
+    return body + FramerRTU.compute_CRC(body).to_bytes(2, "big")
 
 
 def check_crc(frame: bytes) -> bool:
-    return len(frame) >= 4 and struct.unpack("<H", frame[-2:])[0] == crc16(frame[:-2])
+    return len(frame) >= 4 and FramerRTU.check_CRC(frame[:-2], int.from_bytes(frame[-2:], "big"))
+
+
+def read_request(unit: int, function: int, address: int, count: int) -> bytes:
+    """The master's request frame: read ``count`` registers from ``address`` (function 03 or 04)."""
+    return _CLIENT.buildFrame(READ_REQUESTS[function](dev_id=unit, address=address, count=count))
+
+
+def read_reply(unit: int, function: int, registers: list[int]) -> bytes:
+    """The slave's reply frame carrying ``registers``."""
+    return _SERVER.buildFrame(READ_REPLIES[function](dev_id=unit, registers=registers))
+
+
+def exception_reply(unit: int, function: int, code: int) -> bytes:
+    return _SERVER.buildFrame(ExceptionResponse(function, code, device_id=unit))
+
+
+def parse_reply(frame: bytes) -> ModbusPDU | None:
+    """The PDU of a reply frame whose CRC is good, or None when pymodbus cannot decode it."""
+    return _CLIENT.decoder.decode(frame[1:-2])
+
+
+def parse_request(frame: bytes) -> ModbusPDU | None:
+    """The PDU of a request frame whose CRC is good, or None (an unknown function, a count outside 1..125)."""
+    return _SERVER.decoder.decode(frame[1:-2])
 
 
 def to_registers(kind: str, readings: dict[str, float], t: float, alarm: bool) -> list[int]:

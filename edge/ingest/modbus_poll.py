@@ -17,12 +17,11 @@ from __future__ import annotations
 
 import heapq
 import logging
-import struct
 import threading
 import time
 from dataclasses import dataclass
 
-from edge.ingest.modbus_map import check_crc, with_crc
+from edge.ingest.modbus_map import check_crc, read_request
 
 from edge.ingest import modbus_rtu
 from edge.ingest.inbox import Full
@@ -170,7 +169,7 @@ class ModbusPoller:
 
     def _poll(self, port, device: PolledDevice) -> bytes | None:
         """One read of the device's map; the frame to queue, or None when nothing changed."""
-        request = with_crc(struct.pack(">BBHH", device.unit, self.function, 0, device.count))
+        request = read_request(device.unit, self.function, 0, device.count)
         self.polls += 1
         frame = exchange(port, request, 5 + 2 * device.count, self.timeout)
         if frame:

@@ -4,7 +4,7 @@ The poller reads each device's whole register map with one request and hands the
 frame, exactly as it came off the line, to this decoder under the internal topic
 ``modbus/<unit>/<device id>`` (never subscribed to on MQTT). An empty frame means the unit
 did not answer in time. The register map is chosen by the registry's ``model`` (``MODELS``);
-the maps themselves, the CRC and the scaling are the simulator's
+the maps themselves, the frames (pymodbus's) and the scaling are the simulator's
 (``firmware_sim/protocols/modbus.py``), imported, not copied. The reading's time is the
 measurement time the device keeps in its registers.
 
@@ -17,9 +17,9 @@ device's clock is outside the accepted window: never set, reset, or far off).
 
 from __future__ import annotations
 
-import struct
+from pymodbus.pdu import ExceptionResponse
 
-from edge.ingest.modbus_map import REGISTER_MAPS, Reg, check_crc, from_registers
+from edge.ingest.modbus_map import REGISTER_MAPS, Reg, check_crc, from_registers, parse_reply
 
 from edge.ingest.decode import DEFAULT_LIMITS, MAX_TOPIC, DecodeError, Limits, Message, check_device_id, check_size
 
@@ -78,16 +78,17 @@ def decode(topic: str, payload: bytes, model_of=None, limits: Limits = DEFAULT_L
         raise DecodeError("crc", f"reply from unit {unit} has a bad CRC or is cut short: {payload[:64].hex(' ')}")
     if payload[0] != unit:
         raise DecodeError("bad_reply", f"reply from unit {payload[0]} to a request for unit {unit}")
-    function = payload[1]
-    if function & 0x80:
-        code = payload[2] if len(payload) == 5 else -1
+    pdu = parse_reply(payload)
+    if payload[1] & 0x80:
+        code = pdu.exception_code if isinstance(pdu, ExceptionResponse) and len(payload) == 5 else -1
         raise DecodeError("exception", f"unit {unit} answered exception {code} "
-                                       f"({EXCEPTIONS.get(code, 'unknown')}) to function {function & 0x7F}")
+                                       f"({EXCEPTIONS.get(code, 'unknown')}) to function {payload[1] & 0x7F}")
     count = len(registers)
-    if function not in (3, 4) or len(payload) != 5 + 2 * count or payload[2] != 2 * count:
+    if (pdu is None or pdu.function_code not in (3, 4) or len(payload) != 5 + 2 * count or payload[2] != 2 * count
+            or len(pdu.registers) != count):
         raise DecodeError("bad_reply", f"unit {unit}: expected function 3 or 4 with {count} registers, "
                                        f"got {payload[:64].hex(' ')}")
-    regs = list(struct.unpack(f">{count}H", payload[3:3 + 2 * count]))
+    regs = list(pdu.registers)
     ts, values = from_registers(kind, regs)
     if ts is None:
         raise DecodeError("no_reading", f"unit {unit} ({device_id}) has not measured yet")

@@ -7,22 +7,24 @@ RTU: unit, function, data, CRC-16/Modbus (low byte first). A frame with a bad CR
 another unit, gets no answer, as on a real bus; an unknown function gets exception 01, an
 address outside the map exception 02, a count of 0 or over 125 exception 03.
 
-The register maps and the CRC are the gateway's (edge/ingest/modbus_map.py): the simulator
-serves exactly what the gateway decodes.
+The register maps and the frames are the gateway's (edge/ingest/modbus_map.py, framed by
+pymodbus): the simulator serves exactly what the gateway decodes.
 """
 
 from __future__ import annotations
 
 import os
 import select
-import struct
 import termios
 import threading
 import time
 import tty
 
+from pymodbus.pdu import ExceptionResponse
+
 from edge.ingest.modbus_map import (  # noqa: F401 (re-exported for the simulator's users)
-    MAX_COUNT, NO_READING, REGISTER_MAPS, Reg, check_crc, crc16, from_registers, to_registers, with_crc,
+    MAX_COUNT, NO_READING, READ_REQUESTS, REGISTER_MAPS, Reg, check_crc, exception_reply, from_registers,
+    parse_reply, parse_request, read_reply, read_request, to_registers, with_crc,
 )
 
 
@@ -64,22 +66,20 @@ class RegisterBank:
 
 def answer(bank: RegisterBank, frame: bytes) -> bytes | None:
     """The slave's reply to one request frame, or None when a real slave stays silent."""
-    if len(frame) < 4 or not check_crc(frame):
+    if not check_crc(frame):
         return None
     unit, function = frame[0], frame[1]
     if unit not in bank.units:
         return None
-    if function not in (3, 4):
-        return with_crc(bytes([unit, function | 0x80, 1]))
-    if len(frame) != 8:
-        return with_crc(bytes([unit, function | 0x80, 3]))
-    address, count = struct.unpack(">HH", frame[2:6])
-    if not 1 <= count <= MAX_COUNT:
-        return with_crc(bytes([unit, function | 0x80, 3]))
-    regs = bank.read(unit, address, count)
+    if function not in READ_REQUESTS:
+        return exception_reply(unit, function, 1)
+    request = parse_request(frame)
+    if request is None or len(frame) != request.rtu_frame_size:  # a count outside 1..125, or a cut request
+        return exception_reply(unit, function, 3)
+    regs = bank.read(unit, request.address, request.count)
     if regs is None:
-        return with_crc(bytes([unit, function | 0x80, 2]))
-    return with_crc(bytes([unit, function, 2 * count]) + struct.pack(f">{count}H", *regs))
+        return exception_reply(unit, function, 2)
+    return read_reply(unit, function, regs)
 
 
 class PtyLine:
@@ -178,7 +178,7 @@ class RtuServer:
 def read_registers(port, unit: int, address: int, count: int, function: int = 4, timeout: float = 1.0) -> list[int]:
     """The master's side: one read request over a pyserial port; raises ModbusError."""
     port.reset_input_buffer()
-    port.write(with_crc(struct.pack(">BBHH", unit, function, address, count)))
+    port.write(read_request(unit, function, address, count))
     deadline = time.monotonic() + timeout
     reply = b""
     expected = 5 + 2 * count
@@ -193,8 +193,9 @@ def read_registers(port, unit: int, address: int, count: int, function: int = 4,
         raise ModbusError("timeout", f"unit {unit} did not answer in {timeout:g}s")
     if not check_crc(reply):
         raise ModbusError("crc", f"reply from unit {unit} has a bad CRC: {reply.hex(' ')}")
-    if reply[1] & 0x80:
-        raise ModbusError("exception", f"unit {unit} answered exception {reply[2]}", code=reply[2])
-    if reply[0] != unit or reply[1] != function or reply[2] != 2 * count:
+    pdu = parse_reply(reply)
+    if isinstance(pdu, ExceptionResponse):
+        raise ModbusError("exception", f"unit {unit} answered exception {pdu.exception_code}", code=pdu.exception_code)
+    if pdu is None or reply[0] != unit or pdu.function_code != function or len(pdu.registers) != count:
         raise ModbusError("bad_reply", f"unexpected reply {reply.hex(' ')}")
-    return list(struct.unpack(f">{count}H", reply[3:3 + 2 * count]))
+    return list(pdu.registers)
