@@ -106,6 +106,9 @@ class Agent:
         self.stats = Stats()
         self.stats.unknown_devices = UnknownDevices(config.ingest.unknown_devices_max)
         self.limits = Limits.from_config(config.ingest)
+        self.vendor, problems = config.codecs.load()
+        if problems:
+            raise ConfigError("device-model mappings and codecs ([codecs]):\n" + "\n".join(problems))
         self.health = Health()
         self.stop_event = threading.Event()
         self.ready = threading.Event()
@@ -597,7 +600,7 @@ class Agent:
         builder = engine.builder()
         quarantine = []
         unknown: dict[str, list] = {}  # device -> [first seen, last seen, messages, last topic]
-        stats, model_of = self.stats, self._model_of
+        stats, model_of, vendor = self.stats, self._model_of, self.vendor
         device_of = self.registry.by_id.get
         is_duplicate = self.duplicates.seen
         add_summary = self.summaries.add
@@ -617,7 +620,8 @@ class Agent:
 
         for raw in batch:
             try:
-                message = decode_message(raw.topic, raw.payload, model_of, limits=limits, received_at=raw.received_at)
+                message = decode_message(raw.topic, raw.payload, model_of, limits=limits, received_at=raw.received_at,
+                                         vendor=vendor)
                 device = device_of(message.device_id)
                 if device is None:
                     stats.unknown_devices.add(message.device_id)

@@ -31,6 +31,7 @@ def main() -> None:
       edge config check FILE         validate a configuration before starting with it
       edge status                    the running gateway's health at a glance
       edge rules check rules/        validate rule files before deploying them
+      edge codecs test CODEC.js      run a vendor's codec against its examples
     """
 
 
@@ -457,6 +458,64 @@ def devices_unknown(config_path: Path) -> None:
 
 if __name__ == "__main__":
     main()
+
+
+@main.group()
+def codecs() -> None:
+    """Vendor payload codecs (JavaScript, The Things Network's format) and device-model mappings."""
+
+
+@codecs.command("test")
+@click.argument("codec_path", metavar="CODEC.js", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--examples", "examples_path", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="The codec's examples (uplinkDecoder.examples); default: the .yaml beside CODEC.js.")
+@click.option("--mapping", "mapping_path", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="A device-model mapping (config/models/*.yaml): also print the readings the gateway would get.")
+def codecs_test(codec_path: Path, examples_path: Path | None, mapping_path: Path | None) -> None:
+    """Run a vendor's codec against its examples before putting it on a box.
+
+    Each example's input (fPort, bytes) goes through decodeUplink in the gateway's sandbox
+    (the same time and memory limits as the gateway's defaults), and the result is compared
+    with the example's output: PASS, or each difference. With --mapping, the readings the
+    gateway would take from each result, and the vendor fields the mapping leaves out.
+    Exits 1 when an example fails or the mapping has a problem.
+    """
+    from edge.ingest.codec_examples import ExamplesError, load_examples, run_examples
+    from edge.ingest.jscodec import CodecError, JsCodec
+    from edge.ingest.vendor_models import load_mapping
+
+    examples_path = examples_path or codec_path.with_suffix(".yaml")
+    if not examples_path.is_file():
+        raise click.UsageError(f"no examples file {examples_path}; give one with --examples")
+    try:
+        codec = JsCodec(codec_path)
+        examples = load_examples(examples_path)
+    except (CodecError, ExamplesError) as error:
+        raise click.ClickException(getattr(error, "detail", None) or str(error)) from None
+    mapping = None
+    if mapping_path is not None:
+        mapping, problems = load_mapping(mapping_path, codec_path.parent)
+        for problem in problems:
+            click.echo(problem, err=True)
+        if mapping is None:
+            raise click.ClickException(f"{len(problems)} problem(s) in {mapping_path}")
+        if mapping.codec is not None and mapping.codec.path.resolve() != codec_path.resolve():
+            click.echo(f"note: {mapping_path} names codec {mapping.codec.path.name}, tested here: {codec_path.name}", err=True)
+    results = run_examples(codec, examples, mapping)
+    for result in results:
+        click.echo(f"{'PASS' if result.passed else 'FAIL'}  {result.description}  (fPort {result.fport}, "
+                   f"{result.data.hex(' ')})")
+        for difference in result.differences:
+            click.echo(f"      {difference}")
+        if result.readings is not None:
+            shown = ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v!r}" for k, v in result.readings.items())
+            click.echo(f"      readings: {shown or '(none)'}")
+            for problem in result.mapping_problems:
+                click.echo(f"      left out: {problem}")
+    failed = sum(not r.passed for r in results)
+    click.echo(f"{len(results) - failed} of {len(results)} example(s) pass")
+    if failed:
+        sys.exit(1)
 
 
 @main.group()

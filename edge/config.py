@@ -117,6 +117,39 @@ class ModbusSection(_Section):
     reopen_interval: float = Field(5.0, gt=0, description="Seconds between attempts to open a missing or failed serial port.")
 
 
+class CodecsSection(_Section):
+    models: Path | None = Field(None, description="Folder of device-model mappings (*.yaml): vendor fields to metrics "
+                                "with their units, and each model's JavaScript codec (docs/ingest.md); default: the "
+                                "project's config/models.")
+    folder: Path | None = Field(None, description="Folder of vendor payload codecs (*.js, The Things Network's "
+                                "decodeUplink format) that mappings name; default: the project's config/codecs.")
+    time_limit: float = Field(0.05, gt=0, le=5, description="Seconds one codec call may run; longer is quarantined "
+                              "as codec_timeout.")
+    memory_limit_mb: int = Field(16, ge=1, le=1024, description="Memory of one codec's JavaScript context, MiB; more "
+                                 "is quarantined as codec_memory.")
+    suspend_after: int = Field(3, ge=1, description="Calls in a row that run out of time or memory on one device's "
+                               "frames before its codec is suspended for that device.")
+    suspend_for: float = Field(60.0, gt=0, description="Seconds a suspended device's messages are quarantined "
+                               "(codec_suspended) without running the codec.")
+
+    def limits(self):
+        from edge.ingest.jscodec import JsLimits
+
+        return JsLimits(self.time_limit, self.memory_limit_mb << 20, self.suspend_after, self.suspend_for)
+
+    def load(self):
+        """The mapped vendor models with their codecs, and every problem of their files."""
+        from edge.ingest.vendor_models import load_models
+        from edge.paths import default_codecs, default_models
+
+        from edge.ingest.vendor_models import VendorModels
+
+        models = self.models or default_models()
+        if self.models is None and not models.is_dir():  # the default folder may be left out of an install
+            return VendorModels(), []
+        return load_models(models, self.folder or default_codecs(), self.limits())
+
+
 class UplinkSection(_Section):
     mode: Literal["http", "mqtt"] = Field("http", description="http: POST batches to the platform; mqtt: publish with QoS 1 to its broker.")
     url: str = Field(description="The central platform: http(s)://host:port, or mqtt(s)://host:port in mqtt mode.")
@@ -226,6 +259,7 @@ class GatewayConfig(_Section):
     rules: RulesSection
     mqtt: MqttSection = MqttSection()
     modbus: ModbusSection = ModbusSection()
+    codecs: CodecsSection = CodecsSection()
     uplink: UplinkSection
     engine: EngineSection = EngineSection()
     ingest: IngestSection = IngestSection()
@@ -318,6 +352,9 @@ def read_config(path: Path) -> tuple[GatewayConfig | None, list[str]]:
         config.orders.categories = (base / config.orders.categories).resolve()
     if config.uplink.ca_file is not None:
         config.uplink.ca_file = (base / config.uplink.ca_file).resolve()
+    for name in ("models", "folder"):
+        if getattr(config.codecs, name) is not None:
+            setattr(config.codecs, name, (base / getattr(config.codecs, name)).resolve())
     for name in ("ca_file", "cert_file", "key_file"):
         value = getattr(config.mqtt, name)
         if value is not None:

@@ -3,7 +3,8 @@
 The file itself (TOML syntax, unknown keys, wrong types: edge/config.py) and, in the same pass
 (a wrong key counts as its default), what it points to: the registry and rule files load (with ``[modbus] port`` set, the registry's Modbus
 columns are valid), the category table loads and has every rule's
-category, every file named by a ``*_file`` key exists, and the data folder can be written.
+category, every file named by a ``*_file`` key exists, the device-model mappings and their
+JavaScript codecs load (``[codecs]``, with each mapping's own file:line), and the data folder can be written.
 Each problem is ``file:line: message``, with the line of the key in the config file, or
 the line in the rule file for a rule's own problems.
 """
@@ -31,6 +32,7 @@ def check_config(path: Path) -> list[str]:
         return f"{path}:{_key_line(text, (section, key))}: {section}.{key}: {message}"
 
     problems += _check_registry(config, at)
+    problems += config.codecs.load()[1]
     categories, category_problems = _check_categories(config, at)
     problems += category_problems
     problems += _check_rules(config, categories, at)

@@ -25,3 +25,11 @@ def default_registry() -> Path:
 
 def default_categories() -> Path:
     return project_root() / "config" / "categories.csv"
+
+
+def default_models() -> Path:
+    return project_root() / "config" / "models"
+
+
+def default_codecs() -> Path:
+    return project_root() / "config" / "codecs"

@@ -2,7 +2,11 @@
 
 The event's ``data`` is the device's binary frame in base64; the codec is chosen by the
 registry's ``model`` for the device (``deviceInfo.deviceName`` is the registry id), or, when
-the registry has no codec model for it, by ``deviceInfo.deviceProfileName``. The reading's
+the registry has no codec model for it, by ``deviceInfo.deviceProfileName``. A vendor model
+(a mapping in ``[codecs] models``, edge/ingest/vendor_models.py) takes the event's ``object``
+when the network server decoded the uplink, else runs the model's JavaScript codec on
+``data``; either result goes through the model's mapping. A built-in model (edge/ingest/codecs)
+decodes ``data``. The reading's
 time is the event's ``time`` (LoRaWAN frames carry no clock), or, in an event without one,
 the first ``rxInfo`` entry's ``nsTime``, ``gwTime`` or ``time``; with the gateway's
 ``received_at`` it must be within ``Limits``' window. ``rssi_dbm`` comes from the first
@@ -19,6 +23,7 @@ import math
 
 from edge.ingest import codecs
 from edge.ingest.decode import DEFAULT_LIMITS, MAX_TOPIC, DecodeError, Limits, Message, check_device_id, check_size, load_json
+from edge.ingest.vendor_models import VendorModels
 
 NAME = "chirpstack"
 TOPIC_FILTER = "application/+/device/+/event/up"
@@ -64,8 +69,9 @@ def event_time(event: dict) -> tuple[float, str]:
 
 
 def decode(topic: str, payload: bytes, model_of=None, limits: Limits = DEFAULT_LIMITS,
-           received_at: float | None = None) -> Message:
-    """``model_of(device_id)`` gives the registry's model of a device, or None."""
+           received_at: float | None = None, vendor: VendorModels | None = None) -> Message:
+    """``model_of(device_id)`` gives the registry's model of a device, or None; ``vendor`` has the
+    mapped vendor models (edge/ingest/vendor_models.py)."""
     check_size(payload, limits.max_payload_bytes)
     if len(topic) > MAX_TOPIC or not matches(topic):
         raise DecodeError("bad_topic", f"topic {topic[:200]!r} is not application/<app>/device/<devEUI>/event/up")
@@ -88,22 +94,27 @@ def decode(topic: str, payload: bytes, model_of=None, limits: Limits = DEFAULT_L
     fport = event.get("fPort")
     if isinstance(fport, bool) or not isinstance(fport, int):
         raise DecodeError("wrong_type", f"'fPort' must be an integer, got {fport!r:.80}")
-    data = event.get("data")
-    if not isinstance(data, str):
-        raise DecodeError("wrong_type", "'data' must be base64 text")
-    try:
-        frame = base64.b64decode(data, validate=True)
-    except (binascii.Error, ValueError):
-        raise DecodeError("bad_base64", f"'data' is not base64: {data[:64]!r}") from None
     model = model_of(device_id) if model_of else None
-    if model not in codecs.CODECS:
+    mapped = vendor is not None and model in vendor
+    if not mapped and model not in codecs.CODECS:
         profile = info.get("deviceProfileName")
         model = profile if isinstance(profile, str) else None
-    if model not in codecs.CODECS:
+        mapped = vendor is not None and model in vendor
+    if not mapped and model not in codecs.CODECS:
+        known = [*codecs.CODECS, *(vendor.models if vendor is not None else ())]
         raise DecodeError("unknown_model", f"no codec for device {device_id!r} (model {model!r:.80}); "
-                                           f"models: {', '.join(codecs.CODECS)}")
+                                           f"models: {', '.join(known)}")
+    decoded = event.get("object") if mapped else None
+    data = event.get("data")
     try:
-        values: dict[str, float | str] = dict(codecs.decode(model, fport, frame))
+        if isinstance(decoded, dict):  # the network server ran the codec: its result, through the mapping
+            values: dict[str, float | str] = dict(vendor.from_object(model, decoded))
+        else:
+            frame = _frame(data)
+            if mapped:
+                values = dict(vendor.from_bytes(model, fport, frame, device_id))
+            else:
+                values = dict(codecs.decode(model, fport, frame))
     except codecs.CodecError as error:
         raise DecodeError(error.reason, error.detail) from None
     rx = event.get("rxInfo")
@@ -112,5 +123,14 @@ def decode(topic: str, payload: bytes, model_of=None, limits: Limits = DEFAULT_L
         if isinstance(rssi, (int, float)) and not isinstance(rssi, bool) and -200 <= rssi <= 50:
             values["rssi_dbm"] = float(rssi)
     fcnt = event.get("fCnt")
-    key = (device_id, fcnt, fport, data) if isinstance(fcnt, int) and not isinstance(fcnt, bool) else None
+    key = (device_id, fcnt, fport, data) if isinstance(fcnt, int) and not isinstance(fcnt, bool) and isinstance(data, str) else None
     return Message(device_id, ts, values, key)
+
+
+def _frame(data) -> bytes:
+    if not isinstance(data, str):
+        raise DecodeError("wrong_type", "'data' must be base64 text")
+    try:
+        return base64.b64decode(data, validate=True)
+    except (binascii.Error, ValueError):
+        raise DecodeError("bad_base64", f"'data' is not base64: {data[:64]!r}") from None

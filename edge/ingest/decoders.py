@@ -2,9 +2,10 @@
 
 Each module has ``NAME``, ``TOPIC_FILTER`` (what the gateway subscribes to; None for Modbus
 replies, which the gateway polls for and queues under ``modbus/<unit>/<device>``), ``matches(topic)``
-and ``decode(topic, payload, model_of=None, limits=DEFAULT_LIMITS, received_at=None) -> Message``,
+and ``decode(topic, payload, model_of=None, limits=DEFAULT_LIMITS, received_at=None, vendor=None) -> Message``,
 raising only ``DecodeError``. ``model_of(device_id)`` gives the registry's model of a device
-(the LoRaWAN codec needs it); ``limits`` (``[ingest]``) bound the payload's size and, given
+(the LoRaWAN codec needs it), ``vendor`` the mapped vendor models with their JavaScript
+codecs (edge/ingest/vendor_models.py); ``limits`` (``[ingest]``) bound the payload's size and, given
 ``received_at`` (the gateway's clock when the message arrived), the device's time.
 Adding a protocol is one module here and one line in ``DECODERS``.
 
@@ -50,7 +51,7 @@ def decoder_for(topic: str) -> ModuleType | None:
 
 
 def decode(topic: str, payload: bytes, model_of: Callable[[str], str | None] | None = None,
-           limits: Limits = DEFAULT_LIMITS, received_at: float | None = None) -> Message:
+           limits: Limits = DEFAULT_LIMITS, received_at: float | None = None, vendor=None) -> Message:
     """Decode one message with the decoder for its topic; anything wrong raises ``DecodeError``.
 
     In this order: the payload's size (``payload_too_large``), the topic (``bad_topic``), the
@@ -64,7 +65,7 @@ def decode(topic: str, payload: bytes, model_of: Callable[[str], str | None] | N
     if decoder is None:
         raise DecodeError("bad_topic", f"no decoder for topic {topic[:200]!r}")
     try:
-        message = decoder.decode(topic, payload, model_of, limits, received_at)
+        message = decoder.decode(topic, payload, model_of, limits, received_at, vendor)
     except DecodeError:
         raise
     except Exception as error:  # a decoder's bug: this message is quarantined, the gateway goes on

@@ -39,7 +39,7 @@ def _text(after: dict, key: str) -> str:
 
 
 def decode(topic: str, payload: bytes, model_of=None, limits: Limits = DEFAULT_LIMITS,
-           received_at: float | None = None) -> Message:
+           received_at: float | None = None, vendor=None) -> Message:
     check_size(payload, limits.max_payload_bytes)
     if not matches(topic):
         raise DecodeError("bad_topic", f"topic {topic[:200]!r} is not {TOPIC_FILTER}")

@@ -63,7 +63,7 @@ def register_count(model: str) -> int | None:
 
 
 def decode(topic: str, payload: bytes, model_of=None, limits: Limits = DEFAULT_LIMITS,
-           received_at: float | None = None) -> Message:
+           received_at: float | None = None, vendor=None) -> Message:
     """``payload`` is the reply frame to a read of the device's whole register map (function 03 or 04)."""
     check_size(payload, limits.max_payload_bytes)
     unit, device_id = _parse_topic(topic)

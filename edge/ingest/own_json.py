@@ -14,5 +14,5 @@ def matches(topic: str) -> bool:
 
 
 def decode(topic: str, payload: bytes, model_of=None, limits: Limits = DEFAULT_LIMITS,
-           received_at: float | None = None) -> Message:
+           received_at: float | None = None, vendor=None) -> Message:
     return decode_telemetry(topic, payload, limits, received_at)
