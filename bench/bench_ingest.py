@@ -2,7 +2,8 @@
 
 1. Throughput (same run, alternating rounds). A publisher process sends N QoS 1 messages (own
    JSON telemetry of 20 of the registry's manhole covers, one tilted so an order opens; and,
-   one in four, LoRaWAN uplink events) once; the broker queues them for two offline
+   one in four, LoRaWAN uplink events of ``--lorawan-model``: MCL-300's Python codec, or a
+   vendor model's JavaScript codec such as USM-100's) once; the broker queues them for two offline
    persistent sessions: a bare paho-mqtt subscriber that only counts, and the gateway. Each
    then connects and drains its queue, in alternating order from round to round. A rate is N
    over the time from the first message received to the last one processed (for the gateway:
@@ -62,14 +63,14 @@ PUBLISHER = r"""
 import sys, time, orjson, paho.mqtt.client as mqtt
 sys.path.insert(0, sys.argv[4])
 from firmware_sim.protocols import lorawan
-host, port, count = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+host, port, count, model = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[5]
 covers = [f"MH-{i:04d}" for i in range(1, 21)]
 client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
 client.max_queued_messages_set(0)
 client.connect(host, port); client.loop_start()
 now = time.time()
-lora = lorawan.report("street", "MH-L01", "MCL-300", now, {"tilt_deg": 1.0, "open": 0, "water_cm": 150.0,
-                       "battery_v": 3.6, "rssi_dbm": -80}, False, 1, 1)[0]
+lora = lorawan.report("street", "MH-L01", model, now, {"tilt_deg": 1.0, "open": 0, "water_cm": 150.0,
+                       "temp_c": 12.0, "battery_v": 3.6, "rssi_dbm": -80}, False, 1, 1)[0]
 last = None
 for i in range(count):
     if i % 4 == 3:
@@ -128,8 +129,8 @@ print(orjson.dumps({"triggers": triggers, "sent": int(sent), "seconds": elapsed}
 """
 
 
-def publish(broker, count: int) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-c", PUBLISHER, broker.host, str(broker.port), str(count), str(ROOT)])
+def publish(broker, count: int, model: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-c", PUBLISHER, broker.host, str(broker.port), str(count), str(ROOT), model])
 
 
 # -- 1. throughput ---------------------------------------------------------------------------
@@ -207,10 +208,10 @@ retry_max = 30.0
 
 
 class GatewayDrain:
-    def __init__(self, broker, workdir: Path, protocol: str):
+    def __init__(self, broker, workdir: Path, protocol: str, model: str):
         self.registry = workdir / "devices.csv"
         self.registry.write_text((ROOT / "config" / "devices.csv").read_text()
-                                 + "MH-L01,manhole_cover,MCL-300,1 Bench Rd,31.23,121.47,G01,Z1,team-a,\n")
+                                 + f"MH-L01,manhole_cover,{model},1 Bench Rd,31.23,121.47,G01,Z1,team-a,\n")
         self.config = write_config(workdir, broker, self.registry, "bench-gateway", protocol)
 
     def _start(self):
@@ -244,15 +245,15 @@ class GatewayDrain:
         return count / (end - start), count / (cpu - cpu_start), stats
 
 
-def throughput(count: int, rounds: int, protocol: str, workdir: Path) -> dict:
+def throughput(count: int, rounds: int, protocol: str, workdir: Path, model: str) -> dict:
     broker = start_mosquitto(workdir / "broker")
     try:
-        bare, gateway = BareSubscriber(broker, protocol), GatewayDrain(broker, workdir, protocol)
+        bare, gateway = BareSubscriber(broker, protocol), GatewayDrain(broker, workdir, protocol, model)
         bare.create_session()
         gateway.create_session()
         runs = []
         for r in range(rounds):
-            publish(broker, count).wait(600)  # queued for both sessions
+            publish(broker, count, model).wait(600)  # queued for both sessions
             if r % 2 == 0:
                 b, b_cpu = bare.drain(count)
                 g, g_cpu, stats = gateway.drain(count)
@@ -269,6 +270,7 @@ def throughput(count: int, rounds: int, protocol: str, workdir: Path) -> dict:
     return {
         "messages_per_round": count,
         "mqtt_version": protocol,
+        "lorawan_model": model,
         "rounds": runs,
         "bare_paho_subscriber_msgs_per_s_median": round(statistics.median(r["bare_msgs_per_s"] for r in runs)),
         "gateway_msgs_per_s_median": round(statistics.median(r["gateway_msgs_per_s"] for r in runs)),
@@ -512,6 +514,9 @@ def main() -> None:
     parser.add_argument("--devices", type=int, default=10000, help="devices in the registry of the latency/memory run (default 10000)")
     parser.add_argument("--profile", metavar="FILE", help="record the latency run's gateway with py-spy into FILE "
                                                            "(collapsed stacks; needs py-spy: pip install -e '.[bench]')")
+    parser.add_argument("--lorawan-model", default="MCL-300", help="model of the one message in four that is a LoRaWAN "
+                        "uplink in the throughput rounds: MCL-300 (built-in Python codec) or a vendor model decoded by "
+                        "its JavaScript codec, e.g. USM-100 (default MCL-300)")
     parser.add_argument("--only", choices=["throughput", "latency", "decode"], action="append",
                         help="run only this part (repeatable); default: all")
     args = parser.parse_args()
@@ -524,13 +529,14 @@ def main() -> None:
     for stale in ("messages", "bare_paho_subscriber_msgs_per_s", "gateway_decode_engine_orders_outbox_msgs_per_s",
                   "gateway_vs_bare", "gateway_run"):
         results.pop(stale, None)  # the single-run layout of earlier versions
-    results.pop("throughput", None)
     results["cpu_count"] = os.cpu_count()
     results["load_average_at_start"] = [round(x, 2) for x in os.getloadavg()]
     with tempfile.TemporaryDirectory() as tmp:
         if "throughput" in parts:
-            key = "throughput_mqtt5" if args.protocol == "5" else "throughput_mqtt311"
-            results[key] = throughput(args.messages, args.rounds, args.protocol, Path(tmp) / "throughput")
+            key = ("throughput_mqtt5" if args.protocol == "5" else "throughput_mqtt311") + (
+                "" if args.lorawan_model == "MCL-300" else f"_lorawan_{args.lorawan_model}")
+            results[key] = throughput(args.messages, args.rounds, args.protocol, Path(tmp) / "throughput",
+                                      args.lorawan_model)
         if "latency" in parts:
             (Path(tmp) / "latency").mkdir()
             results.update(latency_and_memory(args.rate, args.seconds, args.devices, Path(tmp) / "latency",

@@ -54,6 +54,15 @@ DEFAULT_MODELS = {
 }
 
 
+def lorawan_models() -> dict[str, str]:
+    """Every LoRaWAN model the simulator can speak, with its kind: the built-in codecs' and the
+    vendor models' (firmware_sim/vendor_models.py)."""
+    from edge.ingest.codecs import CODECS
+    from firmware_sim.vendor_models import MODELS
+
+    return {**{model: codec.KIND for model, codec in CODECS.items()}, **{model: v.kind for model, v in MODELS.items()}}
+
+
 class ScenarioError(Exception):
     """The scenario cannot be used; the message names the file, line and key."""
 
@@ -110,6 +119,8 @@ class DeviceGroup(_Model):
     depth_cm: float | None = Field(None, gt=0, description="Bin depth; default 120.")
     timing: Timing | None = None
     flickers_per_day: float = Field(0.0, ge=0, description="Cameras: short low-score detections that must not become orders.")
+    network_server_decodes: bool = Field(False, description="LoRaWAN: the network server runs the model's codec "
+                                         "and puts the result in the event's 'object', as ChirpStack does.")
 
     @model_validator(mode="after")
     def _defaults(self) -> "DeviceGroup":
@@ -121,6 +132,18 @@ class DeviceGroup(_Model):
             raise ValueError("only cameras speak frigate")
         if self.model is None:
             self.model = DEFAULT_MODELS[(self.kind, self.protocol)]
+        lorawan = lorawan_models()
+        if self.protocol == "lorawan":
+            kind = lorawan.get(self.model)
+            fitting = ", ".join(m for m, k in lorawan.items() if k == self.kind)
+            if kind is None:
+                raise ValueError(f"no LoRaWAN model {self.model!r}; {self.kind} models: {fitting}")
+            if kind != self.kind:
+                raise ValueError(f"model {self.model} is a {kind}, not a {self.kind}; {self.kind} models: {fitting}")
+        elif self.model in lorawan:
+            raise ValueError(f"model {self.model} speaks LoRaWAN: write protocol: lorawan")
+        if self.network_server_decodes and self.protocol != "lorawan":
+            raise ValueError("network_server_decodes is for LoRaWAN devices (protocol: lorawan)")
         if self.id_prefix is None:
             self.id_prefix = {"manhole_cover": "MH", "bin": "BIN", "camera": "CAM"}[self.kind]
         return self

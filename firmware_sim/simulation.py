@@ -59,6 +59,7 @@ class Node:
     unit: int = 0          # Modbus unit id
     gen: int = 0           # bumped when its report schedule is replaced
     fcnt: int = 0          # LoRaWAN frame counter
+    network_server_decodes: bool = False  # LoRaWAN: the event carries the decoded 'object'
     online: bool = False
     faults: list = field(default_factory=list)
     last_frigate: dict = field(default_factory=dict)
@@ -86,8 +87,9 @@ class Stats:
 
 def protocol_of(model: str, kind: str) -> str:
     from edge.ingest.codecs import CODECS
+    from firmware_sim.vendor_models import MODELS
 
-    if model in CODECS:
+    if model in CODECS or model in MODELS:
         return "lorawan"
     if model.upper() == "FRIGATE":
         return "frigate"
@@ -196,7 +198,9 @@ class Simulation:
                 sim.fill_t = self.start
             if isinstance(sim, Cover):
                 sim.alarm_water_cm = sc.thresholds.water_alarm_cm + 5  # the firmware alarms a little before
-            node = Node(device, protocol, sim, sc.timing_for(device.kind, groups.get(device.id)))
+            group = groups.get(device.id)
+            node = Node(device, protocol, sim, sc.timing_for(device.kind, group),
+                        network_server_decodes=group is not None and group.network_server_decodes)
             if protocol == "modbus":
                 node.unit = units[device.id]
                 self.bank.add(node.unit, device.kind)
@@ -512,7 +516,7 @@ class Simulation:
                                                   plan.readings, node.fcnt, self._seq, variant))
                 return
             frame, decoded = lorawan.report(self.scenario.lorawan_application, reg.id, reg.model, t, plan.readings,
-                                            node.sim.alarm, node.fcnt, self._seq)
+                                            node.sim.alarm, node.fcnt, self._seq, node.network_server_decodes)
         else:
             ts = t + plan.skew
             if plan.malformed:

@@ -278,3 +278,42 @@ def test_a_gateway_fed_hostile_codecs_keeps_running_and_every_other_device_gets_
         gateway.stop()
         receiver.process.terminate()
         receiver.process.wait(10)
+
+
+def test_the_vendor_street_runs_through_a_real_gateway_into_one_order_per_event(tmp_path, mosquitto, receiver, clean_env):
+    """config/scenarios/vendor.yaml: USM-100 covers (half decoded by the network server) and UFL-20 bins
+    decoded by the project's own JavaScript codecs, beside built-in and own-JSON devices."""
+    import orjson
+    import signal
+    import sys
+
+    from conftest import write_gateway_config
+
+    scenario = Path(__file__).resolve().parent.parent / "config" / "scenarios" / "vendor.yaml"
+    sim = [sys.executable, "-m", "firmware_sim"]
+    registry = tmp_path / "registry.csv"
+    made = subprocess.run(sim + ["registry", str(scenario), "-o", str(registry)], capture_output=True, text=True, timeout=60)
+    assert made.returncode == 0, made.stderr
+    assert "USM-0004,manhole_cover,USM-100" in registry.read_text() and ",bin,UFL-20," in registry.read_text()
+    config = write_gateway_config(tmp_path, mosquitto.url, receiver.url, registry=registry.as_posix())
+    log = tmp_path / "gateway.log"
+    gateway = subprocess.Popen(edge_command() + ["run", "--config", str(config)], stderr=log.open("wb"), env=clean_env)
+    try:
+        assert wait_until(lambda: "subscribed to" in log.read_text(), 60), log.read_text()
+        out = tmp_path / "run"
+        run = subprocess.run(sim + ["scenario", str(scenario), "--broker", mosquitto.url, "--out", str(out),
+                                    "--speed", "1000", "--start", "now-3h"], capture_output=True, text=True, timeout=180)
+        assert run.returncode == 0, run.stderr
+        assert wait_until(lambda: len(receiver.orders()) >= 6, 60), receiver.orders()
+        scored = subprocess.run(sim + ["score", "--truth", str(out / "truth.jsonl"), "--receiver", receiver.url, "--json"],
+                                capture_output=True, text=True, timeout=60)
+        assert scored.returncode == 0, scored.stderr
+        result = orjson.loads(scored.stdout)
+        summary = {k: result[k] for k in ("events", "found", "missed", "false_orders", "duplicates")}
+        assert summary == {"events": 6, "found": 6, "missed": 0, "false_orders": 0, "duplicates": 0}, result
+        devices = {o["device"] for o in receiver.orders()}
+        assert {"USM-0002", "USM-0005", "USM-0006", "UFL-0001", "UFL-0002"} <= devices  # by codec, and by the network server's object
+        assert "codec_" not in log.read_text() and "mapping" not in log.read_text()
+    finally:
+        gateway.send_signal(signal.SIGTERM)
+        assert gateway.wait(timeout=30) == 0

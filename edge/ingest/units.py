@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 import re
+from fractions import Fraction
 
 __all__ = ["UnitError", "UNITS", "convert", "dimension_of", "to_metric"]
 
@@ -25,35 +26,36 @@ class UnitError(ValueError):
     pass
 
 
-# unit text -> (dimension, factor to the dimension's base, offset added after scaling)
-UNITS: dict[str, tuple[str, float, float]] = {}
+# unit text -> (dimension, factor, shift): a value x is (x + shift) * factor in the dimension's
+# base unit. Factors are fractions where they can be, so that 671 mm is 67.1 cm, not 67.10000000000001.
+UNITS: dict[str, tuple[str, Fraction | float, float]] = {}
 
 
-def _add(dimension: str, factor: float, *names: str, offset: float = 0.0) -> None:
+def _add(dimension: str, factor: Fraction | float, *names: str, shift: float = 0.0) -> None:
     for name in names:
-        UNITS[name] = (dimension, factor, offset)
+        UNITS[name] = (dimension, Fraction(factor) if isinstance(factor, int) else factor, shift)
 
 
-_add("length", 1.0, "cm", "centimetre", "centimeter", "centimetres", "centimeters")
-_add("length", 0.1, "mm", "millimetre", "millimeter", "millimetres", "millimeters")
-_add("length", 100.0, "m", "metre", "meter", "metres", "meters")
-_add("temperature", 1.0, "degrees C", "°C", "℃", "C", "degC", "celsius", "deg C")
-_add("temperature", 5 / 9, "°F", "℉", "F", "degF", "fahrenheit", offset=-32 * 5 / 9)
-_add("angle", 1.0, "degrees", "°", "deg", "degree", "º")
+_add("length", 1, "cm", "centimetre", "centimeter", "centimetres", "centimeters")
+_add("length", Fraction(1, 10), "mm", "millimetre", "millimeter", "millimetres", "millimeters")
+_add("length", 100, "m", "metre", "meter", "metres", "meters")
+_add("temperature", 1, "degrees C", "°C", "℃", "C", "degC", "celsius", "deg C")
+_add("temperature", Fraction(5, 9), "°F", "℉", "F", "degF", "fahrenheit", shift=-32.0)
+_add("angle", 1, "degrees", "°", "deg", "degree", "º")
 _add("angle", 180 / math.pi, "rad", "radian", "radians")
-_add("voltage", 1.0, "V", "volt", "volts")
-_add("voltage", 0.001, "mV", "millivolt", "millivolts")
-_add("percent", 1.0, "%", "pct", "percent")
-_add("percent", 1.0, "% LEL", "%LEL", "LEL", "% lel")  # of the lower explosive limit
-_add("concentration", 1.0, "ppm")
-_add("concentration", 0.001, "ppb")
-_add("power", 1.0, "dBm")
-_add("time", 1.0, "s", "sec", "second", "seconds")
-_add("time", 0.001, "ms")
-_add("time", 60.0, "min", "minute", "minutes")
-_add("time", 3600.0, "h", "hour", "hours")
-_add("flag", 1.0, "0/1")
-_add("fraction", 1.0, "0..1")
+_add("voltage", 1, "V", "volt", "volts")
+_add("voltage", Fraction(1, 1000), "mV", "millivolt", "millivolts")
+_add("percent", 1, "%", "pct", "percent")
+_add("percent", 1, "% LEL", "%LEL", "LEL", "% lel")  # of the lower explosive limit
+_add("concentration", 1, "ppm")
+_add("concentration", Fraction(1, 1000), "ppb")
+_add("power", 1, "dBm")
+_add("time", 1, "s", "sec", "second", "seconds")
+_add("time", Fraction(1, 1000), "ms")
+_add("time", 60, "min", "minute", "minutes")
+_add("time", 3600, "h", "hour", "hours")
+_add("flag", 1, "0/1")
+_add("fraction", 1, "0..1")
 
 _TRUE = {"true", "on", "yes", "alarm", "open", "1"}
 _FALSE = {"false", "off", "no", "normal", "closed", "0"}
@@ -75,12 +77,17 @@ def _lookup(unit: str) -> tuple[str, float, float]:
 def convert(number: float, source: str, target: str) -> float:
     if source == target:
         return number
-    dim_s, factor_s, offset_s = _lookup(source)
-    dim_t, factor_t, offset_t = _lookup(target)
+    dim_s, factor_s, shift_s = _lookup(source)
+    dim_t, factor_t, shift_t = _lookup(target)
     if dim_s != dim_t:
         raise UnitError(f"{source!r} is {dim_s}, the metric is in {target!r} ({dim_t})")
-    base = number * factor_s + offset_s
-    return (base - offset_t) / factor_t
+    ratio = factor_s / factor_t
+    value = number + shift_s
+    if isinstance(ratio, Fraction):
+        value = value * ratio.numerator / ratio.denominator
+    else:
+        value = value * ratio
+    return value - shift_t
 
 
 def to_metric(value, metric_unit: str, given_unit: str | None = None) -> float:

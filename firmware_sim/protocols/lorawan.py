@@ -10,9 +10,13 @@ Topic ``application/<application id>/device/<devEUI>/event/up``, payload (abridg
      "rxInfo": [{"gatewayId": "...", "rssi": -87, "snr": 7.5, "time": "...", ...}],
      "txInfo": {"frequency": 868100000, "modulation": {"lora": {...}}}}
 
-``data`` is the model's binary frame (edge/ingest/codecs). ``deviceName`` is the registry id;
-the devEUI is derived from it (``dev_eui``). LoRaWAN devices have no clock in their frames:
-the reading's time is the network server's ``time``. Signal strength comes from ``rxInfo``.
+``data`` is the model's binary frame: a built-in model's (edge/ingest/codecs), or a vendor
+model's (firmware_sim/vendor_models.py), which the gateway decodes with the vendor's JavaScript
+codec. When the network server decodes (a device group's ``network_server_decodes``), the
+event also carries ``object``: what the vendor's codec makes of the frame, as ChirpStack gives
+it (for a built-in model, its readings). ``deviceName`` is the registry id; the devEUI is
+derived from it (``dev_eui``). LoRaWAN devices have no clock in their frames: the reading's
+time is the network server's ``time``. Signal strength comes from ``rxInfo``.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ import uuid
 import orjson
 
 from edge.ingest.codecs import codec_for
+from firmware_sim import vendor_models
 from firmware_sim.protocols import Decoded, Frame
 
 GATEWAY_EUI = "0016c001ff10a235"
@@ -43,10 +48,16 @@ def _iso(ts: float) -> str:
     return dt.datetime.fromtimestamp(ts, dt.timezone.utc).isoformat()
 
 
+def _codec(model: str):
+    """The model's frames: a vendor model's encoder, or the built-in codec (same interface)."""
+    return vendor_models.MODELS.get(model) or codec_for(model)
+
+
 def event(application: str, device_id: str, model: str, t: float, fcnt: int, fport: int, data: bytes,
-          rssi: float, snr: float, seq: int) -> bytes:
+          rssi: float, snr: float, seq: int, ns_object: dict | None = None) -> bytes:
+    """The uplink event; ``ns_object`` is the network server's ``object``, when it decodes."""
     eui = dev_eui(device_id)
-    return orjson.dumps({
+    doc = {
         "deduplicationId": str(uuid.UUID(int=(int(eui, 16) << 64) | (seq & 0xFFFFFFFFFFFFFFFF))),
         "time": _iso(t),
         "deviceInfo": {
@@ -64,18 +75,25 @@ def event(application: str, device_id: str, model: str, t: float, fcnt: int, fpo
         }],
         "txInfo": {"frequency": 868100000 + 200000 * (fcnt % 8),
                    "modulation": {"lora": {"bandwidth": 125000, "spreadingFactor": 7, "codeRate": "CR_4_5"}}},
-    })
+    }
+    if ns_object is not None:
+        doc["object"] = ns_object
+    return orjson.dumps(doc)
 
 
 def report(application: str, device_id: str, model: str, t: float, readings: dict, alarm: bool,
-           fcnt: int, seq: int) -> tuple[Frame, Decoded]:
-    codec = codec_for(model)
+           fcnt: int, seq: int, network_server_decodes: bool = False) -> tuple[Frame, Decoded]:
+    codec = _codec(model)
     values = {k: v for k, v in readings.items() if k != "rssi_dbm"}
     fport, data = codec.encode(values, alarm=alarm)
     rssi = readings.get("rssi_dbm", -90.0)
     snr = max(-20.0, min(12.0, (rssi + 120) / 4))
-    payload = event(application, device_id, model, t, fcnt, fport, data, rssi, snr, seq)
     decoded = codec.decode(fport, data)
+    ns_object = None
+    if network_server_decodes:
+        ns_object = (vendor_models.network_server_object(model, fport, data) if model in vendor_models.MODELS
+                     else dict(decoded))
+    payload = event(application, device_id, model, t, fcnt, fport, data, rssi, snr, seq, ns_object)
     decoded["rssi_dbm"] = float(int(round(rssi)))
     return Frame(uplink_topic(application, device_id), payload), Decoded(device_id, round(t, 6), decoded)
 
@@ -85,7 +103,7 @@ MALFORMED = ("truncated_frame", "unknown_fport", "bad_base64")
 
 def malformed(application: str, device_id: str, model: str, t: float, readings: dict, fcnt: int, seq: int,
               variant: str) -> Frame:
-    codec = codec_for(model)
+    codec = _codec(model)
     fport, data = codec.encode({k: v for k, v in readings.items() if k != "rssi_dbm"})
     if variant == "truncated_frame":
         data = data[: len(data) // 2]
