@@ -36,12 +36,12 @@ thread that made it; each thread that calls a codec gets its own.
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import orjson
 import quickjs
 
 from edge.ingest.codecs._errors import CodecError
@@ -146,7 +146,7 @@ class JsCodec:
         the examples); raises ``CodecError`` when it threw, ran out of time or memory, or returned
         something that is not a JSON object."""
         context, call = self._context()
-        text = json.dumps({"bytes": list(data), "fPort": fport})
+        text = orjson.dumps({"bytes": list(data), "fPort": fport}).decode()
         try:
             result = call(text)
         except quickjs.JSException as error:
@@ -163,7 +163,10 @@ class JsCodec:
             raise CodecError("codec_memory", f"{self.name} ran out of its {self.limits.memory_limit >> 20} MiB") from None
         if not isinstance(result, str) or len(result) > MAX_OUTPUT_BYTES:
             raise CodecError("codec_bad_output", f"{self.name} returned more than {MAX_OUTPUT_BYTES} bytes of JSON")
-        out = json.loads(result)
+        try:
+            out = orjson.loads(result)
+        except orjson.JSONDecodeError as error:  # e.g. an integer beyond 64 bits
+            raise CodecError("codec_bad_output", f"{self.name} returned JSON the gateway cannot read: {error}") from None
         if not isinstance(out, dict):
             raise CodecError("codec_bad_output", f"{self.name} returned {result[:80]}, not {{data: {{...}}}}")
         return out
@@ -176,7 +179,7 @@ class JsCodec:
             raise CodecError("codec_error", f"{self.name} says: {shown}")
         decoded = out.get("data")
         if not isinstance(decoded, dict):
-            raise CodecError("codec_bad_output", f"{self.name} returned no data object: {json.dumps(out)[:120]}")
+            raise CodecError("codec_bad_output", f"{self.name} returned no data object: {orjson.dumps(out)[:120].decode(errors='replace')}")
         warnings = out.get("warnings") or []
         return decoded, [str(w)[:200] for w in warnings] if isinstance(warnings, list) else [str(warnings)[:200]]
 

@@ -15,6 +15,7 @@ an error (``"3.6 V"`` for ``water_cm``).
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from fractions import Fraction
@@ -77,17 +78,21 @@ def _lookup(unit: str) -> tuple[str, float, float]:
 def convert(number: float, source: str, target: str) -> float:
     if source == target:
         return number
+    numerator, denominator, shift_s, shift_t = _conversion(source, target)
+    return (number + shift_s) * numerator / denominator - shift_t
+
+
+@functools.lru_cache(maxsize=1024)
+def _conversion(source: str, target: str) -> tuple[float, float, float, float]:
+    """(multiply by, divide by, shift before, shift after) from ``source`` to ``target``."""
     dim_s, factor_s, shift_s = _lookup(source)
     dim_t, factor_t, shift_t = _lookup(target)
     if dim_s != dim_t:
         raise UnitError(f"{source!r} is {dim_s}, the metric is in {target!r} ({dim_t})")
     ratio = factor_s / factor_t
-    value = number + shift_s
     if isinstance(ratio, Fraction):
-        value = value * ratio.numerator / ratio.denominator
-    else:
-        value = value * ratio
-    return value - shift_t
+        return ratio.numerator, ratio.denominator, shift_s, shift_t
+    return ratio, 1, shift_s, shift_t
 
 
 def to_metric(value, metric_unit: str, given_unit: str | None = None) -> float:
