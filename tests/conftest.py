@@ -229,3 +229,23 @@ def running_agent(config_path: Path, broker: Broker):
         client.loop_stop()
         agent.stop()
         thread.join(30)
+
+
+SIMULATOR = [sys.executable, "-m", "firmware_sim"]
+
+
+def scenario_registry(scenario: Path, path: Path) -> Path:
+    """The registry the simulator writes for ``scenario``, at ``path``."""
+    made = subprocess.run(SIMULATOR + ["registry", str(scenario), "-o", str(path)], capture_output=True, text=True,
+                          timeout=60)
+    assert made.returncode == 0, made.stderr
+    return path
+
+
+def start_edge_run(config: Path, log: Path, env: dict) -> subprocess.Popen:
+    """``edge run --config config`` as a real process, once it has subscribed; its stderr goes to ``log``."""
+    gateway = subprocess.Popen(edge_command() + ["run", "--config", str(config)], stderr=log.open("wb"), env=env)
+    if not wait_until(lambda: "subscribed to" in log.read_text(), 60):
+        gateway.kill()
+        raise AssertionError(f"the gateway did not subscribe within 60 s:\n{log.read_text()}")
+    return gateway

@@ -11,29 +11,24 @@ from __future__ import annotations
 
 import signal
 import subprocess
-import sys
 
 import orjson
 import requests
 
-from conftest import ROOT, edge_command, wait_until, write_gateway_config
+from conftest import ROOT, SIMULATOR, scenario_registry, start_edge_run, wait_until, write_gateway_config
 
 SCENARIO = ROOT / "config" / "scenarios" / "crews.yaml"
 
 
 def test_a_week_of_crews_gives_every_recheck_the_ground_truth_expects(tmp_path, mosquitto, receiver, clean_env):
-    sim = [sys.executable, "-m", "firmware_sim"]
-    registry = tmp_path / "registry.csv"
-    made = subprocess.run(sim + ["registry", str(SCENARIO), "-o", str(registry)], capture_output=True, text=True,
-                          timeout=60)
-    assert made.returncode == 0, made.stderr
+    sim = SIMULATOR
+    registry = scenario_registry(SCENARIO, tmp_path / "registry.csv")
     config = write_gateway_config(tmp_path, mosquitto.url, receiver.url, registry=registry.as_posix())
     text = config.read_text().replace("retry_max = 1.0", "retry_max = 1.0\ndownlink_interval = 0.2")
     config.write_text(text + "\n[orders]\nverify_within = 30\n")
     log = tmp_path / "gateway.log"
-    gateway = subprocess.Popen(edge_command() + ["run", "--config", str(config)], stderr=log.open("wb"), env=clean_env)
+    gateway = start_edge_run(config, log, clean_env)
     try:
-        assert wait_until(lambda: "subscribed to" in log.read_text(), 60), log.read_text()
         out = tmp_path / "run"
         run = subprocess.run(sim + ["scenario", str(SCENARIO), "--broker", mosquitto.url, "--out", str(out),
                                     "--platform", receiver.url, "--json"],

@@ -5,12 +5,11 @@ from __future__ import annotations
 import signal
 import sqlite3
 import subprocess
-import sys
 from pathlib import Path
 
 import orjson
 
-from conftest import edge_command, wait_until, write_gateway_config
+from conftest import SIMULATOR, scenario_registry, start_edge_run, wait_until, write_gateway_config
 
 # Ten minutes of a small street in ten seconds. Events only for rules that exist today:
 # cover_tilted (tilt over 15 degrees or open, for 10 s) and bin_full (fill 85 % or more).
@@ -50,16 +49,11 @@ def unsent(database: Path) -> int:
 def test_scenario_through_the_gateway_scores_every_event_found_once(tmp_path, mosquitto, receiver, clean_env):
     scenario = tmp_path / "scenario.yaml"
     scenario.write_text(SCENARIO)
-    registry = tmp_path / "registry.csv"
-    sim = [sys.executable, "-m", "firmware_sim"]
-    made = subprocess.run(sim + ["registry", str(scenario), "-o", str(registry)], capture_output=True, text=True, timeout=60)
-    assert made.returncode == 0, made.stderr
-
+    registry = scenario_registry(scenario, tmp_path / "registry.csv")
+    sim = SIMULATOR
     config = write_gateway_config(tmp_path, mosquitto.url, receiver.url, registry=registry.as_posix())
-    log = tmp_path / "gateway.log"
-    gateway = subprocess.Popen(edge_command() + ["run", "--config", str(config)], stderr=log.open("wb"), env=clean_env)
+    gateway = start_edge_run(config, tmp_path / "gateway.log", clean_env)
     try:
-        assert wait_until(lambda: "subscribed to" in log.read_text(), 60), log.read_text()
         out = tmp_path / "run"
         run = subprocess.run(sim + ["scenario", str(scenario), "--broker", mosquitto.url, "--out", str(out)],
                              capture_output=True, text=True, timeout=120)

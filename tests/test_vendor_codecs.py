@@ -17,9 +17,9 @@ from edge.broker import free_port
 from edge.config_check import check_config
 from edge.ingest import chirpstack
 from edge.ingest.decode import DecodeError
-from edge.ingest.jscodec import JsCodec, JsLimits
+from edge.ingest.jscodec import JsLimits
 from edge.ingest.units import UnitError, to_metric
-from edge.ingest.vendor_models import VendorModels, load_mapping, load_models
+from edge.ingest.vendor_models import load_mapping, load_models
 from hostile import Gateway, Publisher, chirpstack as chirpstack_event, gateway_config, own_json
 
 GOOD = """// ACME-1, an ultrasonic manhole sensor: bytes 0-1 distance to the water in mm, 2 tilt in
@@ -283,23 +283,20 @@ def test_a_gateway_fed_hostile_codecs_keeps_running_and_every_other_device_gets_
 def test_the_vendor_street_runs_through_a_real_gateway_into_one_order_per_event(tmp_path, mosquitto, receiver, clean_env):
     """config/scenarios/vendor.yaml: USM-100 covers (half decoded by the network server) and UFL-20 bins
     decoded by the project's own JavaScript codecs, beside built-in and own-JSON devices."""
-    import orjson
     import signal
-    import sys
 
-    from conftest import write_gateway_config
+    import orjson
+
+    from conftest import SIMULATOR, scenario_registry, start_edge_run, write_gateway_config
 
     scenario = Path(__file__).resolve().parent.parent / "config" / "scenarios" / "vendor.yaml"
-    sim = [sys.executable, "-m", "firmware_sim"]
-    registry = tmp_path / "registry.csv"
-    made = subprocess.run(sim + ["registry", str(scenario), "-o", str(registry)], capture_output=True, text=True, timeout=60)
-    assert made.returncode == 0, made.stderr
+    sim = SIMULATOR
+    registry = scenario_registry(scenario, tmp_path / "registry.csv")
     assert "USM-0004,manhole_cover,USM-100" in registry.read_text() and ",bin,UFL-20," in registry.read_text()
     config = write_gateway_config(tmp_path, mosquitto.url, receiver.url, registry=registry.as_posix())
     log = tmp_path / "gateway.log"
-    gateway = subprocess.Popen(edge_command() + ["run", "--config", str(config)], stderr=log.open("wb"), env=clean_env)
+    gateway = start_edge_run(config, log, clean_env)
     try:
-        assert wait_until(lambda: "subscribed to" in log.read_text(), 60), log.read_text()
         out = tmp_path / "run"
         run = subprocess.run(sim + ["scenario", str(scenario), "--broker", mosquitto.url, "--out", str(out),
                                     "--speed", "1000", "--start", "now-3h"], capture_output=True, text=True, timeout=180)
