@@ -47,6 +47,9 @@ STEPS = {
     "PRIOR": (0.03, 0.1, 0.3),
     "SMOOTH": (0.025, 0.05, 0.1),
     "RUN_MIN": (5.0, 10.0, 20.0),
+    "EMPTY_SCORE": (0.73, 0.74, 0.745),
+    "EMPTY_BELOW": (0.25, 0.5, 1.0),
+    "MATURE": (0.25, 0.5, 0.75),
 }
 # The grid of the generality check: the constants that matter most (see plateau()); the others
 # stay at their shipped values.
@@ -148,6 +151,23 @@ def leave_one_group_out(corpus: Corpus, profile: Profile = PROFILES["standard"])
             "shipped_on_group_normalised": None if math.isnan(shipped.normalised) else round(shipped.normalised, 2),
             "shipped_on_group_raw": round(shipped.raw, 3),
         })
+    return out
+
+
+def threshold_only(corpus: Corpus, profile: Profile = PROFILES["standard"]) -> list[dict]:
+    """Leave one group out with the shipped constants: only the threshold is chosen on the other
+    three groups. What a district does with the shipped detector: one threshold, from elsewhere."""
+    groups = groups_of(corpus)
+    scores = run(corpus, SHIPPED)
+    whole = best(corpus, scores, profile)
+    out = []
+    for g in groups:
+        part, rest = subset(corpus, {g}), subset(corpus, set(groups) - {g})
+        threshold = best(rest, scores, profile).threshold
+        held, shipped = at(part, scores, profile, threshold), at(part, scores, profile, whole.threshold)
+        out.append({"held_out": g, "threshold_from_other_three": threshold,
+                    "held_out_normalised": None if math.isnan(held.normalised) else round(held.normalised, 2),
+                    "shipped_on_group_normalised": None if math.isnan(shipped.normalised) else round(shipped.normalised, 2)})
     return out
 
 

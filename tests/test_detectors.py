@@ -242,3 +242,20 @@ def test_rarity_within_the_range_stays_below_rare_cap():
     between, common = ref.judge(50.0), ref.judge(float(xs[-1]))
     assert 0.8 * det.RARE_CAP < between < det.RARE_CAP
     assert common < 0.2 * det.RARE_CAP
+
+
+def test_a_value_in_a_part_of_the_range_unvisited_within_the_memory_scores_the_empty_level():
+    # Two clusters, 0-10 and 90-100, for 3,000 readings: the middle of the range holds nothing.
+    # Before the histogram holds MATURE of its memory a value there is only "rare"; after, it
+    # scores EMPTY_SCORE, between the rarity scale's top and RARE_CAP, and kernel and reference agree.
+    rng = np.random.default_rng(5)
+    xs = np.where(rng.random(3000) < 0.5, rng.uniform(0, 10, 3000), rng.uniform(90, 100, 3000))
+    memory = 1 / (1 - det.DECAY)
+    young = ReferenceDetector()
+    for t, x in enumerate(xs[:int(det.MATURE * memory * 0.6)]):  # its weight still below MATURE of the memory
+        young.step(float(t), x)
+    assert 0 < young.judge(50.0) < det.EMPTY_SCORE
+    late = run(np.r_[xs, 50.0])
+    assert late[-1] == det.EMPTY_SCORE < det.RARE_CAP
+    assert reference_run(np.arange(3001.0), np.r_[xs, 50.0])[-1] == det.EMPTY_SCORE
+    assert run(np.r_[xs, 5.0])[-1] < det.EMPTY_SCORE  # a visited part is not

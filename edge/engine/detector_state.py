@@ -15,6 +15,13 @@ PRIOR = 0.1  # weight every bin starts with when a share is taken (no share is e
 SMOOTH = 0.05  # the smoothed view: x_s += SMOOTH * (x - x_s), ~20 readings
 SMOOTH_WARMUP = 60.0  # readings before the smoothed view's range is learned (3 / SMOOTH)
 RUN_MIN = 10.0  # a run of identical readings scores only from this length on
+# A value in a part of the range the histogram holds next to nothing of (less than EMPTY_BELOW of a
+# reading's weight: not visited within its memory), once the histogram holds at least MATURE of its
+# memory (1 / (1 - DECAY) readings), scores EMPTY_SCORE: one level between the rarity scale's top
+# (~0.73) and RARE_CAP, so that a threshold between them means "unvisited or never shown".
+EMPTY_SCORE = 0.74
+EMPTY_BELOW = 0.5  # of one reading's weight
+MATURE = 0.5  # of the histogram's memory
 # Structure (not tuned): the histogram and the "said once" memory.
 BINS = 16  # histogram bins over [lowest, highest]
 REST_BLOCK = 25  # readings per block of the "said once" memory
@@ -45,6 +52,6 @@ assert STATE_SIZE * 8 <= 4096
 
 # The tunable constants in the order _step takes them (bench/anomaly_search.py uses this).
 CONFIG_NAMES = ("WARMUP", "RARE_CAP", "OUTSIDE_MARGIN", "OUTSIDE_DISTANCE", "OUTSIDE_CALM", "RARITY_SCALE", "DECAY",
-                "PRIOR", "SMOOTH", "SMOOTH_WARMUP", "RUN_MIN")
+                "PRIOR", "SMOOTH", "SMOOTH_WARMUP", "RUN_MIN", "EMPTY_SCORE", "EMPTY_BELOW", "MATURE")
 CONFIG = (WARMUP, RARE_CAP, OUTSIDE_MARGIN, OUTSIDE_DISTANCE, OUTSIDE_CALM, RARITY_SCALE, DECAY, PRIOR, SMOOTH,
-          SMOOTH_WARMUP, RUN_MIN)
+          SMOOTH_WARMUP, RUN_MIN, EMPTY_SCORE, EMPTY_BELOW, MATURE)

@@ -20,6 +20,9 @@ it ("score before you learn"). The reading is judged in four ways and the highes
   ~``1 / (1 - DECAY)`` readings). A bin holding a share p of the recent readings (with a small
   prior ``PRIOR`` per bin, so no share is 0) gives a surprise ``s = -ln(p * BINS)`` (0 for a
   value as common as a uniform spread) and the score ``RARE_CAP * (1 - exp(-s / RARITY_SCALE))``.
+  A value in a bin holding less than ``EMPTY_BELOW`` of a reading (not visited within the
+  histogram's memory), once the histogram holds ``MATURE`` of its memory, scores ``EMPTY_SCORE``
+  instead: one level between that scale's top and ``RARE_CAP``.
 
 Then **an alarm is said once**: a score is reported only when it is higher than every score of
 the last ~``REST_BLOCKS * REST_BLOCK`` readings; otherwise 0. Nothing is reported until
@@ -48,7 +51,7 @@ from numba import njit
 
 from edge.engine.detector_state import (  # noqa: F401 (the settings and layout, re-exported)
     WARMUP, RARE_CAP, OUTSIDE_MARGIN, OUTSIDE_DISTANCE, OUTSIDE_CALM, RARITY_SCALE, DECAY, PRIOR, SMOOTH,
-    SMOOTH_WARMUP, RUN_MIN, BINS, REST_BLOCK, REST_BLOCKS, S_COUNT, S_LOW, S_HIGH, S_WEIGHT, S_LAST_GROWTH,
+    SMOOTH_WARMUP, RUN_MIN, EMPTY_SCORE, EMPTY_BELOW, MATURE, BINS, REST_BLOCK, REST_BLOCKS, S_COUNT, S_LOW, S_HIGH, S_WEIGHT, S_LAST_GROWTH,
     S_SMOOTH, S_SMOOTH_LOW, S_SMOOTH_HIGH, S_SMOOTH_GROWTH, S_PREVIOUS, S_RUN, S_RUN_LONGEST, S_RUN_GROWTH,
     S_BLOCK_MAX, S_BLOCK_FILL, S_BLOCK_NEXT, S_BLOCKS, S_HIST, STATE_SIZE, CONFIG_NAMES, CONFIG,
 )
@@ -125,8 +128,8 @@ def _regrid(state, row, low, high, new_low, new_high):
 
 
 @inlined
-def _judge(state, row, x, warmup, rare_cap, outside_margin, outside_distance, outside_calm, rarity_scale, prior,
-           smooth_warmup, run_min):
+def _judge(state, row, x, warmup, rare_cap, outside_margin, outside_distance, outside_calm, rarity_scale, decay, prior,
+           smooth_warmup, run_min, empty_score, empty_below, mature):
     """The raw score of x (and of the smoothed value, already including x) against the past."""
     count = state[row + S_COUNT]
     if count < warmup:
@@ -136,10 +139,13 @@ def _judge(state, row, x, warmup, rare_cap, outside_margin, outside_distance, ou
     score = _outside(x, low, high, count - state[row + S_LAST_GROWTH], rare_cap, outside_margin,
                      outside_distance, outside_calm)
     if score == 0.0:
-        share = (state[row + S_HIST + _bin(x, low, high)] + prior) / (state[row + S_WEIGHT] + prior * BINS)
+        here = state[row + S_HIST + _bin(x, low, high)]
+        share = (here + prior) / (state[row + S_WEIGHT] + prior * BINS)
         surprise = -math.log(share * BINS)
         if surprise > 0.0:
             score = rare_cap * (1.0 - math.exp(-surprise / rarity_scale))
+        if here < empty_below and state[row + S_WEIGHT] >= mature / (1.0 - decay) and score < empty_score:
+            score = empty_score
     if count >= warmup + smooth_warmup:
         level = _outside(state[row + S_SMOOTH], state[row + S_SMOOTH_LOW], state[row + S_SMOOTH_HIGH],
                          count - state[row + S_SMOOTH_GROWTH], rare_cap, outside_margin, outside_distance,
@@ -212,7 +218,7 @@ def _say_once(state, row, score):
 
 @inlined
 def _step(state, row, x, warmup, rare_cap, outside_margin, outside_distance, outside_calm, rarity_scale, decay, prior,
-          smooth, smooth_warmup, run_min):
+          smooth, smooth_warmup, run_min, empty_score, empty_below, mature):
     """detector_step with the tunable constants as arguments."""
     if not math.isfinite(x):
         return 0.0
@@ -221,8 +227,8 @@ def _step(state, row, x, warmup, rare_cap, outside_margin, outside_distance, out
     else:
         level = state[row + S_SMOOTH] + smooth * (x - state[row + S_SMOOTH])
         state[row + S_SMOOTH] = level if math.isfinite(level) else x  # overflow: restart from x
-    score = _judge(state, row, x, warmup, rare_cap, outside_margin, outside_distance, outside_calm, rarity_scale, prior,
-                   smooth_warmup, run_min)
+    score = _judge(state, row, x, warmup, rare_cap, outside_margin, outside_distance, outside_calm, rarity_scale, decay,
+                   prior, smooth_warmup, run_min, empty_score, empty_below, mature)
     _learn(state, row, x, decay, smooth_warmup)
     return _say_once(state, row, score)
 
@@ -233,7 +239,7 @@ def detector_step(state, row, t, x):
     The series' state is state[row:row + STATE_SIZE]. A NaN or infinite x scores 0 and
     leaves the state unchanged."""
     return _step(state, row, x, WARMUP, RARE_CAP, OUTSIDE_MARGIN, OUTSIDE_DISTANCE, OUTSIDE_CALM, RARITY_SCALE, DECAY,
-                 PRIOR, SMOOTH, SMOOTH_WARMUP, RUN_MIN)
+                 PRIOR, SMOOTH, SMOOTH_WARMUP, RUN_MIN, EMPTY_SCORE, EMPTY_BELOW, MATURE)
 
 
 @njit(cache=True)
@@ -256,5 +262,5 @@ def detector_run_config(xs, config):
     out = np.empty(len(xs))
     for i in range(len(xs)):
         out[i] = _step(state, 0, xs[i], config[0], config[1], config[2], config[3], config[4], config[5],
-                       config[6], config[7], config[8], config[9], config[10])
+                       config[6], config[7], config[8], config[9], config[10], config[11], config[12], config[13])
     return out

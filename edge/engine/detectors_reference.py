@@ -13,6 +13,9 @@ import math
 from edge.engine.detector_state import (
     BINS,
     DECAY,
+    EMPTY_BELOW,
+    EMPTY_SCORE,
+    MATURE,
     OUTSIDE_CALM,
     OUTSIDE_DISTANCE,
     OUTSIDE_MARGIN,
@@ -98,10 +101,13 @@ class ReferenceDetector:
         r = self.range
         score = breakout(x, r.low, r.high, self.count - r.last_growth)
         if score == 0:
-            share = (self.hist[bin_of(x, r.low, r.high)] + PRIOR) / (self.weight + PRIOR * BINS)
+            here = self.hist[bin_of(x, r.low, r.high)]
+            share = (here + PRIOR) / (self.weight + PRIOR * BINS)
             surprise = -math.log(share * BINS)
             if surprise > 0:
                 score = RARE_CAP * (1 - math.exp(-surprise / RARITY_SCALE))
+            if here < EMPTY_BELOW and self.weight >= MATURE / (1 - DECAY):  # not visited within the memory
+                score = max(score, EMPTY_SCORE)
         if self.count >= WARMUP + SMOOTH_WARMUP:
             lr = self.level_range
             score = max(score, breakout(self.level, lr.low, lr.high, self.count - lr.last_growth))
