@@ -29,8 +29,8 @@ frames make the codec loop from costing ``time_limit`` per message to every othe
 ingest; it is per device, so the other devices of the model keep being decoded. A codec that
 throws or returns ``errors`` costs little and is not suspended.
 
-QuickJS was chosen over V8 (``mini-racer``) by measurement (docs/performance.md): per call
-55 k/s against 1.2 k/s, per loaded codec 0.09 MB against 5.8 MB. A context belongs to the
+QuickJS was chosen over V8 (``mini-racer``) by measurement (bench/bench_codecs.py,
+docs/performance.md): 51.6 k calls/s against 1.2 k, 0.087 MB per loaded codec against 4.95 MB. A context belongs to the
 thread that made it; each thread that calls a codec gets its own.
 """
 
@@ -82,8 +82,6 @@ class JsCodec:
         except UnicodeDecodeError as error:
             raise CodecError("codec_error", f"{self.path}: not UTF-8 text ({error})") from None
         self._contexts: dict[int, tuple[quickjs.Context, object]] = {}  # thread id -> (context, call)
-        self._lock = threading.Lock()
-        self.calls = self.failures = self.suspensions = 0
         self._costly: dict[str, int] = {}  # device -> time or memory failures in a row
         self._suspended: dict[str, float] = {}  # device -> monotonic time its suspension ends
         self._context()  # a file that does not load, or has no decodeUplink, is refused now
@@ -117,11 +115,9 @@ class JsCodec:
                                                     f"times in a row on {device or 'this device'}'s frames; "
                                                     f"not run for it for {until - now:.0f} s more")
             self._suspended.pop(device, None)
-        self.calls += 1
         try:
             out = self._run(fport, data)
         except CodecError as error:
-            self.failures += 1
             if error.reason in ("codec_timeout", "codec_memory"):
                 self._costly_failure(device)
             raise
@@ -136,7 +132,6 @@ class JsCodec:
             self._costly[device] = count
             return
         self._costly.pop(device, None)
-        self.suspensions += 1
         if len(self._suspended) >= 10_000:
             self._suspended.clear()
         self._suspended[device] = time.monotonic() + self.limits.suspend_for
@@ -150,8 +145,9 @@ class JsCodec:
         try:
             result = call(text)
         except quickjs.JSException as error:
-            self._contexts.pop(threading.get_ident(), None)
             message = _first_line(error)
+            if "interrupted" in message or "out of memory" in message or "stack overflow" in message:
+                self._contexts.pop(threading.get_ident(), None)  # it may be left broken: made again next call
             if "interrupted" in message:
                 raise CodecError("codec_timeout", f"{self.name} ran longer than {self.limits.time_limit * 1000:g} ms") from None
             if "out of memory" in message or "stack overflow" in message:

@@ -64,8 +64,10 @@ _NUMBER_AND_UNIT = re.compile(r"\s*([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)\s
 
 
 def dimension_of(unit: str) -> str | None:
-    found = UNITS.get(unit) or UNITS.get(unit.strip()) or UNITS.get(unit.strip().lower())
-    return found[0] if found else None
+    try:
+        return _lookup(unit)[0]
+    except UnitError:
+        return None
 
 
 def _lookup(unit: str) -> tuple[str, float, float]:

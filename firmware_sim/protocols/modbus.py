@@ -26,6 +26,7 @@ from edge.ingest.modbus_map import (  # noqa: F401 (re-exported for the simulato
     MAX_COUNT, NO_READING, READ_REQUESTS, REGISTER_MAPS, Reg, check_crc, exception_reply, from_registers,
     parse_reply, parse_request, read_reply, read_request, to_registers, with_crc,
 )
+from edge.ingest.modbus_poll import exchange
 
 
 class ModbusError(Exception):
@@ -177,18 +178,7 @@ class RtuServer:
 
 def read_registers(port, unit: int, address: int, count: int, function: int = 4, timeout: float = 1.0) -> list[int]:
     """The master's side: one read request over a pyserial port; raises ModbusError."""
-    port.reset_input_buffer()
-    port.write(read_request(unit, function, address, count))
-    deadline = time.monotonic() + timeout
-    reply = b""
-    expected = 5 + 2 * count
-    while time.monotonic() < deadline:
-        port.timeout = max(0.001, deadline - time.monotonic())
-        reply += port.read(expected - len(reply) if len(reply) < 3 or not reply[1] & 0x80 else 5 - len(reply))
-        if len(reply) >= 2 and reply[1] & 0x80 and len(reply) >= 5:
-            break
-        if len(reply) >= expected:
-            break
+    reply = exchange(port, read_request(unit, function, address, count), 5 + 2 * count, timeout)
     if len(reply) < 5:
         raise ModbusError("timeout", f"unit {unit} did not answer in {timeout:g}s")
     if not check_crc(reply):
