@@ -25,6 +25,7 @@ import sqlite_utils
 
 from conftest import start_receiver, wait_until
 from edge.broker import start_mosquitto
+from uplink.receiver.store import SCHEMA_VERSION
 
 TOKEN = "hostile-t0ken"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -517,8 +518,9 @@ def test_an_old_receiver_database_is_migrated_not_recreated(tmp_path):
     finally:
         stop(proc.process)
     with sqlite3.connect(path) as conn:
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == 2
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
         assert conn.execute("SELECT count(*) FROM revisions WHERE order_id = 'o-old'").fetchone()[0] == 1
+        assert conn.execute("SELECT gateway, state FROM orders WHERE order_id = 'o-old'").fetchone() == ("gw-old", "open")
 
 
 def test_a_database_from_a_newer_receiver_is_refused_with_a_clear_error(tmp_path):

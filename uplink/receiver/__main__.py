@@ -22,8 +22,9 @@ DEFAULTS = Limits()
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
 @click.option("--port", default=8080, show_default=True, type=click.IntRange(0, 65535),
               help="Port to listen on; 0 picks a free one (printed at start).")
-@click.option("--db", "db_path", default="receiver.db", show_default=True, type=click.Path(dir_okay=False, path_type=Path),
-              help="SQLite file the received orders are kept in (an older receiver's file is migrated, never recreated).")
+@click.option("--db", "db_path", default="receiver.db", show_default=True, metavar="FILE|URL",
+              help="Where orders are kept: a SQLite file (the embedded default), or postgresql://user@host:port/name "
+                   "for production and several workers. An older receiver's database is migrated, never recreated.")
 @click.option("--token", default=lambda: os.environ.get("RECEIVER_TOKEN", ""),
               help="Bearer token for the API and the orders page (default: $RECEIVER_TOKEN; empty: no auth, "
                    "only sensible on 127.0.0.1).")
@@ -44,7 +45,7 @@ DEFAULTS = Limits()
 @click.option("--mqtt-client-id", default="reference-receiver", show_default=True,
               help="MQTT client id of --mqtt (its persistent session on the broker): one per receiver.")
 @click.option("--debug", is_flag=True, help="Log every request.")
-def main(host: str, port: int, db_path: Path, token: str, mqtt_url: str | None, tls_cert: str | None,
+def main(host: str, port: int, db_path: str, token: str, mqtt_url: str | None, tls_cert: str | None,
          tls_key: str | None, max_body: int, max_connections: int, idle_timeout: float, mqtt_client_id: str,
          debug: bool) -> None:
     """Reference central platform: stores work-order revisions uplinked by gateways.
@@ -85,7 +86,7 @@ def main(host: str, port: int, db_path: Path, token: str, mqtt_url: str | None, 
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
     thread = server.start_background()
-    click.echo(f"receiver listening on {server.url} (database {db_path})")
+    click.echo(f"receiver listening on {server.url} (database {store.where})")
     try:
         while not stop.wait(0.5):
             if not thread.is_alive():

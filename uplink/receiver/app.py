@@ -43,7 +43,7 @@ from uplink.receiver.models import (
     UplinkBatch,
 )
 from uplink.receiver.page import SECURITY_HEADERS, login_page, order_page, orders_page
-from uplink.receiver.store import ReceiverStore, UnstorableItem
+from uplink.receiver.store import DatabaseUnavailable, ReceiverStore, UnstorableItem
 
 log = logging.getLogger(__name__)
 ACTIONS = {"accept": "accepted", "dispatch": "dispatched", "resolve": "resolved", "close": "closed", "reject": "rejected"}
@@ -161,6 +161,13 @@ def create_app(store: ReceiverStore, token: str = "", limits: Limits = Limits(),
         store.refuse("invalid_batch")
         return refusal(400, f"{error}: nothing of this batch was stored")
 
+    @app.exception_handler(DatabaseUnavailable)
+    async def unavailable(request: Request, error: DatabaseUnavailable) -> Response:
+        store.refuse("database_unavailable")
+        log.warning("database unavailable: %s", error)
+        return refusal(503, "the platform's database is not answering; nothing of this request was stored, "
+                            "send it again later", headers={"Retry-After": "2"})
+
     @app.exception_handler(HTTPException)
     async def refused(request: Request, error: HTTPException) -> Response:
         reason = getattr(error, "reason", None) or {
@@ -186,7 +193,7 @@ def create_app(store: ReceiverStore, token: str = "", limits: Limits = Limits(),
         (order id, revision), (device, interval) or (gateway, report seq): dropped and counted).
         A batch with any invalid item is refused whole (400) and nothing of it is stored."""
         stored = store.add(batch.gateway, [r.body() for r in batch.revisions], [t.body() for t in batch.telemetry],
-                           [r.body() for r in batch.reports])
+                           [r.body() for r in batch.reports], batch.health.body() if batch.health else None)
         return {"acknowledged": stored.acknowledged, "telemetry_acknowledged": stored.telemetry_acknowledged,
                 "reports_acknowledged": stored.reports_acknowledged, "duplicates": stored.duplicates}
 

@@ -63,6 +63,23 @@ class Report(_Item):
     at: Annotated[str | None, _cut(64)] = Field(None, description="When the gateway decided (ISO 8601).")
 
 
+class GatewayHealth(BaseModel):
+    """A gateway's health summary, sent with its uplink now and then (docs/uplink.md, "Health summary").
+
+    Version 1 names the fields below; a platform keeps the summary whole, so a newer gateway's
+    extra fields are kept too. ``at`` is the gateway's clock when it made the summary: the
+    platform's clock minus it, at arrival, is the gateway's clock skew (plus the link's delay).
+    """
+
+    model_config = ConfigDict(strict=True, extra="allow")
+
+    version: int = Field(ge=1, le=MAX_INTEGER, description="The summary's contract version (1).")
+    at: Annotated[str, Field(max_length=64)] = Field(description="The gateway's clock, ISO 8601.")
+
+    def body(self) -> dict[str, Any]:
+        return {"version": self.version, "at": self.at, **(self.__pydantic_extra__ or {})}
+
+
 class UplinkBatch(BaseModel):
     """A gateway's batch: ``POST /api/v1/uplink``. Unknown top-level keys are ignored."""
 
@@ -72,6 +89,7 @@ class UplinkBatch(BaseModel):
     revisions: list[Revision]
     telemetry: list[TelemetrySummary] = Field(default_factory=list)
     reports: list[Report] = Field(default_factory=list, description="Optional: what the gateway did with changes.")
+    health: GatewayHealth | None = Field(None, description="Optional: the gateway's health summary (contract version 1).")
 
 
 class UplinkAnswer(BaseModel):

@@ -1,17 +1,18 @@
-"""The receiver's SQLite file: every (order id, revision) once, a count of duplicates, the
-platform's decisions for the gateways, and the gateways' reports on them.
+"""The platform's store: every (order id, revision) once, each order's latest state, a count of
+duplicates, the platform's decisions for the gateways, the gateways' reports and health, and
+the console's users and the gateways' tokens. SQLite (a file) or PostgreSQL (database.py).
 
-The schema is versioned (``PRAGMA user_version``): each step of ``MIGRATIONS`` runs once, in
-its own transaction, when a receiver opens a file older than itself; a file is never recreated.
-Refusals (bad requests and MQTT messages) are counted in memory, by reason, since the start:
-counting them on disk would let a flood of bad input cost one disk write each.
+Idempotency is the database's: each item's key is a primary key and every insert is
+``ON CONFLICT DO NOTHING``, so several platform processes can share one PostgreSQL and a batch
+sent twice, or stored by two workers at once, is kept once. Refusals (bad requests and MQTT
+messages) are counted in memory, by reason, per process since its start: counting them on
+disk would let a flood of bad input cost one disk write each.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import math
-import sqlite3
 import threading
 import time
 from collections import Counter
@@ -20,30 +21,79 @@ from pathlib import Path
 
 import orjson
 
+from uplink.receiver.database import Database, DatabaseUnavailable, StoreError, Tx, describe, migrate, open_database
+
+__all__ = ["ReceiverStore", "Stored", "StoreError", "DatabaseUnavailable", "UnstorableItem", "MIGRATIONS"]
+
+# Each order's columns the console filters and sorts by, kept from its latest revision.
+ORDER_FIELDS = ("gateway", "revision", "change", "state", "severity", "category", "grid", "zone", "team", "device",
+                "device_kind", "rule", "title", "address", "verification", "repeat_of")
+
+
+def _backfill_orders(tx: Tx, dialect: str) -> None:
+    """Version 3: the orders table from the revisions a receiver already had."""
+    latest: dict[str, tuple] = {}
+    for order_id, revision, gateway, received_at, body in tx.execute(
+            "SELECT order_id, revision, gateway, received_at, body FROM revisions ORDER BY order_id, revision").fetchall():
+        first = latest.get(order_id, (None, None, None, received_at))[3]
+        latest[order_id] = (gateway, received_at, orjson.loads(body), first)
+    rows = [_order_row(gateway, body, received_at, first) for gateway, received_at, body, first in latest.values()]
+    tx.executemany(UPSERT_ORDER, rows)
+
+
 # Version 1 is the schema the first receivers created (before versions were kept): IF NOT
-# EXISTS makes it a no-op on their files.
-MIGRATIONS: tuple[tuple[str, ...], ...] = (
+# EXISTS makes it a no-op on their files. BIGINT and FLOAT are SQLite's INTEGER and REAL.
+MIGRATIONS: tuple[tuple, ...] = (
     (
-        "CREATE TABLE IF NOT EXISTS revisions (order_id TEXT, revision INTEGER, gateway TEXT, received_at FLOAT, "
+        "CREATE TABLE IF NOT EXISTS revisions (order_id TEXT, revision BIGINT, gateway TEXT, received_at FLOAT, "
         "body TEXT, PRIMARY KEY (order_id, revision))",
-        "CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER)",
-        "CREATE TABLE IF NOT EXISTS telemetry (device TEXT, interval INTEGER, gateway TEXT, received_at FLOAT, "
+        "CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value BIGINT)",
+        "CREATE TABLE IF NOT EXISTS telemetry (device TEXT, interval BIGINT, gateway TEXT, received_at FLOAT, "
         "body TEXT, PRIMARY KEY (device, interval))",
-        "CREATE TABLE IF NOT EXISTS changes (seq INTEGER PRIMARY KEY, gateway TEXT, type TEXT, order_id TEXT, "
+        "CREATE TABLE IF NOT EXISTS changes (seq {id}, gateway TEXT, type TEXT, order_id TEXT, "
         "state TEXT, note TEXT, content TEXT, at FLOAT)",
     ),
     (  # 2: the gateways' reports on the changes they applied or refused
-        "CREATE TABLE reports (gateway TEXT NOT NULL, seq INTEGER NOT NULL, type TEXT NOT NULL, status TEXT NOT NULL, "
+        "CREATE TABLE reports (gateway TEXT NOT NULL, seq BIGINT NOT NULL, type TEXT NOT NULL, status TEXT NOT NULL, "
         "reason TEXT NOT NULL, detail TEXT NOT NULL, file TEXT, at TEXT, received_at FLOAT NOT NULL, body TEXT NOT NULL, "
         "PRIMARY KEY (gateway, seq))",
         "CREATE INDEX reports_by_arrival ON reports (received_at)",
     ),
+    (  # 3: each order's latest state (the console's list), the gateways, who decided, users and tokens
+        "CREATE TABLE orders (order_id TEXT PRIMARY KEY, gateway TEXT NOT NULL, revision BIGINT NOT NULL, "
+        "change TEXT, state TEXT, severity TEXT, category TEXT, grid TEXT, zone TEXT, team TEXT, device TEXT, "
+        "device_kind TEXT, rule TEXT, title TEXT, address TEXT, verification TEXT, repeat_of TEXT, "
+        "lat FLOAT, lon FLOAT, opened_at FLOAT, updated_at FLOAT, first_received_at FLOAT NOT NULL, "
+        "received_at FLOAT NOT NULL, accepted_at FLOAT, dispatched_at FLOAT, resolved_at FLOAT, closed_at FLOAT, "
+        "body TEXT NOT NULL)",
+        "CREATE INDEX orders_by_arrival ON orders (first_received_at)",
+        "CREATE INDEX orders_by_state ON orders (state, first_received_at)",
+        "CREATE INDEX orders_by_grid ON orders (grid, first_received_at)",
+        "CREATE INDEX orders_by_gateway ON orders (gateway, first_received_at)",
+        "CREATE INDEX changes_by_gateway ON changes (gateway, seq)",
+        "CREATE INDEX changes_by_order ON changes (order_id, seq)",
+        "ALTER TABLE changes ADD COLUMN actor TEXT NOT NULL DEFAULT ''",
+        "CREATE TABLE gateways (gateway TEXT PRIMARY KEY, first_contact FLOAT NOT NULL, last_contact FLOAT NOT NULL, "
+        "batches BIGINT NOT NULL DEFAULT 0, items BIGINT NOT NULL DEFAULT 0, health TEXT, health_at FLOAT)",
+        "CREATE TABLE users (name TEXT PRIMARY KEY, password_hash TEXT NOT NULL, role TEXT NOT NULL, "
+        "created_at FLOAT NOT NULL, disabled INTEGER NOT NULL DEFAULT 0)",
+        "CREATE TABLE sessions (token_hash TEXT PRIMARY KEY, name TEXT NOT NULL, created_at FLOAT NOT NULL, "
+        "expires_at FLOAT NOT NULL)",
+        "CREATE TABLE gateway_tokens (token_hash TEXT PRIMARY KEY, gateway TEXT NOT NULL, label TEXT NOT NULL, "
+        "created_at FLOAT NOT NULL, revoked_at FLOAT)",
+        "CREATE INDEX gateway_tokens_by_gateway ON gateway_tokens (gateway)",
+        _backfill_orders,
+    ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
-
-class StoreError(Exception):
-    """The receiver's database cannot be used as it is (say, written by a newer receiver)."""
+UPSERT_ORDER = (
+    f"INSERT INTO orders (order_id, {', '.join(ORDER_FIELDS)}, lat, lon, opened_at, updated_at, first_received_at, "
+    f"received_at, body) VALUES (?, {', '.join('?' for _ in ORDER_FIELDS)}, ?, ?, ?, ?, ?, ?, ?) "
+    f"ON CONFLICT (order_id) DO UPDATE SET {', '.join(f'{c} = excluded.{c}' for c in ORDER_FIELDS)}, "
+    "lat = excluded.lat, lon = excluded.lon, opened_at = excluded.opened_at, updated_at = excluded.updated_at, "
+    "received_at = excluded.received_at, body = excluded.body WHERE orders.revision < excluded.revision"
+)
 
 
 class UnstorableItem(ValueError):
@@ -71,25 +121,6 @@ def _encode(where: str, body: dict) -> str:
         raise UnstorableItem(where, str(error)) from None
 
 
-def migrate(conn: sqlite3.Connection, path: Path) -> int:
-    """Bring the file's schema up to SCHEMA_VERSION; returns the version it had."""
-    found = conn.execute("PRAGMA user_version").fetchone()[0]
-    if found > SCHEMA_VERSION:
-        raise StoreError(f"{path} has schema version {found}; this receiver knows versions up to {SCHEMA_VERSION}: "
-                         "run a newer receiver, or give another --db")
-    for version in range(found + 1, SCHEMA_VERSION + 1):
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            for statement in MIGRATIONS[version - 1]:
-                conn.execute(statement)
-            conn.execute(f"PRAGMA user_version = {version}")
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-    return found
-
-
 def _seconds(text: str) -> float:
     """An ISO 8601 time from a revision, in seconds (nan when it is not one)."""
     try:
@@ -102,67 +133,119 @@ def _share(part: int, whole: int) -> float | None:
     return round(part / whole, 4) if whole else None
 
 
+def _text(value) -> str | None:
+    """A column's text: the value as sent when it is a string, else its JSON; NUL (which PostgreSQL
+    cannot keep in text) as U+FFFD."""
+    if value is None:
+        return None
+    text = value if isinstance(value, str) else orjson.dumps(value).decode()
+    return text.replace("\x00", "\ufffd") if "\x00" in text else text
+
+
+def _number(value) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        return None
+    return float(value)
+
+
+def _time(value) -> float | None:
+    seconds = _seconds(value) if isinstance(value, str) else math.nan
+    return None if math.isnan(seconds) else seconds
+
+
+def _order_row(gateway: str, body: dict, received_at: float, first_received_at: float) -> tuple:
+    location = body.get("location") if isinstance(body.get("location"), dict) else {}
+    fields = [_text(gateway) if name == "gateway" else (body.get("revision") if name == "revision" else _text(body.get(name)))
+              for name in ORDER_FIELDS]
+    return (_text(body["order_id"]), *fields, _number(location.get("lat")), _number(location.get("lon")),
+            _time(body.get("opened_at")), _time(body.get("updated_at")), first_received_at, received_at,
+            orjson.dumps(body).decode())
+
+
+def _key(where: str, value: str) -> str:
+    if "\x00" in value:
+        raise UnstorableItem(where, "contains a NUL character, which the database cannot store")
+    return value
+
+
+# When the platform's decision on an order is first made, for the console's figures.
+DECIDED_AT = {"accepted": "accepted_at", "dispatched": "dispatched_at", "resolved": "resolved_at", "closed": "closed_at",
+              "rejected": "closed_at"}
+
+
 class ReceiverStore:
-    def __init__(self, path: Path):
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self.path = path
-        self.conn = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None, timeout=30)
-        self.conn.execute("PRAGMA journal_mode=WAL")
-        self.conn.execute("PRAGMA synchronous=FULL")
-        self.lock = threading.Lock()
-        self.schema_found = migrate(self.conn, path)
+    """The platform's data over one database: ``target`` is a SQLite file's path or ``postgresql://...``."""
+
+    def __init__(self, target: str | Path, **options):
+        self.target = target
+        self.where = describe(target)
+        self.db: Database = open_database(target, **options)
+        try:
+            self.schema_found = migrate(self.db, MIGRATIONS, self.where)
+        except BaseException:
+            self.db.close()
+            raise
+        self.dialect = self.db.dialect
         self._refused: Counter[str] = Counter()
         self._refused_lock = threading.Lock()
 
     # -- what the gateways send ------------------------------------------------------------
 
     def add(self, gateway: str, revisions: list[dict], telemetry: list[dict] | None = None,
-            reports: list[dict] | None = None) -> Stored:
+            reports: list[dict] | None = None, health: dict | None = None) -> Stored:
         """Store a checked batch in one transaction; a duplicate is dropped, counted, and acknowledged.
 
-        Raises UnstorableItem (nothing stored) when an item cannot be encoded for storage.
+        Raises UnstorableItem (nothing stored) when an item cannot be encoded for storage, and
+        DatabaseUnavailable when the database did not answer (nothing acknowledged).
         """
-        now = time.time()
-        rows = [(body["order_id"], body["revision"], _encode(f"revisions[{i}]", body)) for i, body in enumerate(revisions)]
-        summaries = [(body["device"], body["interval"], _encode(f"telemetry[{i}]", body))
-                     for i, body in enumerate(telemetry or [])]
-        notes = [(body, _encode(f"reports[{i}]", body)) for i, body in enumerate(reports or [])]
-        stored = Stored()
-        with self.lock:
-            conn = self.conn
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                for order_id, revision, text in rows:
-                    cursor = conn.execute(
-                        "INSERT OR IGNORE INTO revisions (order_id, revision, gateway, received_at, body) VALUES (?, ?, ?, ?, ?)",
-                        [order_id, revision, gateway, now, text])
-                    stored.duplicates += cursor.rowcount == 0
-                    stored.acknowledged.append((order_id, revision))
-                for device, interval, text in summaries:
-                    cursor = conn.execute(
-                        "INSERT OR IGNORE INTO telemetry (device, interval, gateway, received_at, body) VALUES (?, ?, ?, ?, ?)",
-                        [device, interval, gateway, now, text])
-                    stored.duplicates += cursor.rowcount == 0
-                    stored.telemetry_acknowledged.append((device, interval))
-                for body, text in notes:
-                    cursor = conn.execute(
-                        "INSERT OR IGNORE INTO reports (gateway, seq, type, status, reason, detail, file, at, received_at, body) "
-                        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                        [gateway, body["seq"], body["type"], body["status"], body.get("reason") or "",
-                         body.get("detail") or "", body.get("file"), body.get("at"), now, text])
-                    stored.duplicates += cursor.rowcount == 0
-                    stored.reports_acknowledged.append(body["seq"])
-                if stored.duplicates:
-                    conn.execute(
-                        "INSERT INTO counters (name, value) VALUES ('duplicates', ?) "
-                        "ON CONFLICT(name) DO UPDATE SET value = value + excluded.value",
-                        [stored.duplicates])
-                conn.execute("COMMIT")
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
-        return stored
+        _key("gateway", gateway)
+        rows = sorted(((_key(f"revisions[{i}].order_id", body["order_id"]), body["revision"], body,
+                        _encode(f"revisions[{i}]", body)) for i, body in enumerate(revisions)), key=lambda row: row[:2])
+        summaries = sorted((_key(f"telemetry[{i}].device", body["device"]), body["interval"], _encode(f"telemetry[{i}]", body))
+                           for i, body in enumerate(telemetry or []))
+        notes = sorted(((body["seq"], body, _encode(f"reports[{i}]", body)) for i, body in enumerate(reports or [])),
+                       key=lambda note: note[0])
+        health_text = _encode("health", health) if health is not None else None
+        latest: dict[str, dict] = {}
+        for order_id, revision, body, _ in rows:
+            if order_id not in latest or latest[order_id]["revision"] < revision:
+                latest[order_id] = body
+
+        def store(tx: Tx) -> Stored:
+            now = time.time()
+            stored = Stored()
+            inserted = tx.executemany(
+                "INSERT INTO revisions (order_id, revision, gateway, received_at, body) VALUES (?, ?, ?, ?, ?) "
+                "ON CONFLICT DO NOTHING", [(o, r, gateway, now, text) for o, r, _, text in rows])
+            stored.duplicates += len(rows) - inserted
+            stored.acknowledged = [(o, r) for o, r, _, _ in rows]
+            tx.executemany(UPSERT_ORDER, [_order_row(gateway, body, now, now) for body in latest.values()])
+            inserted = tx.executemany(
+                "INSERT INTO telemetry (device, interval, gateway, received_at, body) VALUES (?, ?, ?, ?, ?) "
+                "ON CONFLICT DO NOTHING", [(d, i, gateway, now, text) for d, i, text in summaries])
+            stored.duplicates += len(summaries) - inserted
+            stored.telemetry_acknowledged = [(d, i) for d, i, _ in summaries]
+            inserted = tx.executemany(
+                "INSERT INTO reports (gateway, seq, type, status, reason, detail, file, at, received_at, body) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                [(gateway, seq, _text(body["type"]), _text(body["status"]), _text(body.get("reason") or ""),
+                  _text(body.get("detail") or ""), _text(body.get("file")), _text(body.get("at")), now, text)
+                 for seq, body, text in notes])
+            stored.duplicates += len(notes) - inserted
+            stored.reports_acknowledged = [seq for seq, _, _ in notes]
+            if stored.duplicates:
+                tx.execute("INSERT INTO counters (name, value) VALUES ('duplicates', ?) "
+                           "ON CONFLICT (name) DO UPDATE SET value = counters.value + excluded.value", [stored.duplicates])
+            tx.execute(
+                "INSERT INTO gateways (gateway, first_contact, last_contact, batches, items, health, health_at) "
+                "VALUES (?, ?, ?, 1, ?, ?, ?) ON CONFLICT (gateway) DO UPDATE SET last_contact = excluded.last_contact, "
+                "batches = gateways.batches + 1, items = gateways.items + excluded.items, "
+                "health = COALESCE(excluded.health, gateways.health), health_at = COALESCE(excluded.health_at, gateways.health_at)",
+                [gateway, now, now, len(rows) + len(summaries) + len(notes), health_text,
+                 now if health_text is not None else None])
+            return stored
+
+        return self.db.write(store)
 
     def refuse(self, reason: str) -> None:
         """Count one refused request or message."""
@@ -176,97 +259,114 @@ class ReceiverStore:
     # -- the platform's decisions ----------------------------------------------------------
 
     def gateway_of(self, order_id: str) -> str | None:
-        with self.lock:
-            row = self.conn.execute("SELECT gateway FROM revisions WHERE order_id = ? LIMIT 1", [order_id]).fetchone()
-        return row[0] if row else None
+        row = self.db.read_one("SELECT gateway FROM orders WHERE order_id = ?", [order_id])
+        return row["gateway"] if row else None
 
-    def add_change(self, order_id: str, state: str, note: str = "") -> dict | None:
+    def add_change(self, order_id: str, state: str, note: str = "", actor: str = "") -> dict | None:
         """Record the platform's decision on an order, for its gateway to fetch; None if the order is unknown."""
-        gateway = self.gateway_of(order_id)
-        if gateway is None:
+        if "\x00" in order_id:
             return None
-        at = time.time()
-        with self.lock:
-            cursor = self.conn.execute(
-                "INSERT INTO changes (gateway, type, order_id, state, note, content, at) VALUES (?, 'order', ?, ?, ?, '', ?)",
-                [gateway, order_id, state, note, at])
-        return {"seq": cursor.lastrowid, "type": "order", "gateway": gateway, "order_id": order_id, "state": state,
-                "note": note, "at": at}
+        column = DECIDED_AT[state]
 
-    def add_rule_file(self, gateway: str, name: str, content: str) -> dict:
+        def decide(tx: Tx) -> dict | None:
+            row = tx.execute("SELECT gateway FROM orders WHERE order_id = ?", [order_id]).fetchone()
+            if row is None:
+                return None
+            at = time.time()
+            seq = tx.execute(
+                "INSERT INTO changes (gateway, type, order_id, state, note, content, at, actor) "
+                "VALUES (?, 'order', ?, ?, ?, '', ?, ?) RETURNING seq",
+                [row[0], order_id, state, _text(note), at, _text(actor)]).fetchone()[0]
+            tx.execute(f"UPDATE orders SET {column} = COALESCE({column}, ?) WHERE order_id = ?", [at, order_id])
+            return {"seq": seq, "type": "order", "gateway": row[0], "order_id": order_id, "state": state,
+                    "note": note, "at": at}
+
+        return self.db.write(decide)
+
+    def add_rule_file(self, gateway: str, name: str, content: str, actor: str = "") -> dict:
         """A new rule file for a gateway, which validates it before it applies it."""
         at = time.time()
-        with self.lock:
-            cursor = self.conn.execute(
-                "INSERT INTO changes (gateway, type, order_id, state, note, content, at) VALUES (?, 'rules', '', '', ?, ?, ?)",
-                [gateway, name, content, at])
-        return {"seq": cursor.lastrowid, "type": "rules", "gateway": gateway, "file": name, "content": content, "at": at}
+        seq = self.db.write(lambda tx: tx.execute(
+            "INSERT INTO changes (gateway, type, order_id, state, note, content, at, actor) "
+            "VALUES (?, 'rules', '', '', ?, ?, ?, ?) RETURNING seq",
+            [_key("gateway", gateway), name, _text(content), at, _text(actor)]).fetchone()[0])
+        return {"seq": seq, "type": "rules", "gateway": gateway, "file": name, "content": content, "at": at}
 
     def changes(self, gateway: str, after: int, limit: int = 500) -> list[dict]:
-        with self.lock:
-            rows = self.conn.execute(
-                "SELECT seq, type, order_id, state, note, content, at FROM changes WHERE gateway = ? AND seq > ? "
-                "ORDER BY seq LIMIT ?", [gateway, after, limit]).fetchall()
+        rows = self.db.read("SELECT seq, type, order_id, state, note, content, at FROM changes WHERE gateway = ? "
+                            "AND seq > ? ORDER BY seq LIMIT ?", [_text(gateway), after, limit])
         out = []
-        for seq, kind, order_id, state, note, content, at in rows:
-            if kind == "rules":
-                out.append({"seq": seq, "type": "rules", "file": note, "content": content, "at": at})
+        for row in rows:
+            if row["type"] == "rules":
+                out.append({"seq": row["seq"], "type": "rules", "file": row["note"], "content": row["content"],
+                            "at": row["at"]})
             else:
-                out.append({"seq": seq, "type": "order", "order_id": order_id, "state": state, "note": note, "at": at})
+                out.append({"seq": row["seq"], "type": "order", "order_id": row["order_id"], "state": row["state"],
+                            "note": row["note"], "at": row["at"]})
         return out
+
+    def decisions(self, order_id: str) -> list[dict]:
+        """The platform's decisions on one order, oldest first (seq, state, note, at, actor)."""
+        return self.db.read("SELECT seq, state, note, at, actor FROM changes WHERE order_id = ? AND type = 'order' "
+                            "ORDER BY seq", [_text(order_id)])
 
     # -- reading ---------------------------------------------------------------------------
 
     def orders(self) -> list[dict]:
         """The latest revision of every order, with the platform's state when it set one."""
-        with self.lock:
-            rows = self.conn.execute(
-                "SELECT body, (SELECT state FROM changes c WHERE c.order_id = r.order_id ORDER BY seq DESC LIMIT 1) "
-                "FROM revisions r WHERE revision = "
-                "(SELECT max(revision) FROM revisions WHERE order_id = r.order_id) ORDER BY received_at, order_id"
-            ).fetchall()
+        rows = self.db.read(
+            "SELECT body, (SELECT state FROM changes c WHERE c.order_id = o.order_id AND c.type = 'order' "
+            "ORDER BY seq DESC LIMIT 1) AS platform_state FROM orders o ORDER BY first_received_at, order_id")
         orders = []
-        for body, platform_state in rows:
-            order = orjson.loads(body)
-            order["platform_state"] = platform_state
+        for row in rows:
+            order = orjson.loads(row["body"])
+            order["platform_state"] = row["platform_state"]
             orders.append(order)
         return orders
 
     def telemetry(self) -> list[dict]:
-        with self.lock:
-            rows = self.conn.execute("SELECT body FROM telemetry ORDER BY interval, device").fetchall()
-        return [orjson.loads(body) for (body,) in rows]
+        return [orjson.loads(r["body"]) for r in self.db.read("SELECT body FROM telemetry ORDER BY interval, device")]
 
     def revisions(self) -> list[dict]:
-        with self.lock:
-            rows = self.conn.execute("SELECT body FROM revisions ORDER BY received_at, order_id, revision").fetchall()
-        return [orjson.loads(body) for (body,) in rows]
+        return [orjson.loads(r["body"])
+                for r in self.db.read("SELECT body FROM revisions ORDER BY received_at, order_id, revision")]
 
     def order_revisions(self, order_id: str) -> list[dict]:
-        """Every revision of one order, oldest first."""
-        with self.lock:
-            rows = self.conn.execute("SELECT body FROM revisions WHERE order_id = ? ORDER BY revision", [order_id]).fetchall()
-        return [orjson.loads(body) for (body,) in rows]
+        """Every revision of one order, oldest first, each with when the platform received it."""
+        out = []
+        for row in self.db.read("SELECT received_at, body FROM revisions WHERE order_id = ? ORDER BY revision",
+                                [_text(order_id)]):
+            body = orjson.loads(row["body"])
+            body.setdefault("received_at", row["received_at"])
+            out.append(body)
+        return out
 
     def reports(self, gateway: str | None = None, limit: int = 500, status: str | None = None) -> list[dict]:
         """The newest ``limit`` reports (of one gateway, of one status), oldest first, each with its gateway."""
         where, args = [], []
         if gateway is not None:
             where.append("gateway = ?")
-            args.append(gateway)
+            args.append(_text(gateway))
         if status is not None:
             where.append("status = ?")
-            args.append(status)
+            args.append(_text(status))
         clause = f"WHERE {' AND '.join(where)} " if where else ""
-        with self.lock:
-            rows = self.conn.execute(
-                f"SELECT gateway, received_at, body FROM reports {clause}ORDER BY received_at DESC, seq DESC LIMIT ?",
-                [*args, limit]).fetchall()
+        rows = self.db.read(f"SELECT gateway, received_at, body FROM reports {clause}"
+                            "ORDER BY received_at DESC, seq DESC LIMIT ?", [*args, limit])
         out = []
-        for gw, received_at, body in reversed(rows):
-            report = orjson.loads(body)
-            report["gateway"], report["received_at"] = gw, received_at
+        for row in reversed(rows):
+            report = orjson.loads(row["body"])
+            report["gateway"], report["received_at"] = row["gateway"], row["received_at"]
             out.append(report)
+        return out
+
+    def gateways(self) -> list[dict]:
+        """Every gateway heard from: first and last contact, batches, items, its latest health summary."""
+        out = []
+        for row in self.db.read("SELECT gateway, first_contact, last_contact, batches, items, health, health_at "
+                                "FROM gateways ORDER BY gateway"):
+            row["health"] = orjson.loads(row["health"]) if row["health"] else None
+            out.append(row)
         return out
 
     def quality(self, repeat_days: tuple[int, ...] = (7, 30)) -> dict:
@@ -276,15 +376,14 @@ class ReceiverStore:
         (verified), found not fixed, or could not check (unverified); and of the verified fixes,
         the share whose problem (same rule, same device) came back within 7 and 30 days.
         """
-        with self.lock:
-            rows = self.conn.execute("SELECT body FROM revisions ORDER BY order_id, revision").fetchall()
+        rows = self.db.read("SELECT body FROM revisions ORDER BY order_id, revision")
         latest: dict[str, dict] = {}
         outcomes: dict[str, list[str]] = {}
         resolutions: dict[str, int] = {}
         fixes: list[tuple[str, str, str, float]] = []  # (order, rule, device, verified at)
         opened: list[tuple[str, str, str, float]] = []  # (order, rule, device, opened at)
-        for (text,) in rows:
-            body = orjson.loads(text)
+        for row in rows:
+            body = orjson.loads(row["body"])
             order_id = body.get("order_id")
             latest[order_id] = body
             change = body.get("change")
@@ -325,15 +424,14 @@ class ReceiverStore:
         return result
 
     def stats(self) -> dict:
-        with self.lock:
-            orders = self.conn.execute("SELECT count(DISTINCT order_id) FROM revisions").fetchone()[0]
-            revisions = self.conn.execute("SELECT count(*) FROM revisions").fetchone()[0]
-            row = self.conn.execute("SELECT value FROM counters WHERE name = 'duplicates'").fetchone()
-            summaries = self.conn.execute("SELECT count(*) FROM telemetry").fetchone()[0]
-            reports = self.conn.execute("SELECT count(*) FROM reports").fetchone()[0]
-        return {"orders": orders, "revisions": revisions, "duplicates": row[0] if row else 0, "telemetry": summaries,
-                "reports": reports, "refused": self.refused()}
+        def count(tx: Tx) -> dict:
+            one = lambda sql: tx.execute(sql).fetchone()[0]  # noqa: E731
+            duplicates = tx.execute("SELECT value FROM counters WHERE name = 'duplicates'").fetchone()
+            return {"orders": one("SELECT count(*) FROM orders"), "revisions": one("SELECT count(*) FROM revisions"),
+                    "duplicates": duplicates[0] if duplicates else 0, "telemetry": one("SELECT count(*) FROM telemetry"),
+                    "reports": one("SELECT count(*) FROM reports")}
+
+        return {**self.db.write(count), "refused": self.refused()}
 
     def close(self) -> None:
-        with self.lock:
-            self.conn.close()
+        self.db.close()
