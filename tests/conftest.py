@@ -34,6 +34,46 @@ def mosquitto(tmp_path_factory) -> Broker:
     broker.stop()
 
 
+POSTGRES = os.environ.get("EDGE_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432")
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> str:
+    """The machine's PostgreSQL (EDGE_TEST_POSTGRES, default postgresql://postgres@127.0.0.1:5432):
+    its URL without a database. ./scripts/test installs and starts it where it is missing."""
+    import psycopg
+
+    try:
+        with psycopg.connect(f"{POSTGRES}/postgres", connect_timeout=5):
+            pass
+    except psycopg.OperationalError as error:
+        pytest.fail(f"PostgreSQL at {POSTGRES} does not answer ({error}); ./scripts/test installs and starts it "
+                    "on Debian, or set EDGE_TEST_POSTGRES")
+    return POSTGRES
+
+
+@contextmanager
+def postgres_database(server: str):
+    """A database of its own on ``server`` (its URL), dropped afterwards with whatever is connected to it."""
+    import psycopg
+
+    name = f"edge_test_{os.getpid()}_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(f"{server}/postgres", autocommit=True) as admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield f"{server}/{name}"
+    finally:
+        with psycopg.connect(f"{server}/postgres", autocommit=True) as admin:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def postgres_url(postgres_server) -> str:
+    """A fresh PostgreSQL database for one test (created and dropped around it)."""
+    with postgres_database(postgres_server) as url:
+        yield url
+
+
 class ReceiverProcess:
     def __init__(self, process: subprocess.Popen, url: str, db: Path):
         self.process, self.url, self.db = process, url, db

@@ -5,13 +5,15 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import socket
+import sys
 import threading
-from pathlib import Path
 
 import click
 
 from uplink.receiver.limits import Limits
-from uplink.receiver.server import ReceiverServer, is_loopback
+from uplink.receiver.server import ReceiverServer, is_loopback, listen
+from uplink.receiver.workers import supervise
 from uplink.receiver.store import ReceiverStore, StoreError
 
 log = logging.getLogger("uplink.receiver")
@@ -30,7 +32,11 @@ DEFAULTS = Limits()
                    "only sensible on 127.0.0.1).")
 @click.option("--mqtt", "mqtt_url", default=None, metavar="URL",
               help="Also take orders over MQTT from this broker (mqtt://[user:password@]host:port), topics "
-                   "edge/+/orders/+, edge/+/telemetry/+ and edge/+/reports, and publish decisions to edge/<gateway>/changes.")
+                   "edge/+/orders/+, edge/+/telemetry/+, edge/+/reports and edge/+/health as MQTT 5 shared "
+                   "subscriptions ($share/GROUP/...), and publish decisions to edge/<gateway>/changes.")
+@click.option("--mqtt-group", default="platform", show_default=True,
+              help="Shared subscription group of --mqtt: the platform's listeners (every worker, every process "
+                   "given the same group) split the gateways' messages between them.")
 @click.option("--tls-cert", type=click.Path(exists=True, dir_okay=False), default=None,
               help="Serve HTTPS with this certificate (PEM); the key in --tls-key or in the same file.")
 @click.option("--tls-key", type=click.Path(exists=True, dir_okay=False), default=None, help="Private key (PEM) of --tls-cert.")
@@ -43,59 +49,94 @@ DEFAULTS = Limits()
                    "then the connection is closed) and each piece of a body (then 408). An idle connection "
                    "after an answer is closed after 5 s.")
 @click.option("--mqtt-client-id", default="reference-receiver", show_default=True,
-              help="MQTT client id of --mqtt (its persistent session on the broker): one per receiver.")
+              help="MQTT client id of --mqtt (its persistent session on the broker): one per receiver; "
+                   "with --workers N, worker n uses ID-n.")
+@click.option("--workers", default=1, show_default=True, type=click.IntRange(1, 64),
+              help="Processes serving the API (and, with --mqtt, listening) on the same port and database; a worker "
+                   "that dies is started again. Use PostgreSQL for more than one (SQLite serialises their writes).")
 @click.option("--debug", is_flag=True, help="Log every request.")
-def main(host: str, port: int, db_path: str, token: str, mqtt_url: str | None, tls_cert: str | None,
+def main(host: str, port: int, db_path: str, token: str, mqtt_url: str | None, mqtt_group: str, tls_cert: str | None,
          tls_key: str | None, max_body: int, max_connections: int, idle_timeout: float, mqtt_client_id: str,
-         debug: bool) -> None:
+         workers: int, debug: bool) -> None:
     """Reference central platform: stores work-order revisions uplinked by gateways.
 
     Drops a duplicate by (order id, revision) and acknowledges it all the same, so a
     gateway that resends after a crash is harmless. Refuses bad input with an answer and
     counts it (GET /api/v1/stats). Stop it with Ctrl-C or SIGTERM.
     """
-    logging.basicConfig(level=logging.DEBUG if debug else logging.INFO, format="%(asctime)s receiver %(levelname)s %(message)s")
+    logging.basicConfig(level=logging.DEBUG if debug else logging.INFO,
+                        format="%(asctime)s receiver %(levelname)s %(message)s")
     if not debug:
         logging.getLogger("uvicorn.error").setLevel(logging.WARNING)
     try:
-        store = ReceiverStore(db_path)
+        store = ReceiverStore(db_path)  # migrates the database once, before any worker starts
     except (StoreError, OSError) as error:
         raise click.ClickException(str(error)) from None
     limits = Limits(max_body=max_body, max_connections=max_connections, head_timeout=idle_timeout,
                     body_timeout=idle_timeout)
-    try:
-        server = ReceiverServer(host, port, store, token, tls_cert, tls_key, limits=limits, access_log=debug)
-    except OSError as error:
-        store.close()
-        raise click.ClickException(f"cannot listen on {host}:{port}: {error}") from None
     if not token and not is_loopback(host):
         log.warning("listening on %s without a token: anyone who can reach this address can read every order "
                     "(with its address) and push rule files to the gateways; set --token or $RECEIVER_TOKEN", host)
-    listener = None
     if mqtt_url:
         from uplink.receiver.mqtt_listener import MqttListener
 
         try:
-            listener = MqttListener(mqtt_url, store, client_id=mqtt_client_id)
+            MqttListener.check_settings(mqtt_url, mqtt_group)
         except ValueError as error:
-            server.shutdown()
             store.close()
             raise click.ClickException(str(error)) from None
-        server.on_change = listener.publish_change
-    stop = threading.Event()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda *_: stop.set())
-    thread = server.start_background()
-    click.echo(f"receiver listening on {server.url} (database {store.where})")
+
+    def serve(store: ReceiverStore, sock: socket.socket | None, client_id: str, announce: bool) -> None:
+        try:
+            server = ReceiverServer(host, port, store, token, tls_cert, tls_key, limits=limits, access_log=debug,
+                                    sock=sock)
+        except OSError as error:
+            store.close()
+            raise click.ClickException(f"cannot listen on {host}:{port}: {error}") from None
+        listener = None
+        if mqtt_url:
+            from uplink.receiver.mqtt_listener import MqttListener
+
+            listener = MqttListener(mqtt_url, store, client_id=client_id, group=mqtt_group)
+            server.on_change = listener.publish_change
+        stop = threading.Event()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, lambda *_: stop.set())
+        thread = server.start_background()
+        if announce:
+            click.echo(f"receiver listening on {server.url} (database {store.where})")
+        try:
+            while not stop.wait(0.5):
+                if not thread.is_alive():
+                    raise click.ClickException("the HTTP server stopped; see the log above")
+        finally:
+            if listener is not None:
+                listener.close()
+            server.shutdown()
+            store.close()
+
+    if workers == 1:
+        serve(store, None, mqtt_client_id, announce=True)
+        return
+    store.close()
     try:
-        while not stop.wait(0.5):
-            if not thread.is_alive():
-                raise click.ClickException("the HTTP server stopped; see the log above")
-    finally:
-        if listener is not None:
-            listener.close()
-        server.shutdown()
-        store.close()
+        sock = listen(host, port)
+    except OSError as error:
+        raise click.ClickException(f"cannot listen on {host}:{port}: {error}") from None
+    bound, bound_port = sock.getsockname()[:2]
+    scheme = "https" if tls_cert else "http"
+    shown = f"[{bound}]" if ":" in bound else bound
+    click.echo(f"receiver listening on {scheme}://{shown}:{bound_port} (database {store.where}, {workers} workers)")
+    sys.stdout.flush()
+
+    def worker(number: int, sock: socket.socket) -> None:
+        try:
+            mine = ReceiverStore(db_path)
+        except (StoreError, OSError) as error:
+            raise click.ClickException(str(error)) from None
+        serve(mine, sock, f"{mqtt_client_id}-{number}", announce=False)
+
+    supervise(workers, sock, worker)
 
 
 if __name__ == "__main__":

@@ -1,45 +1,75 @@
-"""The reference receiver's MQTT side: takes revisions, summaries and reports from
-``edge/+/orders/+``, ``edge/+/telemetry/+`` and ``edge/+/reports`` (QoS 1, persistent session),
-and publishes decisions to ``edge/<gw>/changes``. See uplink/transport_mqtt.py for the layout.
+"""The platform's MQTT side: takes revisions, summaries, reports and health summaries from
+``edge/+/orders/+``, ``edge/+/telemetry/+``, ``edge/+/reports`` and ``edge/+/health`` (QoS 1,
+persistent session), and publishes decisions to ``edge/<gw>/changes``. See
+uplink/transport_mqtt.py for the layout.
+
+Several listeners (one per worker, each with its own client id) split the gateways' messages
+between them: they subscribe as MQTT 5 shared subscriptions, ``$share/<group>/edge/+/...``
+(group ``platform`` by default), so the broker gives each message to one of them.
 
 A message is checked with the same models as the HTTP uplink. One that cannot be taken (not
 JSON, the wrong shape, too large, an unknown topic) is refused: logged, counted in
 ``/api/v1/stats`` (``refused``, reasons ``mqtt_...``) and acknowledged, so the broker does not
-send it again; the listener goes on. A message is acknowledged (PUBACK) only once it is
-stored or refused: if the store fails, it is left unacknowledged and the broker sends it
-again when the listener next connects. paho reconnects by itself (1 s doubling to 30 s)
-after the broker goes away, and every connection subscribes again.
+send it again; the listener goes on. Messages are stored in batches (up to ``batch`` messages
+or ``linger`` seconds, one transaction) and acknowledged (PUBACK) only once stored or refused:
+if the listener is killed mid-batch, or the database is away, nothing of the batch is
+acknowledged and the broker sends it again (to this client id when it comes back: its
+session keeps them); a message stored twice that way is dropped by its key. paho reconnects
+by itself (1 s doubling to 30 s) after the broker goes away, and every connection subscribes
+again.
 """
 
 from __future__ import annotations
 
 import logging
+import queue
 import threading
+import time
+from dataclasses import dataclass
 from urllib.parse import unquote, urlparse
 
 import orjson
 import paho.mqtt.client as mqtt
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.subscribeoptions import SubscribeOptions
 from pydantic import BaseModel, ValidationError
 
-from uplink.receiver.models import Report, Revision, TelemetrySummary
-from uplink.receiver.store import ReceiverStore, UnstorableItem
+from uplink.receiver.models import GatewayHealth, Report, Revision, TelemetrySummary
+from uplink.receiver.store import DatabaseUnavailable, ReceiverStore, UnstorableItem
 
 log = logging.getLogger(__name__)
-TOPICS = [("edge/+/orders/+", 1), ("edge/+/telemetry/+", 1), ("edge/+/reports", 1)]
+FILTERS = ("edge/+/orders/+", "edge/+/telemetry/+", "edge/+/reports", "edge/+/health")
+SESSION_EXPIRY = 7 * 86400  # seconds the broker keeps a listener's session (and its messages) while it is away
+
+
+@dataclass
+class _Taken:
+    """A checked message waiting for its batch's transaction."""
+
+    mid: int
+    qos: int
+    gateway: str
+    kind: str
+    body: dict
+    shown: str
 
 
 class MqttListener:
     def __init__(self, url: str, store: ReceiverStore, max_payload: int = 1024 * 1024,
-                 client_id: str = "reference-receiver"):
-        parsed = urlparse(url)
-        if parsed.scheme not in ("mqtt", "mqtts") or not parsed.hostname:
-            raise ValueError(f"{url!r}: give the broker as mqtt://host:port or mqtts://host:port")
+                 client_id: str = "reference-receiver", group: str = "platform", batch: int = 500,
+                 linger: float = 0.02):
+        parsed = self.check_settings(url, group)
         self.store = store
         self.max_payload = max_payload
+        self.topics = [f"$share/{group}/{topic}" for topic in FILTERS]
+        self.batch, self.linger = batch, linger
         self.connected = threading.Event()
         self.connects = 0
-        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=False,
-                                  protocol=mqtt.MQTTv311, manual_ack=True)
+        self._waiting: queue.SimpleQueue[_Taken | None] = queue.SimpleQueue()
+        self._stop = threading.Event()
+        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5,
+                                  manual_ack=True)
         if parsed.username:
             self.client.username_pw_set(unquote(parsed.username), unquote(parsed.password or "") or None)
         if parsed.scheme == "mqtts":
@@ -48,38 +78,56 @@ class MqttListener:
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = self._on_disconnect
         self.client.on_message = self._on_message
+        session = Properties(PacketTypes.CONNECT)
+        session.SessionExpiryInterval = SESSION_EXPIRY
         default_port = 8883 if parsed.scheme == "mqtts" else 1883
-        self.client.connect_async(parsed.hostname, parsed.port or default_port, 30)
+        self.writer = threading.Thread(target=self._write, name="mqtt-store", daemon=True)
+        self.writer.start()
+        self.client.connect_async(parsed.hostname, parsed.port or default_port, 30, clean_start=False,
+                                  properties=session)
         self.client.loop_start()
+
+    @staticmethod
+    def check_settings(url: str, group: str):
+        """The broker's URL parsed; ValueError with what to give instead."""
+        parsed = urlparse(url)
+        if parsed.scheme not in ("mqtt", "mqtts") or not parsed.hostname:
+            raise ValueError(f"{url!r}: give the broker as mqtt://host:port or mqtts://host:port")
+        if not group or any(c in group for c in "/+#"):
+            raise ValueError(f"{group!r}: a shared subscription group is a name without / + or #")
+        return parsed
 
     def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
         if reason_code.is_failure:
             log.warning("MQTT broker refused the connection: %s; trying again", reason_code)
             return
-        client.subscribe(TOPICS)
+        client.subscribe([(topic, SubscribeOptions(qos=1)) for topic in self.topics])
         self.connects += 1
         self.connected.set()
-        log.info("MQTT: connected, subscribed to %s", ", ".join(topic for topic, _ in TOPICS))
+        log.info("MQTT: connected, subscribed to %s", ", ".join(self.topics))
 
     def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
         self.connected.clear()
-        log.warning("MQTT: connection to the broker lost (%s); reconnecting", reason_code)
+        if not self._stop.is_set():
+            log.warning("MQTT: connection to the broker lost (%s); reconnecting", reason_code)
 
     def _on_message(self, client, userdata, message) -> None:
-        try:
-            reason = self.take(message.topic, message.payload)
-        except Exception:  # the store failed: leave it unacknowledged, the broker sends it again
-            log.exception("MQTT: could not store the message on %r; it stays unacknowledged", message.topic)
-            return
-        if reason is not None:
-            self.store.refuse(reason)
-        try:
-            client.ack(message.mid, message.qos)
-        except Exception:
-            log.exception("MQTT: could not acknowledge message %s", message.mid)
+        taken = self.check(message.topic, message.payload)
+        if isinstance(taken, dict):
+            self._waiting.put(_Taken(message.mid, message.qos, **taken))
+        else:
+            self.store.refuse(taken)
+            self._ack([(message.mid, message.qos)])
 
-    def take(self, topic: str, payload: bytes) -> str | None:
-        """Store one message; returns the reason it was refused, or None when stored."""
+    def _ack(self, mids: list[tuple[int, int]]) -> None:
+        for mid, qos in mids:
+            try:
+                self.client.ack(mid, qos)
+            except Exception:
+                log.exception("MQTT: could not acknowledge message %s", mid)
+
+    def check(self, topic: str, payload: bytes) -> dict | str:
+        """A message checked for storage ({gateway, kind, body, shown}), or the reason it is refused."""
         shown = topic[:200].encode("unicode_escape").decode()
         parts = topic.split("/")
         model: type[BaseModel]
@@ -89,6 +137,8 @@ class MqttListener:
             model, kind = TelemetrySummary, "summary"
         elif len(parts) == 3 and parts[2] == "reports":
             model, kind = Report, "report"
+        elif len(parts) == 3 and parts[2] == "health":
+            model, kind = GatewayHealth, "health"
         else:
             log.warning("MQTT: refused a message on %s: not an uplink topic", shown)
             return "mqtt_unexpected_topic"
@@ -109,18 +159,69 @@ class MqttListener:
             log.warning("MQTT: refused a %s on %s: %s: %s", kind, shown, ".".join(map(str, first["loc"])) or "body",
                         first["msg"])
             return f"mqtt_invalid_{kind}"
-        body = item.body()
+        return {"gateway": gateway, "kind": kind, "body": item.body(), "shown": shown}
+
+    def _write(self) -> None:
+        """The writer thread: batches of checked messages, each stored in one transaction, then acknowledged."""
+        while True:
+            first = self._waiting.get()
+            if first is None:
+                return
+            batch = [first]
+            deadline = time.monotonic() + self.linger
+            while len(batch) < self.batch:
+                try:
+                    item = self._waiting.get(timeout=max(0.0, deadline - time.monotonic()))
+                except queue.Empty:
+                    break
+                if item is None:
+                    self._waiting.put(None)
+                    break
+                batch.append(item)
+            pause = 0.5
+            while not self._stop.is_set():
+                try:
+                    reasons = self._store(batch)
+                    break
+                except DatabaseUnavailable as error:  # not acknowledged; try again (the broker also keeps them)
+                    log.warning("MQTT: database unavailable, %d messages wait: %s", len(batch), error)
+                except Exception:
+                    log.exception("MQTT: could not store %d messages; they stay unacknowledged", len(batch))
+                time.sleep(pause)
+                pause = min(pause * 2, 10.0)
+            else:
+                return
+            for item, reason in zip(batch, reasons):
+                if reason is not None:
+                    self.store.refuse(reason)
+            self._ack([(item.mid, item.qos) for item in batch])
+
+    def _store(self, batch: list[_Taken]) -> list[str | None]:
+        """Store the batch in one transaction; an item that cannot be stored is refused and the rest stored."""
         try:
-            self.store.add(gateway, [body] if kind == "revision" else [], [body] if kind == "summary" else [],
-                           [body] if kind == "report" else [])
-        except UnstorableItem as error:
-            log.warning("MQTT: refused a %s on %s: %s", kind, shown, error)
-            return f"mqtt_invalid_{kind}"
-        return None
+            self.store.add_many([_as_batch(item) for item in batch])
+            return [None] * len(batch)
+        except UnstorableItem:
+            if len(batch) == 1:
+                item = batch[0]
+                log.warning("MQTT: refused a %s on %s: cannot be stored", item.kind, item.shown)
+                return [f"mqtt_invalid_{item.kind}"]
+        middle = len(batch) // 2  # find the items that cannot be stored; store the others
+        return self._store(batch[:middle]) + self._store(batch[middle:])
 
     def publish_change(self, gateway: str, change: dict) -> None:
         self.client.publish(f"edge/{gateway}/changes", orjson.dumps(change), qos=1)
 
     def close(self) -> None:
+        """Store what is waiting, then disconnect (what could not be stored stays with the broker)."""
+        self._waiting.put(None)
+        self.writer.join(10)
+        self._stop.set()
         self.client.disconnect()
         self.client.loop_stop()
+
+
+def _as_batch(item: _Taken) -> tuple:
+    kind, body = item.kind, item.body
+    return (item.gateway, [body] if kind == "revision" else [], [body] if kind == "summary" else [],
+            [body] if kind == "report" else [], body if kind == "health" else None)

@@ -22,7 +22,7 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def _listen(host: str, port: int) -> socket.socket:
+def listen(host: str, port: int) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
@@ -40,13 +40,14 @@ class ReceiverServer:
     """The API on ``host:port`` (0: a free port; see ``url``), bound at once, served from ``start_background()``."""
 
     def __init__(self, host: str, port: int, store: ReceiverStore, token: str = "",
-                 tls_cert: str | None = None, tls_key: str | None = None, limits: Limits = Limits(), access_log: bool = False):
+                 tls_cert: str | None = None, tls_key: str | None = None, limits: Limits = Limits(), access_log: bool = False,
+                 sock: socket.socket | None = None):
         self.store = store
         self.token = token
         self.limits = limits
         self.on_change = None  # called with (gateway, change) when the platform decides; the MQTT side sets it
         self.app = create_app(store, token, limits, on_change=self._tell)
-        self.socket = _listen(host, port)
+        self.socket = sock if sock is not None else listen(host, port)
         self.scheme = "https" if tls_cert else "http"
         self.config = uvicorn.Config(
             Guard(self.app, token, limits.body_timeout, store.refuse), interface="asgi3", lifespan="off",

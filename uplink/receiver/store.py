@@ -168,6 +168,66 @@ def _key(where: str, value: str) -> str:
     return value
 
 
+@dataclass
+class _Batch:
+    gateway: str
+    rows: list  # (order id, revision, body, text), sorted by key
+    latest: list  # the newest revision of each order in the batch
+    summaries: list  # (device, interval, text)
+    notes: list  # (seq, body, text)
+    health: str | None
+
+
+def _prepare(gateway: str, revisions: list[dict], telemetry: list[dict], reports: list[dict], health: dict | None) -> _Batch:
+    """A batch checked and encoded for storage (UnstorableItem when it cannot be), keys sorted so that
+    concurrent transactions take their row locks in the same order."""
+    _key("gateway", gateway)
+    rows = sorted(((_key(f"revisions[{i}].order_id", body["order_id"]), body["revision"], body,
+                    _encode(f"revisions[{i}]", body)) for i, body in enumerate(revisions)), key=lambda row: row[:2])
+    summaries = sorted((_key(f"telemetry[{i}].device", body["device"]), body["interval"], _encode(f"telemetry[{i}]", body))
+                       for i, body in enumerate(telemetry))
+    notes = sorted(((body["seq"], body, _encode(f"reports[{i}]", body)) for i, body in enumerate(reports)),
+                   key=lambda note: note[0])
+    latest: dict[str, dict] = {}
+    for order_id, revision, body, _ in rows:
+        if order_id not in latest or latest[order_id]["revision"] < revision:
+            latest[order_id] = body
+    return _Batch(gateway, rows, list(latest.values()), summaries, notes,
+                  _encode("health", health) if health is not None else None)
+
+
+def _store(tx: Tx, now: float, batch: _Batch) -> Stored:
+    gateway, rows, summaries, notes = batch.gateway, batch.rows, batch.summaries, batch.notes
+    stored = Stored()
+    inserted = tx.executemany(
+        "INSERT INTO revisions (order_id, revision, gateway, received_at, body) VALUES (?, ?, ?, ?, ?) "
+        "ON CONFLICT DO NOTHING", [(o, r, gateway, now, text) for o, r, _, text in rows])
+    stored.duplicates += len(rows) - inserted
+    stored.acknowledged = [(o, r) for o, r, _, _ in rows]
+    tx.executemany(UPSERT_ORDER, [_order_row(gateway, body, now, now) for body in batch.latest])
+    inserted = tx.executemany(
+        "INSERT INTO telemetry (device, interval, gateway, received_at, body) VALUES (?, ?, ?, ?, ?) "
+        "ON CONFLICT DO NOTHING", [(d, i, gateway, now, text) for d, i, text in summaries])
+    stored.duplicates += len(summaries) - inserted
+    stored.telemetry_acknowledged = [(d, i) for d, i, _ in summaries]
+    inserted = tx.executemany(
+        "INSERT INTO reports (gateway, seq, type, status, reason, detail, file, at, received_at, body) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+        [(gateway, seq, _text(body["type"]), _text(body["status"]), _text(body.get("reason") or ""),
+          _text(body.get("detail") or ""), _text(body.get("file")), _text(body.get("at")), now, text)
+         for seq, body, text in notes])
+    stored.duplicates += len(notes) - inserted
+    stored.reports_acknowledged = [seq for seq, _, _ in notes]
+    tx.execute(
+        "INSERT INTO gateways (gateway, first_contact, last_contact, batches, items, health, health_at) "
+        "VALUES (?, ?, ?, 1, ?, ?, ?) ON CONFLICT (gateway) DO UPDATE SET last_contact = excluded.last_contact, "
+        "batches = gateways.batches + 1, items = gateways.items + excluded.items, "
+        "health = COALESCE(excluded.health, gateways.health), health_at = COALESCE(excluded.health_at, gateways.health_at)",
+        [gateway, now, now, len(rows) + len(summaries) + len(notes), batch.health,
+         now if batch.health is not None else None])
+    return stored
+
+
 # When the platform's decision on an order is first made, for the console's figures.
 DECIDED_AT = {"accepted": "accepted_at", "dispatched": "dispatched_at", "resolved": "resolved_at", "closed": "closed_at",
               "rejected": "closed_at"}
@@ -198,52 +258,20 @@ class ReceiverStore:
         Raises UnstorableItem (nothing stored) when an item cannot be encoded for storage, and
         DatabaseUnavailable when the database did not answer (nothing acknowledged).
         """
-        _key("gateway", gateway)
-        rows = sorted(((_key(f"revisions[{i}].order_id", body["order_id"]), body["revision"], body,
-                        _encode(f"revisions[{i}]", body)) for i, body in enumerate(revisions)), key=lambda row: row[:2])
-        summaries = sorted((_key(f"telemetry[{i}].device", body["device"]), body["interval"], _encode(f"telemetry[{i}]", body))
-                           for i, body in enumerate(telemetry or []))
-        notes = sorted(((body["seq"], body, _encode(f"reports[{i}]", body)) for i, body in enumerate(reports or [])),
-                       key=lambda note: note[0])
-        health_text = _encode("health", health) if health is not None else None
-        latest: dict[str, dict] = {}
-        for order_id, revision, body, _ in rows:
-            if order_id not in latest or latest[order_id]["revision"] < revision:
-                latest[order_id] = body
+        return self.add_many([(gateway, revisions, telemetry or [], reports or [], health)])[0]
 
-        def store(tx: Tx) -> Stored:
+    def add_many(self, batches: list[tuple[str, list[dict], list[dict], list[dict], dict | None]]) -> list[Stored]:
+        """Several gateways' batches (gateway, revisions, telemetry, reports, health) in one transaction."""
+        prepared = [_prepare(*batch) for batch in batches]
+
+        def store(tx: Tx) -> list[Stored]:
             now = time.time()
-            stored = Stored()
-            inserted = tx.executemany(
-                "INSERT INTO revisions (order_id, revision, gateway, received_at, body) VALUES (?, ?, ?, ?, ?) "
-                "ON CONFLICT DO NOTHING", [(o, r, gateway, now, text) for o, r, _, text in rows])
-            stored.duplicates += len(rows) - inserted
-            stored.acknowledged = [(o, r) for o, r, _, _ in rows]
-            tx.executemany(UPSERT_ORDER, [_order_row(gateway, body, now, now) for body in latest.values()])
-            inserted = tx.executemany(
-                "INSERT INTO telemetry (device, interval, gateway, received_at, body) VALUES (?, ?, ?, ?, ?) "
-                "ON CONFLICT DO NOTHING", [(d, i, gateway, now, text) for d, i, text in summaries])
-            stored.duplicates += len(summaries) - inserted
-            stored.telemetry_acknowledged = [(d, i) for d, i, _ in summaries]
-            inserted = tx.executemany(
-                "INSERT INTO reports (gateway, seq, type, status, reason, detail, file, at, received_at, body) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
-                [(gateway, seq, _text(body["type"]), _text(body["status"]), _text(body.get("reason") or ""),
-                  _text(body.get("detail") or ""), _text(body.get("file")), _text(body.get("at")), now, text)
-                 for seq, body, text in notes])
-            stored.duplicates += len(notes) - inserted
-            stored.reports_acknowledged = [seq for seq, _, _ in notes]
-            if stored.duplicates:
+            done = [_store(tx, now, batch) for batch in prepared]
+            duplicates = sum(stored.duplicates for stored in done)
+            if duplicates:
                 tx.execute("INSERT INTO counters (name, value) VALUES ('duplicates', ?) "
-                           "ON CONFLICT (name) DO UPDATE SET value = counters.value + excluded.value", [stored.duplicates])
-            tx.execute(
-                "INSERT INTO gateways (gateway, first_contact, last_contact, batches, items, health, health_at) "
-                "VALUES (?, ?, ?, 1, ?, ?, ?) ON CONFLICT (gateway) DO UPDATE SET last_contact = excluded.last_contact, "
-                "batches = gateways.batches + 1, items = gateways.items + excluded.items, "
-                "health = COALESCE(excluded.health, gateways.health), health_at = COALESCE(excluded.health_at, gateways.health_at)",
-                [gateway, now, now, len(rows) + len(summaries) + len(notes), health_text,
-                 now if health_text is not None else None])
-            return stored
+                           "ON CONFLICT (name) DO UPDATE SET value = counters.value + excluded.value", [duplicates])
+            return done
 
         return self.db.write(store)
 
