@@ -42,6 +42,7 @@ from edge.registry import Registry
 from edge.service import Notifier
 from edge.supervisor import Health, run_supervised
 from edge.status.server import StatusServer
+from edge.status.summary import RuleFiles, health_summary
 from uplink.sender import Sender
 from uplink.transport_http import HttpTransport
 from uplink.transport_mqtt import MqttTransport
@@ -100,7 +101,10 @@ class Agent:
         self.registry = Registry.load(config.registry.path)
         self.categories = Categories.load(config.orders.categories or default_categories())
         self._rules_fingerprint = fingerprint(config.rules.paths)
+        self.rule_files = RuleFiles()  # what the health summary says of the rule files
+        loaded = RuleFiles.version_of(config.rules.paths)
         self.rules = load_rules(config.rules.paths, self.categories.keys())
+        self.rule_files.loaded(loaded)
         self.engine = Engine(self.rules, self.registry)
         self._reload_requested = threading.Event()
         self.stats = Stats()
@@ -154,6 +158,9 @@ class Agent:
             rules_paths=config.rules.paths,
             health=self.health,
             category_keys=set(self.categories.keys()),
+            health_interval=config.uplink.health_interval,
+            summary=self._health_summary,
+            rule_files=self.rule_files,
         )
         self.summaries = TelemetrySummaries(config.outbox.telemetry_interval)
         self.started_at = time.time()
@@ -177,6 +184,10 @@ class Agent:
     @property
     def uplinked(self) -> int:
         return self.sender.uplinked
+
+    def _health_summary(self, db, sending: dict[str, int]) -> dict:
+        """The health summary for the platform, made in the uplink's thread with its connection to gateway.db."""
+        return health_summary(db, self.started_at, self.health, self.rule_files, sending)
 
     def _put_polled(self, topic: str, frame: bytes) -> None:
         self.inbox.put(RawMessage(topic, frame, time.time()), timeout=0.5)
@@ -550,11 +561,13 @@ class Agent:
         if current == self._rules_fingerprint and not forced:
             return False
         self._rules_fingerprint = current
+        loaded = RuleFiles.version_of(self.config.rules.paths)  # read before loading: a later change makes a reload
         try:
             rules = load_rules(self.config.rules.paths, self.categories.keys())
         except RuleFileError as error:
             self.stats.rule_errors += 1
             self.stats.last_rule_error = str(error)
+            self.rule_files.refused_locally(error.problems)
             for problem in error.problems:
                 log.error("rule file refused, the running rules stay: %s", problem)
             return False
@@ -575,6 +588,7 @@ class Agent:
             if state == "opened":
                 engine.mark_active(rule, device)
         self.engine, self.rules = engine, rules
+        self.rule_files.loaded(loaded)
         self.stats.rule_reloads += 1
         log.info("rules reloaded: %d rules, %d unchanged kept their state", len(rules), len(kept))
         try:

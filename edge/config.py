@@ -160,6 +160,8 @@ class UplinkSection(_Section):
     ca_file: Path | None = Field(None, description="CA certificate(s) to check the platform's TLS certificate; default: the system's.")
     downlink_interval: float = Field(5.0, ge=0, description="Seconds between fetches of the platform's decisions; 0 turns the downlink off.")
     retry_max: float = Field(60.0, gt=0, description="Longest wait between retries, seconds.")
+    health_interval: float = Field(60.0, ge=0, allow_inf_nan=False,
+                                   description="Seconds between health summaries sent to the platform; 0 turns them off.")
 
     @model_validator(mode="after")
     def _url_fits_mode(self) -> "UplinkSection":

@@ -29,6 +29,8 @@ def test_secrets_come_from_the_environment(tmp_path, monkeypatch):
         ('[uplink]\nurl = "http://127.0.0.1:2"', '[uplink]\nurl = "ftp://x"', ":17: uplink.url: expected http(s)://host:port in http mode"),
         ("retry_max = 1.0", "retry_max = 1.0\nbatchsize = 5", ":19: unknown key 'uplink.batchsize'"),
         ('[mqtt]\nurl = "mqtt://127.0.0.1:1"', '[mqtt]\nurl = "mqtt://127.0.0.1:1"\nqos = "one"', ":14: mqtt.qos"),
+        ("retry_max = 1.0", "retry_max = 1.0\nhealth_interval = -1", ":19: uplink.health_interval"),
+        ("retry_max = 1.0", "retry_max = 1.0\nhealth_interval = inf", ":19: uplink.health_interval"),
     ],
 )
 def test_bad_config_names_its_line(tmp_path, old, new, expected):

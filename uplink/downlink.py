@@ -43,6 +43,7 @@ from edge.outbox import Outbox, transaction
 from uplink.transport_http import TransportError, preview, show
 
 if TYPE_CHECKING:
+    from edge.status.summary import RuleFiles
     from edge.supervisor import Health
 
 log = logging.getLogger(__name__)
@@ -69,8 +70,9 @@ def _number(value: object) -> int | None:
 
 class Downlink:
     def __init__(self, transport, interval: float, rules_paths: list[Path], category_keys: set[str] | None,
-                 health: "Health | None" = None):
+                 health: "Health | None" = None, rule_files: "RuleFiles | None" = None):
         self.transport = transport
+        self.rule_files = rule_files  # the health summary's record of refused rule files
         self.interval = interval  # 0: no downlink
         self.rules_paths = rules_paths
         self.category_keys = category_keys
@@ -218,6 +220,8 @@ class Downlink:
             self._report(db, {"seq": seq, "type": "rules", "status": "applied", "file": name, "at": iso(time.time())})
         self.rule_files_applied += 1
         self.refusal_pending = False
+        if self.rule_files is not None:
+            self.rule_files.applied(name)
         log.info("rule file %s from the platform (change %d) written to %s", name, seq, folder)
 
     def acknowledge_refusal(self) -> None:
@@ -245,6 +249,8 @@ class Downlink:
             self.refusal_pending = True
             self.last_refused_rule_file = {"file": file or "", "seq": seq, "reason": reason, "detail": detail,
                                            "at": time.time()}
+            if self.rule_files is not None:
+                self.rule_files.refused(file or "", reason, detail, self.last_refused_rule_file["at"])
 
     def _report(self, db, body: dict) -> None:
         Outbox(db).put_report(body["seq"], body)

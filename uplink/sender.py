@@ -8,6 +8,11 @@ Nothing the platform sends ends this loop: a change of the wrong shape is refuse
 and reported back; an answer that cannot be read is a failed send; and any other exception
 in one pass is caught, logged with its traceback, counted (``faults``, and the ``uplink`` or
 ``downlink`` part's faults in ``health``), and the loop goes on after a backoff.
+
+Every ``health_interval`` seconds it also sends the gateway's health summary
+(edge/status/summary.py): with the next batch when none was delivered for that long, or
+alone (a batch with no rows) when the outbox is empty, so an idle gateway still shows its
+last contact. A summary the platform did not take is made again and sent with the next try.
 """
 
 from __future__ import annotations
@@ -16,15 +21,17 @@ import logging
 import random
 import threading
 import time
+from collections import Counter
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Callable, Protocol
 
 from edge.orders.book import OrderBook
 from edge.outbox import Outbox, open_database
 from uplink.downlink import Downlink
-from uplink.transport_http import TransportError
+from uplink.transport_http import HEALTH, TransportError
 
 if TYPE_CHECKING:
+    from edge.status.summary import RuleFiles
     from edge.supervisor import Health
 
 log = logging.getLogger(__name__)
@@ -32,7 +39,7 @@ log = logging.getLogger(__name__)
 
 class Transport(Protocol):
     def send(self, revisions: list[dict], telemetry: list[dict],
-             reports: list[dict] | None = None) -> set[tuple[str, int]]: ...
+             reports: list[dict] | None = None, health: dict | None = None) -> set[tuple[str, int]]: ...
     def changes(self, after: int, wait: float = 0.0) -> list: ...
     def close(self) -> None: ...
 
@@ -51,6 +58,9 @@ class Sender:
         rules_paths: list[Path] | None = None,
         health: "Health | None" = None,
         category_keys: set[str] | None = None,
+        health_interval: float = 0.0,
+        summary: Callable[[object, dict[str, int]], dict] | None = None,
+        rule_files: "RuleFiles | None" = None,
     ):
         self.database_path = database_path
         self.transport = transport
@@ -70,7 +80,13 @@ class Sender:
         self.faults = 0  # unexpected exceptions caught in the loop (a counter)
         self.last_fault = ""
         self.gateway_id = gateway_id
-        self.downlink = Downlink(transport, downlink_interval, rules_paths or [], category_keys, health)
+        self.downlink = Downlink(transport, downlink_interval, rules_paths or [], category_keys, health, rule_files)
+        # The health summary: ``summary(db, rows in the batch by kind)`` makes it (edge/status/summary.py).
+        # health_interval 0 or no summary: none is sent.
+        self.summary = summary
+        self.health_interval = health_interval if summary is not None else 0.0
+        self.health_sent = 0  # summaries the platform took
+        self._health_due = 0.0  # monotonic: the first goes with the first send
 
     # The downlink's figures, under the names the agent and tests have used.
     @property
@@ -135,22 +151,33 @@ class Sender:
     def _send(self, outbox: Outbox) -> str:
         """One batch to the platform: "sent", "failed", "idle" (nothing to send) or "stop"."""
         batch = outbox.pending(self.batch_size)
+        health_due = bool(self.health_interval) and time.monotonic() >= self._health_due
         if not batch:
             if self.stop.is_set():
                 return "stop"
-            self.wake.wait(min(0.5, self.downlink.interval or 0.5))
-            self.wake.clear()
-            return "idle"
+            if not health_due:
+                self.wake.wait(min(0.5, self.downlink.interval or 0.5))
+                self.wake.clear()
+                return "idle"
         revisions = [p.body for p in batch if p.kind == "order"]
         telemetry = [p.body for p in batch if p.kind == "telemetry"]
         reports = [p.body for p in batch if p.kind == "report"]
+        health = self._summary(outbox, batch) if health_due else None
+        if not batch and health is None:
+            return "idle"
         started = time.monotonic()
         try:
-            acknowledged = self.transport.send(revisions, telemetry, reports)
+            if health is None:
+                acknowledged = self.transport.send(revisions, telemetry, reports)
+            else:
+                acknowledged = self.transport.send(revisions, telemetry, reports, health=health)
         except TransportError as error:
             self.errors += 1
             self.last_error = str(error)
             return "failed"
+        if health is not None and HEALTH in acknowledged:
+            self.health_sent += 1
+            self._health_due = time.monotonic() + self.health_interval
         self.latency_last = time.monotonic() - started
         self.latency_total += self.latency_last
         self.sends += 1
@@ -162,6 +189,21 @@ class Sender:
             if self.stop.wait(1.0):
                 return "stop"
         return "sent"
+
+    def _summary(self, outbox: Outbox, batch: list) -> dict | None:
+        """The health summary to send now with ``batch``; None (and the next one an interval later) if it
+        could not be made."""
+        assert self.summary is not None
+        try:
+            return self.summary(outbox.db, Counter(p.kind for p in batch))
+        except Exception as error:  # noqa: BLE001 - the orders must go out without it
+            self._health_due = time.monotonic() + self.health_interval
+            self.faults += 1
+            self.last_fault = f"health summary: {type(error).__name__}: {error}"[:500]
+            log.error("uplink: the health summary could not be made; sending without it", exc_info=error)
+            if self.health is not None:
+                self.health.fault("uplink", error)
+            return None
 
     def _fault(self, error: Exception, in_a_row: int) -> None:
         self.faults += 1

@@ -2,14 +2,16 @@
 
 Request: ``POST {url}/api/v1/uplink`` with
 ``{"gateway": ID, "revisions": [order revision, ...], "telemetry": [summary, ...],
-"reports": [report, ...]}`` (``reports`` only when there are some) and
+"reports": [report, ...], "health": {...}}`` (``reports`` and ``health`` only when there are
+some; ``health`` is the gateway's health summary, edge/status/summary.py) and
 ``Authorization: Bearer TOKEN`` when a token is set; TLS is checked against ``ca_file``
 when given (else the system's CAs).
 Response 200: ``{"acknowledged": [[order_id, revision], ...],
 "telemetry_acknowledged": [[device, interval], ...], "reports_acknowledged": [seq, ...],
 "duplicates": N}``. A revision the platform already had is acknowledged too, so a resend
 after a crash is harmless. An answer without ``reports_acknowledged`` comes from a platform
-that does not take reports: the reports sent count as delivered.
+that does not take reports: the reports sent count as delivered. A health summary counts as
+delivered with any answer of that shape (a platform that does not know it ignores the key).
 
 The platform is not trusted: an answer that is not JSON (a captive portal's HTML page), is
 larger than ``MAX_ANSWER_BYTES``, takes longer than a few timeouts to arrive, or does not
@@ -32,6 +34,7 @@ from edge.redact import redact_text, redact_url
 MAX_ANSWER_BYTES = 4 * 1024 * 1024  # an answer to a batch is a few kilobytes
 MAX_CHANGES_BYTES = 32 * 1024 * 1024  # the changes feed carries rule files (256 KiB each at most)
 READ_TIMEOUTS = 6  # a whole answer must arrive within this many [uplink] timeouts
+HEALTH = ("health", 0)  # what ``send`` returns among the acknowledged pairs when the health summary was delivered
 
 
 class TransportError(Exception):
@@ -141,21 +144,26 @@ class HttpTransport:
                                  200) from None
 
     def send(self, revisions: list[dict], telemetry: list[dict] | None = None,
-             reports: list[dict] | None = None) -> set[tuple[str, int]]:
+             reports: list[dict] | None = None, health: dict | None = None) -> set[tuple[str, int]]:
         """Send one batch; returns the (key, number) pairs the platform acknowledged.
 
         Keys are order ids for revisions, ``telemetry/<device>`` for summaries and
-        ``report-<seq>`` for reports.
+        ``report-<seq>`` for reports; ``HEALTH`` when the health summary was delivered.
         """
         body: dict = {"gateway": self.gateway_id, "revisions": revisions, "telemetry": telemetry or []}
         if reports:
             body["reports"] = reports
+        if health is not None:
+            body["health"] = health
         answer = self._request("POST", self.endpoint, self.shown, MAX_ANSWER_BYTES, data=orjson.dumps(body),
                                headers={"Content-Type": "application/json"})
         try:
-            return parse_acknowledgement(answer, revisions, reports or [])
+            acknowledged = parse_acknowledgement(answer, revisions, reports or [])
         except ValueError as error:
             raise TransportError(f"{self.shown}: unreadable acknowledgement: {error}", 200) from None
+        if health is not None:
+            acknowledged.add(HEALTH)
+        return acknowledged
 
     def changes(self, after: int, wait: float = 0.0) -> list:
         """Order state changes the platform made since change number ``after`` (the downlink).

@@ -7,12 +7,15 @@ For platforms that take orders over MQTT. Topic layout (``<gw>`` is the gateway 
 - ``edge/<gw>/telemetry/<device>``: one telemetry summary per message.
 - ``edge/<gw>/reports``: one report per message on a change the gateway refused (or a
   rule file it applied), the same JSON as an item of ``reports`` over HTTP.
+- ``edge/<gw>/health``: the gateway's health summary now and then (edge/status/summary.py),
+  the same JSON as ``health`` over HTTP; not retained.
 - ``edge/<gw>/changes``: the platform's decisions for this gateway's orders, JSON
   ``{"seq": N, "order_id": ..., "state": "accepted"|...}``; the gateway subscribes with QoS 1
   and a persistent session, and applies each ``seq`` once.
 
-A revision (or report) counts as acknowledged when the upstream broker has acknowledged its
-publish (PUBACK): from there the broker, not the gateway, is responsible for it.
+A revision (or report, or health summary) counts as acknowledged when the upstream broker
+has acknowledged its publish (PUBACK): from there the broker, not the gateway, is responsible
+for it.
 
 Whatever arrives on the changes topic is kept for the sender, which checks each item's shape
 and refuses (counts, reports) the bad ones; nothing a message holds can raise in the MQTT
@@ -31,7 +34,7 @@ import orjson
 import paho.mqtt.client as mqtt
 
 from edge.redact import redact_url
-from uplink.transport_http import TransportError, loads, preview
+from uplink.transport_http import HEALTH, TransportError, loads, preview
 
 log = logging.getLogger(__name__)
 
@@ -107,7 +110,7 @@ class MqttTransport:
             log.error("uplink MQTT: cannot publish %s to %r: %s", key, topic, error)
 
     def send(self, revisions: list[dict], telemetry: list[dict] | None = None,
-             reports: list[dict] | None = None) -> set[tuple[str, int]]:
+             reports: list[dict] | None = None, health: dict | None = None) -> set[tuple[str, int]]:
         if not self.connected.wait(self.timeout):
             raise TransportError("upstream MQTT broker not connected")
         infos: list = []
@@ -118,6 +121,8 @@ class MqttTransport:
                           (f"telemetry/{body['device']}", body["interval"]), infos)
         for body in reports or []:
             self._publish(f"{self.prefix}/reports", body, (f"report-{body['seq']}", body["seq"]), infos)
+        if health is not None:
+            self._publish(f"{self.prefix}/health", health, HEALTH, infos)
         deadline = time.monotonic() + self.timeout
         acknowledged = set()
         for key, info in infos:

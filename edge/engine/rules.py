@@ -14,6 +14,7 @@ checking a file is a problem of that file, never an exception of another kind.
 from __future__ import annotations
 
 import difflib
+import hashlib
 import re
 import string
 from dataclasses import dataclass, field
@@ -506,3 +507,24 @@ def fingerprint(paths: list[Path]) -> tuple:
             continue
         entries.append((str(path), stat.st_mtime_ns, stat.st_size))
     return tuple(entries)
+
+
+def version(paths: list[Path]) -> tuple[str, list[str]]:
+    """The rule files under ``paths`` as the platform sees them: a version and their names, sorted.
+
+    The version is the first 12 hex digits of a SHA-256 over every file, in order of name: its
+    name (UTF-8), a NUL byte, its size in bytes (decimal), a NUL byte, its bytes. So the same
+    files give the same version on any gateway, and a platform can compute it for the files it
+    pushed (docs/uplink.md, "Health summary"). A file that cannot be read is left out.
+    """
+    files = []
+    for path in rule_files([p for p in paths if p.exists()]):
+        try:
+            files.append((path.name, path.read_bytes()))
+        except OSError:
+            continue
+    files.sort()
+    digest = hashlib.sha256()
+    for name, data in files:
+        digest.update(b"%s\0%d\0%s" % (name.encode("utf-8", "surrogateescape"), len(data), data))
+    return digest.hexdigest()[:12], [name for name, _ in files]

@@ -125,6 +125,14 @@ class _Watch:
 _watches: dict[str, _Watch] = {}
 
 
+def unsent(conn) -> dict[str, int]:
+    """Rows waiting for the platform, by kind: ``order``, ``telemetry``, ``report`` (a connection or Database)."""
+    counts = {"order": 0, "telemetry": 0, "report": 0}
+    for kind, count in conn.execute("SELECT kind, count(*) FROM outbox WHERE sent_at IS NULL GROUP BY kind"):
+        counts[kind] = counts.get(kind, 0) + count
+    return counts
+
+
 class Outbox:
     def __init__(self, db: sqlite_utils.Database):
         self.db = db

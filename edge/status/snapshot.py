@@ -22,6 +22,7 @@ import numpy as np
 
 from edge.orders.book import LIVE_STATES, ORDER_STATES
 from edge.orders.verification import OUTCOMES, PENDING
+from edge.outbox import unsent
 from edge.redact import redact_text, redact_url
 
 if TYPE_CHECKING:
@@ -76,7 +77,7 @@ def from_database(path: Path, now: float) -> dict:
             f"SELECT id, device, rule, category, severity, state, revision, grid, address, title, opened_at, "
             f"updated_at FROM orders WHERE state IN ({live}) ORDER BY opened_at DESC LIMIT {OPEN_ORDERS_SHOWN}"
         )]
-        for kind, count in conn.execute("SELECT kind, count(*) FROM outbox WHERE sent_at IS NULL GROUP BY kind"):
+        for kind, count in unsent(conn).items():
             key = {"order": "unsent_orders", "report": "unsent_reports"}.get(kind, "unsent_telemetry")
             out["outbox"][key] += count
         oldest = conn.execute("SELECT min(created_at) FROM outbox WHERE sent_at IS NULL").fetchone()[0]
