@@ -137,7 +137,8 @@ def create_app(store: ReceiverStore, token: str = "", limits: Limits = Limits(),
     )
     bearer = HTTPBearer(auto_error=False, description="The receiver's --token (checked before the body is read).")
     api = APIRouter(prefix="/api/v1", route_class=_OrjsonRoute, dependencies=[Security(bearer)],
-                    responses={400: {"model": Problem}, 401: {"model": Problem}, 413: {"model": Problem}})
+                    responses={400: {"model": Problem}, 401: {"model": Problem}, 403: {"model": Problem}, 413: {"model": Problem},
+                               503: {"model": Problem}})
     cookie_value = hmac.new(token.encode(), b"receiver page", hashlib.sha256).hexdigest() if token else ""
 
     def tell(change: dict) -> None:
@@ -188,10 +189,14 @@ def create_app(store: ReceiverStore, token: str = "", limits: Limits = Limits(),
         return refusal(error.status_code, message, headers=dict(error.headers or {}))
 
     @api.post("/uplink", response_model=UplinkAnswer, summary="A gateway's batch of order revisions, telemetry and reports")
-    def uplink(batch: UplinkBatch) -> dict:
+    def uplink(request: Request, batch: UplinkBatch) -> dict:
         """Each item is acknowledged when stored, or when the platform already had it (a duplicate by
         (order id, revision), (device, interval) or (gateway, report seq): dropped and counted).
-        A batch with any invalid item is refused whole (400) and nothing of it is stored."""
+        A batch with any invalid item is refused whole (400) and nothing of it is stored.
+        A gateway's own token sends only that gateway's batches (403)."""
+        own = getattr(request.state, "gateway", None)
+        if own is not None and batch.gateway != own:
+            raise Refused(403, "forbidden", f"this token is gateway {own!r}'s, the batch says gateway {batch.gateway!r}")
         stored = store.add(batch.gateway, [r.body() for r in batch.revisions], [t.body() for t in batch.telemetry],
                            [r.body() for r in batch.reports], batch.health.body() if batch.health else None)
         return {"acknowledged": stored.acknowledged, "telemetry_acknowledged": stored.telemetry_acknowledged,

@@ -24,6 +24,7 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 
 OPEN_PATHS = frozenset({"/openapi.json", "/healthz"})  # served without the token
 PAGE_PATH = "/"  # checks the token itself: header, ?token= or cookie
+CONSOLE = "/console"  # the console's pages: their own login (console/auth.py)
 
 
 @dataclass(frozen=True)
@@ -100,20 +101,21 @@ class Guard:
     it itself), checked before the body is read; a deadline for each read of the body; every
     error answer closes its connection (what is left of a refused body is never read)."""
 
-    def __init__(self, app: ASGIApp, token: str, body_timeout: float, refuse: Callable[[str], None]):
+    def __init__(self, app: ASGIApp, token: str, body_timeout: float, refuse: Callable[[str], None], tokens=None):
         self.app, self.token, self.body_timeout, self.refuse = app, token, body_timeout, refuse
+        self.tokens = tokens  # GatewayTokens: each gateway's own token, for its uplink and changes only
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         path = scope["path"]
-        if self.token and path not in OPEN_PATHS and path != PAGE_PATH and not self._authorised(scope):
-            self.refuse("unauthorized")
-            response = refusal(401, "missing or wrong bearer token: send Authorization: Bearer TOKEN",
-                               headers={"WWW-Authenticate": "Bearer"})
-            await response(scope, receive, send)
-            return
+        guarded = path not in OPEN_PATHS and path != PAGE_PATH and not path.startswith(CONSOLE)
+        if guarded and (self.token or (self.tokens is not None and self.tokens.enabled())):
+            refused = self._refused(scope)
+            if refused is not None:
+                await refused(scope, receive, send)
+                return
 
         async def receive_in_time() -> Message:
             try:
@@ -131,8 +133,22 @@ class Guard:
 
         await self.app(scope, receive_in_time, send_closing)
 
-    def _authorised(self, scope: Scope) -> bool:
-        for name, value in scope["headers"]:
-            if name == b"authorization":
-                return token_matches(value.decode("latin-1"), f"Bearer {self.token}")
-        return False
+    def _refused(self, scope: Scope) -> JSONResponse | None:
+        """None when the bearer token opens this path (a gateway's token: noted in scope["state"]["gateway"])."""
+        given = next((value.decode("latin-1") for name, value in scope["headers"] if name == b"authorization"), "")
+        if self.token and token_matches(given, f"Bearer {self.token}"):
+            return None
+        gateway = None
+        if self.tokens is not None and given.startswith("Bearer "):
+            gateway = self.tokens.gateway_for(given[len("Bearer "):])
+        if gateway is None:
+            self.refuse("unauthorized")
+            return refusal(401, "missing or wrong bearer token: send Authorization: Bearer TOKEN",
+                           headers={"WWW-Authenticate": "Bearer"})
+        path = scope["path"]
+        if path == "/api/v1/uplink" or path == f"/api/v1/gateways/{gateway}/changes":
+            scope.setdefault("state", {})["gateway"] = gateway
+            return None
+        self.refuse("forbidden")
+        return refusal(403, f"this token is gateway {gateway!r}'s: it opens only POST /api/v1/uplink for that gateway "
+                            f"and GET /api/v1/gateways/{gateway}/changes")

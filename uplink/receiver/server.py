@@ -9,6 +9,7 @@ import threading
 import uvicorn
 
 from uplink.receiver.app import create_app
+from uplink.receiver.gateway_tokens import GatewayTokens
 from uplink.receiver.limits import Guard, Limits, guarded_h11
 from uplink.receiver.store import ReceiverStore
 
@@ -50,7 +51,8 @@ class ReceiverServer:
         self.socket = sock if sock is not None else listen(host, port)
         self.scheme = "https" if tls_cert else "http"
         self.config = uvicorn.Config(
-            Guard(self.app, token, limits.body_timeout, store.refuse), interface="asgi3", lifespan="off",
+            Guard(self.app, token, limits.body_timeout, store.refuse, GatewayTokens(store)), interface="asgi3",
+            lifespan="off",
             http=guarded_h11(limits.head_timeout, store.refuse), ws="none",
             limit_concurrency=limits.max_connections, timeout_keep_alive=limits.keep_alive,
             timeout_graceful_shutdown=5, h11_max_incomplete_event_size=16 * 1024,
