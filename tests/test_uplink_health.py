@@ -138,6 +138,15 @@ def test_the_platform_sees_rules_refusals_backlog_and_parts_over_http(tmp_path, 
         assert settled, health()
         assert settled["rules"]["files"] == ["bins.yaml", "cameras.yaml", "manhole_covers.yaml"]
 
+        # A file edited on the gateway that a reload refuses is listed too, until the rules load again.
+        running = settled["rules"]["version"]
+        (rules / "local.yaml").write_text("rules:\n  - name: x\n    when: tilt_deg >\n")
+        local = wait_until(lambda: [r for r in health()["rules"]["refused"] if r["file"] == "local.yaml"], 30)
+        assert local and local[0]["reason"] == "rule_file_invalid" and "local.yaml:" in local[0]["detail"], health()
+        assert health()["rules"]["version"] == running  # the running rules stay
+        (rules / "local.yaml").unlink()
+        assert wait_until(lambda: health()["rules"]["refused"] == [], 30), health()
+
         # A backlog: the platform stores every batch but its answers are lost, so nothing drains; each
         # batch (one revision: batch_size = 1) carries a summary with what waits besides it.
         front.plan = ["lose_ack"] * 100_000
