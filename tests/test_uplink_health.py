@@ -11,6 +11,7 @@ import shutil
 import signal
 import sqlite3
 import time
+import uuid
 from pathlib import Path
 
 import orjson
@@ -176,8 +177,11 @@ def test_the_platform_sees_rules_refusals_backlog_and_parts_over_http(tmp_path, 
 
 
 def test_the_health_summary_over_mqtt(tmp_path, mosquitto, clean_env):
+    # A group of its own: its session outlives it at the session's broker, and a group member away
+    # still gets its share of the messages, which another test's receiver would then miss.
     receiver = start_receiver(tmp_path / "receiver.db", "--mqtt", mosquitto.url,
-                              "--mqtt-client-id", "receiver-health-test")
+                              "--mqtt-client-id", f"receiver-health-{uuid.uuid4().hex[:8]}",
+                              "--mqtt-group", f"health-{uuid.uuid4().hex[:8]}")
     rules = rules_folder(tmp_path)
     config = gateway_config(tmp_path, mosquitto.url, mosquitto.url, "gw-health-mqtt", rules, 'mode = "mqtt"')
     log = tmp_path / "gateway.log"
