@@ -89,6 +89,11 @@ class ReceiverProcess:
 
 
 def start_receiver(db: Path, *extra: str) -> ReceiverProcess:
+    if "--mqtt" in extra and "--mqtt-group" not in extra:
+        # The session's broker outlives each test's receiver, and a stopped receiver's session stays in its
+        # shared group (taking its share of what is published): each receiver gets a group of its own.
+        named = extra[extra.index("--mqtt-client-id") + 1] if "--mqtt-client-id" in extra else uuid.uuid4().hex[:8]
+        extra = (*extra, "--mqtt-group", f"test-{named}")
     process = subprocess.Popen(
         [sys.executable, "-m", "uplink.receiver", "--port", "0", "--db", str(db), *extra],
         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,

@@ -12,6 +12,7 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -259,3 +260,43 @@ def test_an_order_keeps_its_latest_revision_whatever_order_revisions_arrive_in(t
         assert store.add_change("o-unknown", "accepted") is None
     finally:
         store.close()
+
+
+def test_fewer_workers_than_before_retire_the_extra_sessions_with_what_they_held(tmp_path, postgres_url, mosquitto):
+    """Two workers, stopped; messages published meanwhile wait in their two sessions. Started again with
+    one worker, the platform takes and stores what both sessions held, ends them, and from then on
+    its one listener gets every message (no session left in the group taking a share)."""
+    base, group = f"platform-{uuid.uuid4().hex[:6]}", f"g-{uuid.uuid4().hex[:6]}"
+    args = ("--db", postgres_url, "--mqtt", mosquitto.url, "--mqtt-client-id", base, "--mqtt-group", group)
+    two = Platform(tmp_path / "two.log", *args, "--workers", "2")
+    assert wait_until(lambda: two.logged(f"subscribed to $share/{group}/") == 2, 30), two.log.read_text()
+    two.stop()
+
+    publisher = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
+    publisher.connect(mosquitto.host, mosquitto.port)
+    publisher.loop_start()
+
+    def publish(first: int, count: int) -> set[tuple[str, int]]:
+        infos, keys = [], set()
+        for n in range(first, first + count):
+            item = revision(f"gw-r-o{n:04d}", 1, "gw-r")
+            infos.append(publisher.publish(f"edge/gw-r/orders/{item['order_id']}", orjson.dumps(item), qos=1))
+            keys.add((item["order_id"], 1))
+        for info in infos:
+            info.wait_for_publish(30)
+        return keys
+
+    sent = publish(0, 200)  # queued in the two stopped workers' sessions
+    one = Platform(tmp_path / "one.log", *args)
+    try:
+        assert one.logged(f"retired the session of {base}-1") == 1 and one.logged(f"retired the session of {base}-2") == 1
+        assert set(keys_in(postgres_url)) == sent  # stored before the platform said it was listening
+        assert wait_until(lambda: one.logged(f"subscribed to $share/{group}/") == 1, 30)
+        sent |= publish(200, 200)
+        assert wait_until(lambda: len(keys_in(postgres_url)) == len(sent), 30), len(keys_in(postgres_url))
+        assert set(keys_in(postgres_url)) == sent
+    finally:
+        publisher.loop_stop()
+        one.stop()
+    with psycopg.connect(postgres_url) as conn:
+        assert [c for (c,) in conn.execute("SELECT client_id FROM mqtt_listeners")] == [base]

@@ -6,6 +6,7 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 
 import orjson
 import paho.mqtt.client as mqtt
@@ -16,7 +17,8 @@ from conftest import edge_command, wait_until, write_gateway_config
 
 def test_orders_and_decisions_over_mqtt(tmp_path, mosquitto):
     receiver = subprocess.Popen(
-        [sys.executable, "-m", "uplink.receiver", "--port", "0", "--db", str(tmp_path / "r.db"), "--mqtt", mosquitto.url],
+        [sys.executable, "-m", "uplink.receiver", "--port", "0", "--db", str(tmp_path / "r.db"), "--mqtt", mosquitto.url,
+         "--mqtt-group", f"test-{uuid.uuid4().hex[:8]}"],
         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
     )
     url = receiver.stdout.readline().split()[3]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import signal
 import socket
 import sys
@@ -85,6 +86,7 @@ def main(host: str, port: int, db_path: str, token: str, mqtt_url: str | None, m
         except ValueError as error:
             store.close()
             raise click.ClickException(str(error)) from None
+        _retire_sessions(store, mqtt_url, mqtt_client_id, mqtt_group, workers)
 
     def serve(store: ReceiverStore, sock: socket.socket | None, client_id: str, announce: bool) -> None:
         try:
@@ -97,6 +99,7 @@ def main(host: str, port: int, db_path: str, token: str, mqtt_url: str | None, m
         if mqtt_url:
             from uplink.receiver.mqtt_listener import MqttListener
 
+            store.note_listener(client_id, mqtt_group)
             listener = MqttListener(mqtt_url, store, client_id=client_id, group=mqtt_group)
             server.on_change = listener.publish_change
         stop = threading.Event()
@@ -137,6 +140,22 @@ def main(host: str, port: int, db_path: str, token: str, mqtt_url: str | None, m
         serve(mine, sock, f"{mqtt_client_id}-{number}", announce=False)
 
     supervise(workers, sock, worker)
+
+
+def _client_ids(base: str, workers: int) -> list[str]:
+    return [base] if workers == 1 else [f"{base}-{n}" for n in range(1, workers + 1)]
+
+
+def _retire_sessions(store: ReceiverStore, url: str, base: str, group: str, workers: int) -> None:
+    """The sessions this platform's earlier runs left that no worker will use now (it ran more workers,
+    or one where it now runs several): their messages are taken and stored, then the sessions end."""
+    from uplink.receiver.mqtt_listener import retire
+
+    wanted = set(_client_ids(base, workers))
+    ours = re.compile(rf"{re.escape(base)}(-[0-9]+)?")
+    for row in store.listeners():
+        if row["client_id"] not in wanted and ours.fullmatch(row["client_id"]):
+            retire(url, store, row["client_id"], row["grp"])
 
 
 if __name__ == "__main__":

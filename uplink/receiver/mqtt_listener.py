@@ -58,12 +58,14 @@ class _Taken:
 class MqttListener:
     def __init__(self, url: str, store: ReceiverStore, max_payload: int = 1024 * 1024,
                  client_id: str = "reference-receiver", group: str = "platform", batch: int = 500,
-                 linger: float = 0.02):
+                 linger: float = 0.02, subscribe: bool = True):
         parsed = self.check_settings(url, group)
         self.store = store
         self.max_payload = max_payload
         self.topics = [f"$share/{group}/{topic}" for topic in FILTERS]
         self.batch, self.linger = batch, linger
+        self.subscribe = subscribe
+        self.last_message = time.monotonic()
         self.connected = threading.Event()
         self.connects = 0
         self._waiting: queue.SimpleQueue[_Taken | None] = queue.SimpleQueue()
@@ -101,8 +103,12 @@ class MqttListener:
         if reason_code.is_failure:
             log.warning("MQTT broker refused the connection: %s; trying again", reason_code)
             return
-        client.subscribe([(topic, SubscribeOptions(qos=1)) for topic in self.topics])
         self.connects += 1
+        if not self.subscribe:  # retiring a session: it keeps its subscriptions until it ends
+            self.connected.set()
+            log.info("MQTT: connected as %s to take what its session kept", client._client_id.decode())
+            return
+        client.subscribe([(topic, SubscribeOptions(qos=1)) for topic in self.topics])
         self.connected.set()
         log.info("MQTT: connected, subscribed to %s", ", ".join(self.topics))
 
@@ -112,6 +118,7 @@ class MqttListener:
             log.warning("MQTT: connection to the broker lost (%s); reconnecting", reason_code)
 
     def _on_message(self, client, userdata, message) -> None:
+        self.last_message = time.monotonic()
         taken = self.check(message.topic, message.payload)
         if isinstance(taken, dict):
             self._waiting.put(_Taken(message.mid, message.qos, **taken))
@@ -212,14 +219,49 @@ class MqttListener:
     def publish_change(self, gateway: str, change: dict) -> None:
         self.client.publish(f"edge/{gateway}/changes", orjson.dumps(change), qos=1)
 
-    def close(self) -> None:
-        """Store what is waiting, then disconnect (what could not be stored stays with the broker)."""
+    def close(self, end_session: bool = False) -> None:
+        """Store what is waiting, then disconnect (what could not be stored stays with the broker).
+
+        ``end_session``: the broker forgets this client's session, so it leaves the group; call
+        it only after ``drain`` (what the session still held would be lost).
+        """
         self._waiting.put(None)
         self.writer.join(10)
         self._stop.set()
-        self.client.disconnect()
+        if end_session:
+            done = Properties(PacketTypes.DISCONNECT)
+            done.SessionExpiryInterval = 0
+            self.client.disconnect(properties=done)
+        else:
+            self.client.disconnect()
         self.client.loop_stop()
 
+    def drain(self, quiet: float = 1.0, limit: float = 60.0) -> bool:
+        """Wait until the session has given what it held: connected, then ``quiet`` s without a message."""
+        deadline = time.monotonic() + limit
+        if not self.connected.wait(max(0.0, deadline - time.monotonic())):
+            return False
+        self.last_message = max(self.last_message, time.monotonic())
+        while time.monotonic() < deadline:
+            if time.monotonic() - self.last_message >= quiet:
+                return True
+            time.sleep(0.1)
+        return False
+
+
+def retire(url: str, store: ReceiverStore, client_id: str, group: str) -> bool:
+    """End a listener's session that no worker runs any more (fewer workers than before): take and store
+    what the broker kept for it, then end it, so it leaves the shared group. False if it could not drain."""
+    listener = MqttListener(url, store, client_id=client_id, group=group, subscribe=False)
+    drained = listener.drain()
+    listener.close(end_session=drained)
+    if drained:
+        store.forget_listener(client_id)
+        log.info("MQTT: retired the session of %s (no worker uses it now)", client_id)
+    else:
+        log.warning("MQTT: could not retire the session of %s (broker not reachable); trying at the next start",
+                    client_id)
+    return drained
 
 def _as_batch(item: _Taken) -> tuple:
     kind, body = item.kind, item.body

@@ -82,6 +82,7 @@ MIGRATIONS: tuple[tuple, ...] = (
         "CREATE TABLE gateway_tokens (token_hash TEXT PRIMARY KEY, gateway TEXT NOT NULL, label TEXT NOT NULL, "
         "created_at FLOAT NOT NULL, revoked_at FLOAT)",
         "CREATE INDEX gateway_tokens_by_gateway ON gateway_tokens (gateway)",
+        "CREATE TABLE mqtt_listeners (client_id TEXT PRIMARY KEY, grp TEXT NOT NULL, started_at FLOAT NOT NULL)",
         _backfill_orders,
     ),
 )
@@ -337,6 +338,20 @@ class ReceiverStore:
         """The platform's decisions on one order, oldest first (seq, state, note, at, actor)."""
         return self.db.read("SELECT seq, state, note, at, actor FROM changes WHERE order_id = ? AND type = 'order' "
                             "ORDER BY seq", [_text(order_id)])
+
+    # -- the MQTT listeners' sessions --------------------------------------------------------
+
+    def note_listener(self, client_id: str, group: str) -> None:
+        """A listener's client id, so that a later start with fewer workers can retire its session."""
+        self.db.write(lambda tx: tx.execute(
+            "INSERT INTO mqtt_listeners (client_id, grp, started_at) VALUES (?, ?, ?) ON CONFLICT (client_id) "
+            "DO UPDATE SET grp = excluded.grp, started_at = excluded.started_at", [client_id, group, time.time()]))
+
+    def listeners(self) -> list[dict]:
+        return self.db.read("SELECT client_id, grp, started_at FROM mqtt_listeners ORDER BY client_id")
+
+    def forget_listener(self, client_id: str) -> None:
+        self.db.write(lambda tx: tx.execute("DELETE FROM mqtt_listeners WHERE client_id = ?", [client_id]))
 
     # -- reading ---------------------------------------------------------------------------
 
