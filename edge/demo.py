@@ -9,6 +9,7 @@ acknowledged by the receiver.
 from __future__ import annotations
 
 import logging
+import secrets
 import subprocess
 import sys
 import tempfile
@@ -138,6 +139,23 @@ def _start_receiver(workdir: Path) -> tuple[subprocess.Popen, str]:
     return process, f"http://127.0.0.1:{port}"
 
 
+def _console_user(db: Path) -> tuple[str, str]:
+    """An admin of the demo's console, with a new random password: (name, password)."""
+    from uplink.receiver.console.auth import UserError, add_user, set_password
+    from uplink.receiver.store import ReceiverStore
+
+    password = secrets.token_urlsafe(9)
+    store = ReceiverStore(db)
+    try:
+        try:
+            add_user(store, "demo", password, "admin")
+        except UserError:  # a demo run again in the same folder
+            set_password(store, "demo", password)
+    finally:
+        store.close()
+    return "demo", password
+
+
 def _stop(process: subprocess.Popen | None) -> None:
     if process is None or process.poll() is not None:
         return
@@ -185,6 +203,8 @@ def run_demo(
             say(f"broker     {broker_url} (given)")
         receiver, receiver_url = _start_receiver(workdir)
         say(f"receiver   {receiver_url} (python -m uplink.receiver)")
+        console_login = _console_user(workdir / "receiver.db")
+        say(f"console    {receiver_url}/console/ (user {console_login[0]}, password {console_login[1]})")
 
         registry_path, rules_path = default_registry(), default_rules()
         config_path = workdir / "gateway.toml"
@@ -259,7 +279,8 @@ def run_demo(
         if keep is not None:
             if on_summary is not None:
                 on_summary(summary)
-            say(f"\nstill running: receiver {receiver_url}/, gateway status "
+            say(f"\nstill running: console {receiver_url}/console/ (user {console_login[0]}, password "
+                f"{console_login[1]}), receiver {receiver_url}/, gateway status "
                 f"{f'http://127.0.0.1:{agent.status_server.port}/' if agent.status_server else '(off)'}, files in "
                 f"{workdir}; Ctrl-C to stop")
             keep.wait()

@@ -25,6 +25,16 @@ def run_kept(command: list[str], env: dict) -> str:
         assert "still running:" in text, text
         receiver, status = re.search(r"receiver (http://\S+), gateway status (http://\S+),", text).groups()
         assert requests.get(receiver, timeout=10).status_code == 200
+        console, user, password = re.search(
+            r"console (http://\S+/console/) \(user (\S+), password ([A-Za-z0-9_-]+)\)", text).groups()
+        with requests.Session() as browser:  # the login the demo printed opens the console
+            form = browser.get(console + "login", timeout=10).text
+            csrf = re.search(r'name="csrf" value="([^"]+)"', form).group(1)
+            page = browser.post(console + "login", data={"name": user, "password": password, "csrf": csrf,
+                                                         "next": "/console/orders"}, timeout=10)
+            assert page.status_code == 200 and page.url.endswith("/console/orders"), page.text[:500]
+            order_ids = [o["order_id"] for o in requests.get(receiver + "api/v1/orders", timeout=10).json()["orders"]]
+            assert order_ids and all(order_id in page.text for order_id in order_ids[:5])
         assert requests.get(status + "metrics", timeout=10).status_code == 200
         process.send_signal(signal.SIGINT)
         rest, _ = process.communicate(timeout=60)

@@ -261,6 +261,8 @@ def create_app(store: ReceiverStore, token: str = "", limits: Limits = Limits(),
         tell(change)
         return change
 
+    from uplink.receiver.console import mount  # the command centre's console (/console/)
+    mount(app, store, tell)
     app.include_router(api)
     generate_openapi = app.openapi
 

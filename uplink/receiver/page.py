@@ -79,7 +79,8 @@ def orders_page(orders: list[dict], reports: list[dict] | None = None, quality: 
     by_grid: dict[str, list[dict]] = {}
     for order in orders:
         by_grid.setdefault(str(order.get("grid", "?")), []).append(order)
-    parts = [_head("Work orders"), f"<h1>Work orders</h1><p>{len(orders)} order(s) from the street gateways.</p>"]
+    parts = [_head("Work orders"), f"<h1>Work orders</h1><p>{len(orders)} order(s) from the street gateways. "
+             "The command centre works them in the <a href='/console/'>console</a>.</p>"]
     for grid in sorted(by_grid):
         rows = sorted(by_grid[grid], key=lambda o: (str(o.get("platform_state") or o.get("state", "")),
                                                     str(o.get("opened_at", ""))))
