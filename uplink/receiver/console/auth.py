@@ -15,6 +15,7 @@ token, an HMAC of the session token: a page of another site can neither read it 
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import re
@@ -34,8 +35,12 @@ MIN_PASSWORD = 10  # characters
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}")
 
 _hasher = PasswordHasher()
-# Checked when a name is unknown, so a wrong name takes as long as a wrong password.
-_DUMMY_HASH = _hasher.hash(secrets.token_hex(16))
+
+
+@functools.cache
+def _dummy_hash() -> str:
+    """Checked when a name is unknown, so a wrong name takes as long as a wrong password."""
+    return _hasher.hash(secrets.token_hex(16))
 
 
 class UserError(ValueError):
@@ -138,7 +143,7 @@ def login(store, name: str, password: str) -> str | None:
     """A new session's token for the right name and password (of a user not disabled), else None."""
     row = store.db.read_one("SELECT password_hash, disabled FROM users WHERE name = ?", [name]) if NAME.fullmatch(name) else None
     try:
-        _hasher.verify(row["password_hash"] if row else _DUMMY_HASH, password)
+        _hasher.verify(row["password_hash"] if row else _dummy_hash(), password)
     except (VerificationError, InvalidHashError):
         return None
     if row is None or row["disabled"]:
