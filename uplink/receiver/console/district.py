@@ -17,6 +17,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+import orjson
+
 from uplink.receiver.console.orders import LIVE
 
 __all__ = ["SEVERITY_COLOURS", "STATE_SHAPES", "Registry", "district"]
@@ -114,7 +116,7 @@ def district(store, registry: Registry | None = None) -> dict:
     devices = store.db.read("SELECT device, grid, lat, lon, max(first_received_at) AS last FROM orders "
                             "WHERE lat IS NOT NULL AND lon IS NOT NULL GROUP BY device, grid, lat, lon")
     live = store.db.read(
-        "SELECT order_id, state, severity, category, grid, zone, team, device, title, lat, lon, first_received_at "
+        "SELECT order_id, state, severity, category, grid, zone, team, device, title, lat, lon, first_received_at, body "
         f"FROM orders WHERE state IN ({', '.join('?' for _ in LIVE)}) ORDER BY first_received_at", list(LIVE))
     devices = [d for d in devices if _located(d)]
     # one dot per device (its latest known position), grids from the devices in them
@@ -159,17 +161,35 @@ def district(store, registry: Registry | None = None) -> dict:
             x, y = round(x + 11 * math.cos(angle), 1), round(y + 11 * math.sin(angle), 1)
         shape, filled = STATE_SHAPES.get(order["state"], ("circle", True))
         radius = 9 if order["severity"] == "critical" else 7.5
+        colour = SEVERITY_COLOURS.get(order["severity"], OTHER_COLOUR)
+        # the other devices of a grouped order: a ring each, tied to the order's marker
+        members = []
+        for device in sorted(_members(order["body"]) - {str(order["device"])}):
+            at = where.get(device)
+            if at is not None:
+                mx, my = project(at["lat"], at["lon"])
+                members.append({"x": mx, "y": my, "device": device})
         result["markers"].append({
             "x": x, "y": y, "r": radius, "shape": shape, "filled": filled,
-            "points": _shape(shape, x, y, radius) if shape != "circle" else "",
-            "colour": SEVERITY_COLOURS.get(order["severity"], OTHER_COLOUR), "order_id": order["order_id"],
-            "title": order["title"], "state": order["state"], "severity": order["severity"], "grid": order["grid"],
-            "device": order["device"]})
+            "points": _shape(shape, x, y, radius) if shape != "circle" else "", "colour": colour,
+            "order_id": order["order_id"], "title": order["title"], "state": order["state"],
+            "severity": order["severity"], "grid": order["grid"], "device": order["device"], "members": members})
     # the worst on top
     rank = {s: i for i, s in enumerate(reversed(SEVERITY_ORDER))}
     result["markers"].sort(key=lambda m: rank.get(m["severity"], -1))
     result["view"] = _view(result)
     return result
+
+
+def _members(body: str) -> set[str]:
+    """The devices an order's (latest) evidence names."""
+    try:
+        evidence = orjson.loads(body).get("evidence")
+    except (orjson.JSONDecodeError, AttributeError):
+        return set()
+    if not isinstance(evidence, list):
+        return set()
+    return {e["device"] for e in evidence if isinstance(e, dict) and isinstance(e.get("device"), str)}
 
 
 def _view(result: dict) -> str:
