@@ -16,7 +16,6 @@ import re
 import subprocess
 import sys
 import time
-from html import unescape
 
 import pytest
 import requests
@@ -650,3 +649,32 @@ def test_the_console_on_postgresql(postgres_url):
         assert boss.get(page, allow_redirects=False, timeout=10).status_code == 303
     finally:
         platform.close()
+
+
+def test_the_console_is_documented():
+    """Every page of the console and every users command is in docs/platform.md, "The console"."""
+    from uplink.receiver.console.__main__ import users
+
+    doc = (ROOT / "docs" / "platform.md").read_text().split("## The console", 1)[1]
+    source = (ROOT / "uplink" / "receiver" / "console" / "web.py").read_text()
+    pages = {"/console" + path for path in re.findall(r'@router\.get\("([^"]*)"\)', source)}
+    assert len(pages) >= 10
+    for path in pages:
+        assert f"`{path.replace('{order_id:path}', '<id>').split('?')[0]}" in doc, f"{path} is not documented"
+    for name in users.commands:
+        assert f"python -m uplink.receiver.console users {name} " in doc, f"users {name} is not documented"
+    assert "--password-stdin" in doc and f"{numbers.DEFAULT_RESOLVE_WITHIN / DAY:g} day for every category" in doc
+
+
+def test_an_order_id_with_slashes_and_markup_opens_and_takes_decisions(platform):
+    odd = "gw-1/odd id?&<b>x</b>#1"
+    platform.uplink("gw-1", [revision(odd, 1)])
+    boss = platform.user("boss", "dispatcher")
+    listing = boss.get(f"{platform.url}/console/orders", timeout=10).text
+    assert ids(listing) == [odd] and "<b>x</b>" not in listing
+    page = f"{platform.url}/console/orders/{requests.utils.quote(odd, safe='')}"
+    html = boss.get(page, timeout=10).text
+    assert "gw-1/odd id?&amp;&lt;b&gt;x&lt;/b&gt;#1" in html
+    done = post(boss, page, page, action="accept")
+    assert done.status_code == 303 and platform.changes("gw-1")[0]["order_id"] == odd
+    assert boss.get(platform.url + done.headers["location"], timeout=10).status_code == 200
