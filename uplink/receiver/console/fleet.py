@@ -19,8 +19,9 @@ import time
 
 __all__ = ["FILE_NAME", "MAX_RULE_FILE", "STALE_AFTER", "PushError", "fleet", "gateways_for", "pushes", "targets"]
 
-HEALTH_INTERVAL = 300.0  # s: a running gateway uplinks its telemetry summaries (and health) every 5 minutes
-STALE_AFTER = 3 * HEALTH_INTERVAL  # s without contact before a gateway is flagged: three summaries missed
+TELEMETRY_INTERVAL = 300.0  # s: a running gateway uplinks telemetry every 5 minutes ([outbox] telemetry_interval),
+# and an idle one its health summary every minute ([uplink] health_interval)
+STALE_AFTER = 3 * TELEMETRY_INTERVAL  # s without any contact before a gateway is flagged: three intervals missed
 SKEW_WARN = 30.0  # s of clock skew worth a warning (device times and the gateway's are compared with it)
 # The names and sizes a gateway takes (uplink/downlink.py FILE_NAME, edge/engine/rules.py MAX_FILE_BYTES)
 FILE_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]{0,99}\.ya?ml")
