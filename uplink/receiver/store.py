@@ -72,6 +72,7 @@ MIGRATIONS: tuple[tuple, ...] = (
         "CREATE INDEX orders_by_gateway ON orders (gateway, first_received_at)",
         "CREATE INDEX changes_by_gateway ON changes (gateway, seq)",
         "CREATE INDEX changes_by_order ON changes (order_id, seq)",
+        "CREATE INDEX changes_by_type ON changes (type, seq)",
         "ALTER TABLE changes ADD COLUMN actor TEXT NOT NULL DEFAULT ''",
         "CREATE TABLE gateways (gateway TEXT PRIMARY KEY, first_contact FLOAT NOT NULL, last_contact FLOAT NOT NULL, "
         "batches BIGINT NOT NULL DEFAULT 0, items BIGINT NOT NULL DEFAULT 0, health TEXT, health_at FLOAT)",
