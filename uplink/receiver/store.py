@@ -11,7 +11,6 @@ disk would let a flood of bad input cost one disk write each.
 
 from __future__ import annotations
 
-import datetime as dt
 import math
 import threading
 import time
@@ -22,6 +21,7 @@ from pathlib import Path
 import orjson
 
 from uplink.receiver.database import Database, DatabaseUnavailable, StoreError, Tx, describe, migrate, open_database
+from uplink.receiver.times import epoch
 
 __all__ = ["ReceiverStore", "Stored", "StoreError", "DatabaseUnavailable", "UnstorableItem", "MIGRATIONS"]
 
@@ -123,12 +123,8 @@ def _encode(where: str, body: dict) -> str:
         raise UnstorableItem(where, str(error)) from None
 
 
-def _seconds(text: str) -> float:
-    """An ISO 8601 time from a revision, in seconds (nan when it is not one)."""
-    try:
-        return dt.datetime.fromisoformat(str(text).replace("Z", "+00:00")).timestamp()
-    except ValueError:
-        return math.nan
+def _or_nan(seconds: float | None) -> float:
+    return math.nan if seconds is None else seconds
 
 
 def _share(part: int, whole: int) -> float | None:
@@ -150,17 +146,12 @@ def _number(value) -> float | None:
     return float(value)
 
 
-def _time(value) -> float | None:
-    seconds = _seconds(value) if isinstance(value, str) else math.nan
-    return None if math.isnan(seconds) else seconds
-
-
 def _order_row(gateway: str, body: dict, received_at: float, first_received_at: float) -> tuple:
     location = body.get("location") if isinstance(body.get("location"), dict) else {}
     fields = [_text(gateway) if name == "gateway" else (body.get("revision") if name == "revision" else _text(body.get(name)))
               for name in ORDER_FIELDS]
     return (_text(body["order_id"]), *fields, _number(location.get("lat")), _number(location.get("lon")),
-            _time(body.get("opened_at")), _time(body.get("updated_at")), first_received_at, received_at,
+            epoch(body.get("opened_at")), epoch(body.get("updated_at")), first_received_at, received_at,
             orjson.dumps(body).decode())
 
 
@@ -436,9 +427,9 @@ class ReceiverStore:
             elif change in ("verified", "not_fixed", "unverified"):
                 outcomes.setdefault(order_id, []).append(change)
                 if change == "verified" and body.get("verified_at"):
-                    fixes.append((order_id, body.get("rule"), body.get("device"), _seconds(body["verified_at"])))
+                    fixes.append((order_id, body.get("rule"), body.get("device"), _or_nan(epoch(body["verified_at"]))))
             elif change == "opened" and body.get("opened_at"):
-                opened.append((order_id, body.get("rule"), body.get("device"), _seconds(body["opened_at"])))
+                opened.append((order_id, body.get("rule"), body.get("device"), _or_nan(epoch(body["opened_at"]))))
 
         def came_back(fix: tuple, days: int) -> bool:
             order_id, rule, device, at = fix

@@ -13,9 +13,10 @@ report (type ``rules``, with the change's ``seq``, applied or refused with the p
 
 from __future__ import annotations
 
-import datetime as dt
 import re
 import time
+
+from uplink.receiver.times import epoch
 
 __all__ = ["FILE_NAME", "MAX_RULE_FILE", "STALE_AFTER", "PushError", "fleet", "gateways_for", "pushes", "targets"]
 
@@ -31,18 +32,6 @@ PUSH_GAP = 5.0  # s: rule changes of one file by one person this close together 
 
 class PushError(ValueError):
     """A push the console refuses before anything is queued; the message says why."""
-
-
-def _seconds(text) -> float | None:
-    if not isinstance(text, str):
-        return None
-    try:
-        moment = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=dt.timezone.utc)
-    return moment.timestamp()
 
 
 def _get(mapping, *path):
@@ -96,10 +85,10 @@ def fleet(store, now: float | None = None) -> list[dict]:
         parts = _get(health, "parts")
         g["parts_not_ok"] = ({k: v for k, v in parts.items() if v != "ok"} if isinstance(parts, dict) else None)
         g["software"] = _get(health, "software")
-        at = _seconds(_get(health, "at"))
+        at = epoch(_get(health, "at"))
         g["skew"] = round(g["health_at"] - at, 1) if at is not None and g.get("health_at") is not None else None
         g["skew_warn"] = g["skew"] is not None and abs(g["skew"]) > SKEW_WARN
-        started = _seconds(_get(health, "started_at"))
+        started = epoch(_get(health, "started_at"))
         g["uptime"] = (at - started) if at is not None and started is not None else None
         out.append(g)
     return out

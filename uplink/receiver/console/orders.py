@@ -11,13 +11,14 @@ gateway did with it (applied, refused and why, or not yet fetched).
 
 from __future__ import annotations
 
-import datetime as dt
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, fields, replace
 from urllib.parse import urlencode
 
 import orjson
+
+from uplink.receiver.times import epoch
 
 __all__ = ["ACTIONS", "FILTERS", "NEXT_STEPS", "OrderQuery", "PAGE_SIZE", "SORTS", "decision_note", "load_order",
            "next_steps", "order_list", "choices"]
@@ -61,15 +62,9 @@ def next_steps(state: str | None) -> tuple[str, ...]:
 def _utc(text: str, end: bool) -> float | None:
     """``2026-12-03`` or ``2026-12-03T14:05`` (UTC) as epoch seconds; a date alone ends at its last second."""
     text = (text or "").strip()
-    if not text:
+    seconds = epoch(text) if text else None
+    if seconds is None:
         return None
-    try:
-        moment = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=dt.timezone.utc)
-    seconds = moment.timestamp()
     if end and len(text) == 10:  # a whole day
         seconds += 86400
     return seconds
@@ -198,18 +193,6 @@ def choices(store) -> dict[str, list[str]]:
 
 # -- one order ------------------------------------------------------------------------------
 
-def _seconds(text) -> float | None:
-    if not isinstance(text, str):
-        return None
-    try:
-        moment = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=dt.timezone.utc)
-    return moment.timestamp()
-
-
 def _evidence(body: dict) -> list[dict]:
     evidence = body.get("evidence")
     return [e for e in evidence if isinstance(e, dict)] if isinstance(evidence, list) else []
@@ -248,7 +231,7 @@ def problems(order: dict, revisions: list[dict]) -> list[dict]:
             p = problem(str(entry.get("device") or "?"), str(entry.get("rule") or order.get("rule") or ""),
                         body.get("revision"), str(body.get("change") or ""))
             p["readings"] += 1
-            at = _seconds(entry.get("at"))
+            at = epoch(entry.get("at"))
             if at is not None:
                 if p["first"] is None or at < p["first"]:
                     p["first"], p["first_at"] = at, entry.get("at")
