@@ -24,6 +24,7 @@ from fastapi.staticfiles import StaticFiles
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
 from uplink.receiver.console import auth, district, fleet, numbers, orders
+from uplink.receiver.times import epoch
 
 log = logging.getLogger(__name__)
 HERE = Path(__file__).resolve().parent
@@ -69,13 +70,8 @@ def _iso(text) -> str:
     """A device's or gateway's ISO time as the console writes times (UTC), or the text as sent."""
     if not isinstance(text, str) or not text:
         return "—"
-    try:
-        moment = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        return text
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=dt.timezone.utc)
-    return moment.astimezone(dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+    seconds = epoch(text)
+    return text if seconds is None else _utc(seconds)
 
 
 def _duration(seconds) -> str:
