@@ -22,6 +22,7 @@ import psycopg
 import pytest
 import requests
 
+from bench.pg_cluster import PrivatePostgres
 from conftest import edge_command, wait_until, write_gateway_config
 from uplink.receiver.store import MIGRATIONS, ReceiverStore
 
@@ -300,3 +301,65 @@ def test_fewer_workers_than_before_retire_the_extra_sessions_with_what_they_held
         one.stop()
     with psycopg.connect(postgres_url) as conn:
         assert [c for (c,) in conn.execute("SELECT client_id FROM mqtt_listeners")] == [base]
+
+
+def test_postgresql_restarted_and_stopped_under_load_loses_nothing(tmp_path, mosquitto):
+    """A private PostgreSQL cluster is restarted twice while gateways uplink over HTTP and MQTT, then stopped
+    for a while: the platform answers 503 (said, not a dropped connection), keeps MQTT messages
+    unacknowledged, and once the database is back stores everything exactly once, in the same processes."""
+    pg = PrivatePostgres()
+    try:
+        url = pg.create_database("platform")
+        group = f"g-{uuid.uuid4().hex[:6]}"
+        platform = Platform(tmp_path / "platform.log", "--db", url, "--workers", "2", "--db-wait", "2",
+                            "--mqtt", mosquitto.url, "--mqtt-client-id", f"pg-{group}", "--mqtt-group", group)
+        try:
+            assert wait_until(lambda: platform.logged(f"subscribed to $share/{group}/") == 2, 30)
+            workers = platform.workers()
+            sent: set[tuple[str, int]] = set()
+            publisher = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
+            publisher.connect(mosquitto.host, mosquitto.port)
+            publisher.loop_start()
+
+            def uplink(session: requests.Session, gateway: str, batch: int) -> None:
+                body = {"gateway": gateway, "revisions": [revision(f"{gateway}-o{batch:03d}", 1, gateway)]}
+                while True:  # as a gateway: the same batch again until it is acknowledged
+                    try:
+                        status = session.post(f"{platform.url}/api/v1/uplink", json=body, timeout=10).status_code
+                    except requests.RequestException:
+                        status = 0
+                    if status == 200:
+                        sent.add((f"{gateway}-o{batch:03d}", 1))
+                        return
+                    time.sleep(0.2)
+
+            def publish(n: int) -> None:
+                item = revision(f"mq-pg-o{n:04d}", 1, "mq-pg")
+                publisher.publish(f"edge/mq-pg/orders/{item['order_id']}", orjson.dumps(item), qos=1).wait_for_publish(10)
+                sent.add((item["order_id"], 1))
+
+            with requests.Session() as session:
+                for batch in range(30):
+                    uplink(session, f"gw-{batch % 3}", batch)
+                    publish(batch)
+                    if batch in (10, 20):
+                        pg.restart()
+                pg.stop_server()  # away for longer than --db-wait: 503 with Retry-After
+                answer = session.post(f"{platform.url}/api/v1/uplink", timeout=30,
+                                      json={"gateway": "gw-0", "revisions": [revision("gw-0-o999", 1, "gw-0")]})
+                assert answer.status_code == 503 and answer.headers["Retry-After"] == "2"
+                assert "database" in answer.json()["error"]
+                for n in range(30, 40):  # PUBACK from the broker; the platform cannot store them yet
+                    publish(n)
+                pg.start()
+                uplink(session, "gw-0", 999)
+            publisher.loop_stop()
+            assert wait_until(lambda: len(keys_in(url)) >= len(sent), 60), (len(keys_in(url)), len(sent))
+            stored = keys_in(url)
+            assert set(stored) == sent and len(stored) == len(sent) == 30 + 40 + 1
+            assert platform.process.poll() is None and platform.workers() == workers  # no worker died of it
+        finally:
+            log = platform.stop()
+        assert "database unavailable" in log
+    finally:
+        pg.stop()

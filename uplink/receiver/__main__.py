@@ -52,13 +52,16 @@ DEFAULTS = Limits()
 @click.option("--mqtt-client-id", default="reference-receiver", show_default=True,
               help="MQTT client id of --mqtt (its persistent session on the broker): one per receiver; "
                    "with --workers N, worker n uses ID-n.")
+@click.option("--db-wait", default=10.0, show_default=True, type=click.FloatRange(0),
+              help="PostgreSQL: seconds a request waits for a lost database (a restart, a failover) before the "
+                   "answer is 503 and the gateway sends it again later.")
 @click.option("--workers", default=1, show_default=True, type=click.IntRange(1, 64),
               help="Processes serving the API (and, with --mqtt, listening) on the same port and database; a worker "
                    "that dies is started again. Use PostgreSQL for more than one (SQLite serialises their writes).")
 @click.option("--debug", is_flag=True, help="Log every request.")
 def main(host: str, port: int, db_path: str, token: str, mqtt_url: str | None, mqtt_group: str, tls_cert: str | None,
          tls_key: str | None, max_body: int, max_connections: int, idle_timeout: float, mqtt_client_id: str,
-         workers: int, debug: bool) -> None:
+         db_wait: float, workers: int, debug: bool) -> None:
     """Reference central platform: stores work-order revisions uplinked by gateways.
 
     Drops a duplicate by (order id, revision) and acknowledges it all the same, so a
@@ -70,7 +73,7 @@ def main(host: str, port: int, db_path: str, token: str, mqtt_url: str | None, m
     if not debug:
         logging.getLogger("uvicorn.error").setLevel(logging.WARNING)
     try:
-        store = ReceiverStore(db_path)  # migrates the database once, before any worker starts
+        store = ReceiverStore(db_path, retry_for=db_wait)  # migrates the database once, before any worker starts
     except (StoreError, OSError) as error:
         raise click.ClickException(str(error)) from None
     limits = Limits(max_body=max_body, max_connections=max_connections, head_timeout=idle_timeout,
@@ -134,7 +137,7 @@ def main(host: str, port: int, db_path: str, token: str, mqtt_url: str | None, m
 
     def worker(number: int, sock: socket.socket) -> None:
         try:
-            mine = ReceiverStore(db_path)
+            mine = ReceiverStore(db_path, retry_for=db_wait)
         except (StoreError, OSError) as error:
             raise click.ClickException(str(error)) from None
         serve(mine, sock, f"{mqtt_client_id}-{number}", announce=False)

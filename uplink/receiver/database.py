@@ -186,7 +186,8 @@ class PostgresDatabase(Database):
         pause = 0.05
         while True:
             try:
-                with self.pool.connection() as conn, conn.transaction(), conn.cursor() as cursor:
+                wait = max(0.1, deadline - time.monotonic())
+                with self.pool.connection(timeout=wait) as conn, conn.transaction(), conn.cursor() as cursor:
                     return fn(Tx(cursor, self._convert))
             except self._serialization:
                 pass  # another worker's transaction crossed this one: run it again
@@ -217,10 +218,10 @@ class PostgresDatabase(Database):
         self.pool.close()
 
 
-def open_database(target: str | Path, **options) -> Database:
-    """``postgresql://...`` or a SQLite file's path."""
+def open_database(target: str | Path, retry_for: float = 10.0) -> Database:
+    """``postgresql://...`` (``retry_for``: seconds a write waits for a lost connection) or a SQLite file's path."""
     if is_postgres(target):
-        return PostgresDatabase(str(target), **options)
+        return PostgresDatabase(str(target), retry_for=retry_for)
     return SqliteDatabase(target)
 
 

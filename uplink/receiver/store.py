@@ -229,10 +229,10 @@ DECIDED_AT = {"accepted": "accepted_at", "dispatched": "dispatched_at", "resolve
 class ReceiverStore:
     """The platform's data over one database: ``target`` is a SQLite file's path or ``postgresql://...``."""
 
-    def __init__(self, target: str | Path, **options):
+    def __init__(self, target: str | Path, retry_for: float = 10.0):
         self.target = target
         self.where = describe(target)
-        self.db: Database = open_database(target, **options)
+        self.db: Database = open_database(target, retry_for)
         try:
             self.schema_found = migrate(self.db, MIGRATIONS, self.where)
         except BaseException:
