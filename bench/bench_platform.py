@@ -31,11 +31,13 @@ at the start of that transaction on the same clock; its commit adds a few ms). C
 process's user+system time, sampled every 0.5 s from /proc, by part (generator, platform,
 PostgreSQL, Mosquitto), so the figures say who used the machine's cores.
 
-Then **the ceiling**: the same number of rows as the capacity phase, into a fresh database of
-the platform's schema, by a bare ``COPY`` and by ``executemany`` of the platform's INSERT ...
-ON CONFLICT DO NOTHING (500 rows per transaction), and through ``ReceiverStore.add`` (the
-platform's SQL, batches of ``--batch-size`` in one transaction each, one thread: no HTTP, no
-validation), with the platform's capacity as a share of each.
+Then **the ceiling** (``ceiling()``): the same number of rows as the capacity phase over both,
+into a fresh database of the platform's schema from this process, no HTTP, no validation: by a
+bare ``COPY``, by ``executemany`` and by ``INSERT ... SELECT FROM unnest`` (500 rows per
+transaction), through ``ReceiverStore.add`` (the platform's SQL, ``--batch-size`` per
+transaction, as an HTTP request) and ``ReceiverStore.add_many`` of 500 one-message batches (as
+the MQTT writer), and some of them again beside one CPU-bound thread (as a worker's HTTP threads
+are); the platform's capacity is given as a share of each.
 
     .venv/bin/python bench/bench_platform.py [--gateways 1000] [--workers 1,2] [--seconds 40] [--backlog 60]
 
@@ -60,7 +62,6 @@ import random
 import re
 import shutil
 import signal
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -369,7 +370,7 @@ class Platform:
         for line in self.log_path.read_text(errors="replace").splitlines():
             match = re.search(r" receiver (WARNING|ERROR|CRITICAL) (.*)", line)
             if match:
-                text = re.sub(r"\d+", "N", match.group(2))[:110]
+                text = re.sub(r"\d+", "N", re.sub(r"0x[0-9a-f]+", "0x...", match.group(2)))[:110]
                 kinds[f"{match.group(1)} {text}"] += 1
         return dict(kinds.most_common(15))
 
@@ -1064,111 +1065,102 @@ def connections_by_pid(port: int) -> dict[str, int]:
 
 
 def ceiling(pg: PrivatePostgres, args, count: int) -> dict:
-    """``count`` rows of the capacity phase's mix by COPY, by executemany and through ReceiverStore.add."""
+    """``count`` rows of the capacity phase's mix (2 revisions for 3 summaries), each way into a fresh
+    database of the platform's schema, in this process, one connection, nothing else running here:
+
+    - bare rows (revisions and telemetry tables only): ``COPY`` (one transaction), ``executemany``
+      of INSERT ... ON CONFLICT DO NOTHING and one ``INSERT ... SELECT FROM unnest(arrays)`` per
+      table (500 rows per transaction);
+    - the platform's SQL: ``ReceiverStore.add`` per gateway batch of ``--batch-size`` (what an HTTP
+      request does), ``ReceiverStore.add_many`` of 500 one-message batches (what the MQTT writer
+      does), and the same 500 messages with one executemany per table (``store_flat``, a what-if);
+    - and the 500-row writers again beside one CPU-bound thread (a worker's HTTP threads are such
+      threads; each round trip to PostgreSQL gives up the GIL and may wait 5 ms,
+      ``sys.getswitchinterval()``, to have it back), each for at most 5 s.
+    """
     import psycopg
 
     from uplink.receiver.store import ReceiverStore
 
-    def items() -> list[tuple[str, list[Item]]]:
-        now = time.time()
-        gateways = [GatewayData(i, args.seed + 1) for i in range(args.gateways)]
-        per = max(1, count // len(gateways))
-        return [(g.name, g.backlog(now, per)) for g in gateways]
+    now = time.time()
+    gateways = [GatewayData(i, args.seed + 1) for i in range(args.gateways)]
+    per = max(1, count // len(gateways))
+    by_gateway = [(g.name, g.backlog(now, per)) for g in gateways]
+    messages = [(gw, [i.body] if i.kind == "r" else [], [i.body] if i.kind == "t" else [], [], None)
+                for gw, items in by_gateway for i in items]
+    random.Random(args.seed).shuffle(messages)  # arrival order mixes the gateways
+    in_500 = [messages[lo:lo + 500] for lo in range(0, len(messages), 500)]
+    per_request = [(gw, items[lo:lo + args.batch_size]) for gw, items in by_gateway
+                   for lo in range(0, len(items), args.batch_size)]
 
-    def fresh(name: str) -> str:
-        url = pg.create_database(name)
-        ReceiverStore(url).close()  # the platform's schema, migrated as the platform does
-        return url
+    def bare(chunk) -> tuple[list, list]:
+        at = time.time()
+        return ([(b["order_id"], b["revision"], gw, at, orjson.dumps(b).decode()) for gw, rs, _, _, _ in chunk for b in rs],
+                [(b["device"], b["interval"], gw, at, orjson.dumps(b).decode()) for gw, _, ts, _, _ in chunk for b in ts])
 
-    def rows(batches) -> tuple[list, list]:
-        now = time.time()
-        revisions = [(i.k1, i.k2, gw, now, orjson.dumps(i.body).decode()) for gw, b in batches for i in b if i.kind == "r"]
-        summaries = [(i.k1, i.k2, gw, now, orjson.dumps(i.body).decode()) for gw, b in batches for i in b if i.kind == "t"]
-        return revisions, summaries
-
-    out = {}
-    batches = items()
-    n = sum(len(b) for _, b in batches)
-    url = fresh("ceiling_copy")
-    with psycopg.connect(url) as conn:
-        began = time.perf_counter()
-        revisions, summaries = rows(batches)
-        with conn.cursor() as cur:
-            with cur.copy("COPY revisions (order_id, revision, gateway, received_at, body) FROM STDIN") as copy:
-                for row in revisions:
-                    copy.write_row(row)
-            with cur.copy("COPY telemetry (device, interval, gateway, received_at, body) FROM STDIN") as copy:
-                for row in summaries:
-                    copy.write_row(row)
-        conn.commit()
-        out["copy_rows_per_s"] = round(n / (time.perf_counter() - began))
-
-    url = fresh("ceiling_executemany")
-    with psycopg.connect(url) as conn:
-        began = time.perf_counter()
-        revisions, summaries = rows(batches)
-        for table, columns, data in (("revisions", "order_id, revision", revisions),
+    def by_copy(conn, chunk) -> None:
+        revisions, summaries = bare(chunk)
+        with conn.transaction(), conn.cursor() as cur:
+            for table, key, rows in (("revisions", "order_id, revision", revisions),
                                      ("telemetry", "device, interval", summaries)):
-            sql = (f"INSERT INTO {table} ({columns}, gateway, received_at, body) VALUES (%s, %s, %s, %s, %s) "
-                   "ON CONFLICT DO NOTHING")
-            for lo in range(0, len(data), 500):
-                with conn.transaction(), conn.cursor() as cur:
-                    cur.executemany(sql, data[lo:lo + 500])
-        out["executemany_rows_per_s"] = round(n / (time.perf_counter() - began))
+                with cur.copy(f"COPY {table} ({key}, gateway, received_at, body) FROM STDIN") as copy:
+                    for row in rows:
+                        copy.write_row(row)
 
-    url = fresh("ceiling_store")
-    store = ReceiverStore(url)
-    try:
-        began = time.perf_counter()
-        for gw, b in batches:
-            for lo in range(0, len(b), args.batch_size):
-                chunk = b[lo:lo + args.batch_size]
-                store.add(gw, [i.body for i in chunk if i.kind == "r"], [i.body for i in chunk if i.kind == "t"])
-        out["store_add_rows_per_s"] = round(n / (time.perf_counter() - began))
-    finally:
-        store.close()
+    def by_executemany(conn, chunk) -> None:
+        revisions, summaries = bare(chunk)
+        with conn.transaction(), conn.cursor() as cur:
+            for table, key, rows in (("revisions", "order_id, revision", revisions),
+                                     ("telemetry", "device, interval", summaries)):
+                cur.executemany(f"INSERT INTO {table} ({key}, gateway, received_at, body) VALUES (%s, %s, %s, %s, %s) "
+                                "ON CONFLICT DO NOTHING", rows)
 
-    # What the MQTT listener's writer does: 500 messages per transaction, each its own one-item batch.
-    url = fresh("ceiling_store_mqtt")
-    store = ReceiverStore(url)
-    try:
-        messages = [(gw, [i.body] if i.kind == "r" else [], [i.body] if i.kind == "t" else [], [], None)
-                    for gw, b in batches for i in b]
-        random.Random(args.seed).shuffle(messages)  # arrival order mixes the gateways
-        began = time.perf_counter()
-        for lo in range(0, len(messages), 500):
-            store.add_many(messages[lo:lo + 500])
-        out["store_add_many_as_mqtt_rows_per_s"] = round(n / (time.perf_counter() - began))
-    finally:
-        store.close()
+    def by_unnest(conn, chunk) -> None:
+        revisions, summaries = bare(chunk)
+        with conn.transaction(), conn.cursor() as cur:
+            for table, key, rows in (("revisions", "order_id, revision", revisions),
+                                     ("telemetry", "device, interval", summaries)):
+                columns = [list(c) for c in zip(*rows)] or [[], [], [], [], []]
+                cur.execute(f"INSERT INTO {table} ({key}, gateway, received_at, body) SELECT * FROM "
+                            "unnest(%s::text[], %s::bigint[], %s::text[], %s::float8[], %s::text[]) "
+                            "ON CONFLICT DO NOTHING", columns)
 
-    # What a writer that stores its 500 messages with one statement per table would do (the platform's
-    # SQL, its order rows and the gateways' upsert, each as one executemany over the whole transaction).
-    url = fresh("ceiling_flat")
-    with psycopg.connect(url) as conn:
-        began = time.perf_counter()
-        for lo in range(0, len(messages), 500):
-            store_flat(conn, messages[lo:lo + 500])
-        out["flat_writer_rows_per_s"] = round(n / (time.perf_counter() - began))
+    def by_add(store, request) -> None:
+        gw, items = request
+        store.add(gw, [i.body for i in items if i.kind == "r"], [i.body for i in items if i.kind == "t"])
 
-    # Both writers again with one CPU-bound thread beside them, as a worker's HTTP threads are: each
-    # round trip to PostgreSQL gives up the GIL and waits up to sys.getswitchinterval() (5 ms) for it.
-    url = fresh("ceiling_busy")
-    store = ReceiverStore(url)
-    try:
-        with busy_thread():
-            began = time.perf_counter()
-            store.add_many(messages[:100])
-            out["store_add_many_as_mqtt_beside_a_busy_thread_rows_per_s"] = round(100 / (time.perf_counter() - began))
-    finally:
-        store.close()
-    with psycopg.connect(url) as conn, busy_thread():
-        some = messages[100:5100]
-        began = time.perf_counter()
-        for lo in range(0, len(some), 500):
-            store_flat(conn, some[lo:lo + 500])
-        out["flat_writer_beside_a_busy_thread_rows_per_s"] = round(len(some) / (time.perf_counter() - began))
-    out["rows"] = n
+    ways = {  # name: (open a connection or a store, write one transaction, the transactions)
+        "copy": (psycopg.connect, by_copy, [messages]),
+        "executemany": (psycopg.connect, by_executemany, in_500),
+        "unnest": (psycopg.connect, by_unnest, in_500),
+        "store_add": (ReceiverStore, by_add, per_request),
+        "store_add_many_as_mqtt": (ReceiverStore, lambda store, chunk: store.add_many(chunk), in_500),
+        "flat_writer": (psycopg.connect, store_flat, in_500),
+    }
+
+    def measure(name: str, busy: bool) -> int:
+        opener, write, transactions = ways[name]
+        url = pg.create_database("ceiling")
+        ReceiverStore(url).close()  # the platform's schema, migrated as the platform does
+        target = opener(url)
+        done = 0
+        try:
+            with busy_thread() if busy else contextlib.nullcontext():
+                began = time.perf_counter()
+                for transaction in transactions:
+                    write(target, transaction)
+                    done += len(transaction) if name != "store_add" else len(transaction[1])
+                    if busy and time.perf_counter() - began > 5.0:
+                        break
+                return round(done / (time.perf_counter() - began))
+        finally:
+            target.close()
+
+    out: dict = {"rows": len(messages)}
+    for name in ways:
+        out[f"{name}_rows_per_s"] = measure(name, busy=False)
+    for name in ("executemany", "unnest", "store_add_many_as_mqtt", "flat_writer"):
+        out[f"{name}_beside_a_busy_thread_rows_per_s"] = measure(name, busy=True)
     return out
 
 
@@ -1287,7 +1279,7 @@ def main() -> None:
             for name, run in results["runs"].items():
                 run["share_of_ceiling"] = {
                     phase: {k.replace("_rows_per_s", ""): round(found["items_per_s"] / v, 3)
-                            for k, v in results["ceiling"].items() if k.endswith("_per_s")}
+                            for k, v in results["ceiling"].items() if k.endswith("_per_s") and "beside" not in k}
                     for phase in ("capacity_both", "capacity_http", "capacity_mqtt")
                     if (found := run["capacity"].get(phase))}
     finally:
@@ -1359,11 +1351,14 @@ def print_summary(results: dict) -> None:
         print(f"{name:<{width}}" + "".join(f"  {value(r):<46}" for r in runs))
     if "ceiling" in results:
         c = results["ceiling"]
-        print(f"ceiling, {c['rows']:,} rows: COPY {c['copy_rows_per_s']:,}/s, executemany {c['executemany_rows_per_s']:,}/s, "
-              f"ReceiverStore.add {c['store_add_rows_per_s']:,}/s, add_many as the MQTT writer "
-              f"{c['store_add_many_as_mqtt_rows_per_s']:,}/s (beside a busy thread "
-              f"{c['store_add_many_as_mqtt_beside_a_busy_thread_rows_per_s']:,}/s), one statement per table "
-              f"{c['flat_writer_rows_per_s']:,}/s (beside a busy thread {c['flat_writer_beside_a_busy_thread_rows_per_s']:,}/s)")
+        print(f"\nceiling, {c['rows']:,} rows, rows/s (alone / beside a CPU-bound thread):")
+        for name, what in (("copy", "bare rows, COPY"), ("executemany", "bare rows, executemany, 500 per transaction"),
+                           ("unnest", "bare rows, INSERT ... SELECT FROM unnest, 500 per transaction"),
+                           ("store_add", f"ReceiverStore.add, {results['settings']['batch_size']} per transaction (HTTP)"),
+                           ("store_add_many_as_mqtt", "ReceiverStore.add_many, 500 messages (the MQTT writer)"),
+                           ("flat_writer", "the same SQL, one executemany per table (what-if)")):
+            busy = c.get(f"{name}_beside_a_busy_thread_rows_per_s")
+            print(f"  {what:<66} {c[f'{name}_rows_per_s']:>9,}" + (f" / {busy:,}" if busy is not None else ""))
 
 
 if __name__ == "__main__":
