@@ -1072,8 +1072,8 @@ def ceiling(pg: PrivatePostgres, args, count: int) -> dict:
       of INSERT ... ON CONFLICT DO NOTHING and one ``INSERT ... SELECT FROM unnest(arrays)`` per
       table (500 rows per transaction);
     - the platform's SQL: ``ReceiverStore.add`` per gateway batch of ``--batch-size`` (what an HTTP
-      request does), ``ReceiverStore.add_many`` of 500 one-message batches (what the MQTT writer
-      does), and the same 500 messages with one executemany per table (``store_flat``, a what-if);
+      request does) and ``ReceiverStore.add_many`` of 500 one-message batches (what the MQTT writer
+      does: on PostgreSQL one ``unnest`` statement per table);
     - and the 500-row writers again beside one CPU-bound thread (a worker's HTTP threads are such
       threads; each round trip to PostgreSQL gives up the GIL and may wait 5 ms,
       ``sys.getswitchinterval()``, to have it back), each for at most 5 s.
@@ -1135,7 +1135,6 @@ def ceiling(pg: PrivatePostgres, args, count: int) -> dict:
         "unnest": (psycopg.connect, by_unnest, in_500),
         "store_add": (ReceiverStore, by_add, per_request),
         "store_add_many_as_mqtt": (ReceiverStore, lambda store, chunk: store.add_many(chunk), in_500),
-        "flat_writer": (psycopg.connect, store_flat, in_500),
     }
 
     def measure(name: str, busy: bool) -> int:
@@ -1159,38 +1158,9 @@ def ceiling(pg: PrivatePostgres, args, count: int) -> dict:
     out: dict = {"rows": len(messages)}
     for name in ways:
         out[f"{name}_rows_per_s"] = measure(name, busy=False)
-    for name in ("executemany", "unnest", "store_add_many_as_mqtt", "flat_writer"):
+    for name in ("executemany", "unnest", "store_add_many_as_mqtt"):
         out[f"{name}_beside_a_busy_thread_rows_per_s"] = measure(name, busy=True)
     return out
-
-
-GATEWAY_UPSERT = (
-    "INSERT INTO gateways (gateway, first_contact, last_contact, batches, items) VALUES (%s, %s, %s, 1, %s) "
-    "ON CONFLICT (gateway) DO UPDATE SET last_contact = excluded.last_contact, batches = gateways.batches + 1, "
-    "items = gateways.items + excluded.items")
-
-
-def store_flat(conn, messages: list[tuple]) -> None:
-    """``messages`` (gateway, revisions, summaries, ...) in one transaction, one executemany per table, keys sorted."""
-    from uplink.receiver.store import UPSERT_ORDER, _order_row  # the platform's own SQL and order row (a what-if)
-
-    now = time.time()
-    revisions, latest, summaries, per_gateway = [], {}, [], Counter()
-    for gw, bodies, telemetry, _, _ in messages:
-        per_gateway[gw] += len(bodies) + len(telemetry)
-        for body in bodies:
-            revisions.append((body["order_id"], body["revision"], gw, now, orjson.dumps(body).decode()))
-            if body["order_id"] not in latest or latest[body["order_id"]][1]["revision"] < body["revision"]:
-                latest[body["order_id"]] = (gw, body)
-        summaries += [(b["device"], b["interval"], gw, now, orjson.dumps(b).decode()) for b in telemetry]
-    with conn.transaction(), conn.cursor() as cur:
-        cur.executemany("INSERT INTO revisions (order_id, revision, gateway, received_at, body) "
-                        "VALUES (%s, %s, %s, %s, %s) ON CONFLICT DO NOTHING", sorted(revisions))
-        cur.executemany(UPSERT_ORDER.replace("?", "%s"),
-                        [_order_row(gw, body, now, now) for _, (gw, body) in sorted(latest.items())])
-        cur.executemany("INSERT INTO telemetry (device, interval, gateway, received_at, body) "
-                        "VALUES (%s, %s, %s, %s, %s) ON CONFLICT DO NOTHING", sorted(summaries))
-        cur.executemany(GATEWAY_UPSERT, [(gw, now, now, count) for gw, count in sorted(per_gateway.items())])
 
 
 @contextlib.contextmanager
@@ -1355,8 +1325,7 @@ def print_summary(results: dict) -> None:
         for name, what in (("copy", "bare rows, COPY"), ("executemany", "bare rows, executemany, 500 per transaction"),
                            ("unnest", "bare rows, INSERT ... SELECT FROM unnest, 500 per transaction"),
                            ("store_add", f"ReceiverStore.add, {results['settings']['batch_size']} per transaction (HTTP)"),
-                           ("store_add_many_as_mqtt", "ReceiverStore.add_many, 500 messages (the MQTT writer)"),
-                           ("flat_writer", "the same SQL, one executemany per table (what-if)")):
+                           ("store_add_many_as_mqtt", "ReceiverStore.add_many, 500 messages (the MQTT writer)")):
             busy = c.get(f"{name}_beside_a_busy_thread_rows_per_s")
             print(f"  {what:<66} {c[f'{name}_rows_per_s']:>9,}" + (f" / {busy:,}" if busy is not None else ""))
 

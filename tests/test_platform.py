@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -363,3 +364,30 @@ def test_postgresql_restarted_and_stopped_under_load_loses_nothing(tmp_path, mos
         assert "database unavailable" in log
     finally:
         pg.stop()
+
+
+def test_a_busy_worker_answers_503_at_once_instead_of_queueing(tmp_path):
+    """With --max-uplinks 1, a batch whose body is still arriving holds the one place: another batch gets
+    503 with Retry-After at once (the gateway backs off), and is taken once the place is free."""
+    platform = Platform(tmp_path / "platform.log", "--db", str(tmp_path / "p.db"), "--max-uplinks", "1")
+    try:
+        host, port = platform.url.removeprefix("http://").split(":")
+        body = orjson.dumps({"gateway": "gw-slow", "revisions": [revision("gw-slow-o001", 1, "gw-slow")]})
+        slow = socket.create_connection((host, int(port)), timeout=10)
+        slow.sendall(b"POST /api/v1/uplink HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                     b"Content-Length: %d\r\n\r\n" % len(body) + body[:10])
+
+        def other() -> requests.Response:
+            return requests.post(f"{platform.url}/api/v1/uplink", timeout=10,
+                                 json={"gateway": "gw-2", "revisions": [revision("gw-2-o001", 1, "gw-2")]})
+
+        assert wait_until(lambda: other().status_code == 503, 10)
+        busy = other()
+        assert busy.status_code == 503 and busy.headers["Retry-After"] == "1" and "again" in busy.json()["error"]
+        slow.sendall(body[10:])
+        assert slow.recv(4096).startswith(b"HTTP/1.1 200")
+        slow.close()
+        assert other().status_code == 200
+        assert requests.get(f"{platform.url}/api/v1/stats", timeout=5).json()["refused"]["busy"] >= 2
+    finally:
+        platform.stop()

@@ -45,6 +45,9 @@ DEFAULTS = Limits()
               help="Largest request body in bytes (an uplink batch); larger gets 413. Rule files: at most 1 MiB.")
 @click.option("--max-connections", default=DEFAULTS.max_connections, show_default=True, type=click.IntRange(1),
               help="Open connections and requests in progress; beyond, new requests get 503.")
+@click.option("--max-uplinks", default=DEFAULTS.max_uplinks, show_default=True, type=click.IntRange(1),
+              help="Uplink batches one worker stores at once; beyond, 503 with Retry-After: 1 at once, and the "
+                   "gateway sends it again after a pause (rather than waiting in a queue past its timeout).")
 @click.option("--idle-timeout", default=DEFAULTS.head_timeout, show_default=True, type=click.FloatRange(0.1),
               help="Seconds a client may take to send a request's head (from connecting or the last answer: "
                    "then the connection is closed) and each piece of a body (then 408). An idle connection "
@@ -60,7 +63,7 @@ DEFAULTS = Limits()
                    "that dies is started again. Use PostgreSQL for more than one (SQLite serialises their writes).")
 @click.option("--debug", is_flag=True, help="Log every request.")
 def main(host: str, port: int, db_path: str, token: str, mqtt_url: str | None, mqtt_group: str, tls_cert: str | None,
-         tls_key: str | None, max_body: int, max_connections: int, idle_timeout: float, mqtt_client_id: str,
+         tls_key: str | None, max_body: int, max_connections: int, max_uplinks: int, idle_timeout: float, mqtt_client_id: str,
          db_wait: float, workers: int, debug: bool) -> None:
     """Reference central platform: stores work-order revisions uplinked by gateways.
 
@@ -76,7 +79,7 @@ def main(host: str, port: int, db_path: str, token: str, mqtt_url: str | None, m
         store = ReceiverStore(db_path, retry_for=db_wait)  # migrates the database once, before any worker starts
     except (StoreError, OSError) as error:
         raise click.ClickException(str(error)) from None
-    limits = Limits(max_body=max_body, max_connections=max_connections, head_timeout=idle_timeout,
+    limits = Limits(max_body=max_body, max_connections=max_connections, max_uplinks=max_uplinks, head_timeout=idle_timeout,
                     body_timeout=idle_timeout)
     if not token and not is_loopback(host):
         log.warning("listening on %s without a token: anyone who can reach this address can read every order "

@@ -50,11 +50,27 @@ def describe(target: str | Path) -> str:
 
 
 class Tx:
-    """One transaction: ``execute`` and ``executemany`` with ``?`` placeholders."""
+    """One transaction: ``execute`` and ``executemany`` with ``?`` placeholders, and ``insert`` of many rows."""
 
-    def __init__(self, cursor, convert: Callable[[str], str]):
+    def __init__(self, cursor, convert: Callable[[str], str], dialect: str):
         self.cursor = cursor
         self._convert = convert
+        self.dialect = dialect
+
+    def insert(self, table: str, columns: Sequence[tuple[str, str]], rows: Sequence[Sequence[Any]], tail: str = "") -> int:
+        """Insert ``rows`` (of ``columns``: name and PostgreSQL type) with one statement, then ``tail``
+        (``ON CONFLICT ...``); returns how many rows it wrote. On PostgreSQL the rows travel as one array
+        per column (``unnest``): one round trip whatever their number."""
+        if not rows:
+            return 0
+        names = ", ".join(name for name, _ in columns)
+        if self.dialect != "postgresql":
+            marks = ", ".join("?" for _ in columns)
+            return self.executemany(f"INSERT INTO {table} ({names}) VALUES ({marks}) {tail}", rows)
+        arrays = ", ".join(f"?::{kind}[]" for _, kind in columns)
+        self.execute(f"INSERT INTO {table} ({names}) SELECT * FROM unnest({arrays}) {tail}",
+                     [list(column) for column in zip(*rows)])
+        return max(self.cursor.rowcount, 0)
 
     def execute(self, sql: str, args: Sequence[Any] = ()) -> Tx:
         self.cursor.execute(self._convert(sql), tuple(args))
@@ -123,7 +139,7 @@ class SqliteDatabase(Database):
             conn = self.conn
             conn.execute("BEGIN IMMEDIATE")
             try:
-                result = fn(Tx(conn.cursor(), _same))
+                result = fn(Tx(conn.cursor(), _same, self.dialect))
                 conn.execute("COMMIT")
                 return result
             except BaseException:
@@ -132,7 +148,7 @@ class SqliteDatabase(Database):
 
     def read(self, sql: str, args: Sequence[Any] = ()) -> list[dict]:
         with self.lock:
-            return Tx(self.conn.cursor(), _same).execute(sql, args).rows()
+            return Tx(self.conn.cursor(), _same, self.dialect).execute(sql, args).rows()
 
     def schema_version(self, tx: Tx) -> int:
         return tx.execute("PRAGMA user_version").fetchone()[0]
@@ -188,7 +204,7 @@ class PostgresDatabase(Database):
             try:
                 wait = max(0.1, deadline - time.monotonic())
                 with self.pool.connection(timeout=wait) as conn, conn.transaction(), conn.cursor() as cursor:
-                    return fn(Tx(cursor, self._convert))
+                    return fn(Tx(cursor, self._convert, self.dialect))
             except self._serialization:
                 pass  # another worker's transaction crossed this one: run it again
             except self._lost as error:

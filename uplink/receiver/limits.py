@@ -32,6 +32,7 @@ class Limits:
     max_body: int = 64 * 1024 * 1024  # bytes of an uplink batch (a gateway's batch_size of 10,000 fits)
     rule_file_max: int = 1024 * 1024  # bytes of a pushed rule file
     max_connections: int = 1000  # open connections and requests in progress; beyond, 503
+    max_uplinks: int = 32  # uplink batches in progress in one worker; beyond, 503 with Retry-After (the gateway backs off)
     keep_alive: int = 5  # s an idle keep-alive connection stays open after a response
     head_timeout: float = 15.0  # s from connecting (or the last response) to a complete request head
     body_timeout: float = 15.0  # s the server waits for each piece of a body
@@ -101,9 +102,12 @@ class Guard:
     it itself), checked before the body is read; a deadline for each read of the body; every
     error answer closes its connection (what is left of a refused body is never read)."""
 
-    def __init__(self, app: ASGIApp, token: str, body_timeout: float, refuse: Callable[[str], None], tokens=None):
+    def __init__(self, app: ASGIApp, token: str, body_timeout: float, refuse: Callable[[str], None], tokens=None,
+                 max_uplinks: int = Limits.max_uplinks):
         self.app, self.token, self.body_timeout, self.refuse = app, token, body_timeout, refuse
         self.tokens = tokens  # GatewayTokens: each gateway's own token, for its uplink and changes only
+        self.max_uplinks = max_uplinks
+        self.uplinks = 0  # in progress (counted in the event loop's thread only)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -116,6 +120,15 @@ class Guard:
             if refused is not None:
                 await refused(scope, receive, send)
                 return
+
+        uplink = path == "/api/v1/uplink"
+        if uplink and self.uplinks >= self.max_uplinks:
+            # Busy: an answer at once, so the gateway backs off, rather than a queue that outlasts its timeout.
+            self.refuse("busy")
+            response = refusal(503, f"the platform is storing {self.uplinks} batches already; send this one again "
+                                    "in a moment", headers={"Retry-After": "1"})
+            await response(scope, receive, send)
+            return
 
         async def receive_in_time() -> Message:
             try:
@@ -131,7 +144,14 @@ class Guard:
                 message = {**message, "headers": [*headers, (b"connection", b"close")]}
             await send(message)
 
-        await self.app(scope, receive_in_time, send_closing)
+        if not uplink:
+            await self.app(scope, receive_in_time, send_closing)
+            return
+        self.uplinks += 1
+        try:
+            await self.app(scope, receive_in_time, send_closing)
+        finally:
+            self.uplinks -= 1
 
     def _refused(self, scope: Scope) -> JSONResponse | None:
         """None when the bearer token opens this path (a gateway's token: noted in scope["state"]["gateway"])."""

@@ -51,7 +51,8 @@ class ReceiverServer:
         self.socket = sock if sock is not None else listen(host, port)
         self.scheme = "https" if tls_cert else "http"
         self.config = uvicorn.Config(
-            Guard(self.app, token, limits.body_timeout, store.refuse, GatewayTokens(store)), interface="asgi3",
+            Guard(self.app, token, limits.body_timeout, store.refuse, GatewayTokens(store), limits.max_uplinks),
+            interface="asgi3",
             lifespan="off",
             http=guarded_h11(limits.head_timeout, store.refuse), ws="none",
             limit_concurrency=limits.max_connections, timeout_keep_alive=limits.keep_alive,

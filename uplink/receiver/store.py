@@ -38,7 +38,7 @@ def _backfill_orders(tx: Tx, dialect: str) -> None:
         first = latest.get(order_id, (None, None, None, received_at))[3]
         latest[order_id] = (gateway, received_at, orjson.loads(body), first)
     rows = [_order_row(gateway, body, received_at, first) for gateway, received_at, body, first in latest.values()]
-    tx.executemany(UPSERT_ORDER, rows)
+    tx.insert("orders", ORDER_COLUMNS, sorted(rows), UPDATE_ORDER)
 
 
 # Version 1 is the schema the first receivers created (before versions were kept): IF NOT
@@ -88,15 +88,6 @@ MIGRATIONS: tuple[tuple, ...] = (
     ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
-
-UPSERT_ORDER = (
-    f"INSERT INTO orders (order_id, {', '.join(ORDER_FIELDS)}, lat, lon, opened_at, updated_at, first_received_at, "
-    f"received_at, body) VALUES (?, {', '.join('?' for _ in ORDER_FIELDS)}, ?, ?, ?, ?, ?, ?, ?) "
-    f"ON CONFLICT (order_id) DO UPDATE SET {', '.join(f'{c} = excluded.{c}' for c in ORDER_FIELDS)}, "
-    "lat = excluded.lat, lon = excluded.lon, opened_at = excluded.opened_at, updated_at = excluded.updated_at, "
-    "received_at = excluded.received_at, body = excluded.body WHERE orders.revision < excluded.revision"
-)
-
 
 class UnstorableItem(ValueError):
     """An item passed its checks but cannot be written (nested deeper than JSON storage allows)."""
@@ -189,36 +180,57 @@ def _prepare(gateway: str, revisions: list[dict], telemetry: list[dict], reports
                   _encode("health", health) if health is not None else None)
 
 
-def _store(tx: Tx, now: float, batch: _Batch) -> Stored:
-    gateway, rows, summaries, notes = batch.gateway, batch.rows, batch.summaries, batch.notes
-    stored = Stored()
-    inserted = tx.executemany(
-        "INSERT INTO revisions (order_id, revision, gateway, received_at, body) VALUES (?, ?, ?, ?, ?) "
-        "ON CONFLICT DO NOTHING", [(o, r, gateway, now, text) for o, r, _, text in rows])
-    stored.duplicates += len(rows) - inserted
-    stored.acknowledged = [(o, r) for o, r, _, _ in rows]
-    tx.executemany(UPSERT_ORDER, [_order_row(gateway, body, now, now) for body in batch.latest])
-    inserted = tx.executemany(
-        "INSERT INTO telemetry (device, interval, gateway, received_at, body) VALUES (?, ?, ?, ?, ?) "
-        "ON CONFLICT DO NOTHING", [(d, i, gateway, now, text) for d, i, text in summaries])
-    stored.duplicates += len(summaries) - inserted
-    stored.telemetry_acknowledged = [(d, i) for d, i, _ in summaries]
-    inserted = tx.executemany(
-        "INSERT INTO reports (gateway, seq, type, status, reason, detail, file, at, received_at, body) "
-        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
-        [(gateway, seq, _text(body["type"]), _text(body["status"]), _text(body.get("reason") or ""),
-          _text(body.get("detail") or ""), _text(body.get("file")), _text(body.get("at")), now, text)
-         for seq, body, text in notes])
-    stored.duplicates += len(notes) - inserted
-    stored.reports_acknowledged = [seq for seq, _, _ in notes]
-    tx.execute(
-        "INSERT INTO gateways (gateway, first_contact, last_contact, batches, items, health, health_at) "
-        "VALUES (?, ?, ?, 1, ?, ?, ?) ON CONFLICT (gateway) DO UPDATE SET last_contact = excluded.last_contact, "
-        "batches = gateways.batches + 1, items = gateways.items + excluded.items, "
-        "health = COALESCE(excluded.health, gateways.health), health_at = COALESCE(excluded.health_at, gateways.health_at)",
-        [gateway, now, now, len(rows) + len(summaries) + len(notes), batch.health,
-         now if batch.health is not None else None])
-    return stored
+REVISION_COLUMNS = (("order_id", "text"), ("revision", "bigint"), ("gateway", "text"), ("received_at", "float8"),
+                    ("body", "text"))
+ORDER_COLUMNS = (("order_id", "text"), *((name, "bigint" if name == "revision" else "text") for name in ORDER_FIELDS),
+                 ("lat", "float8"), ("lon", "float8"), ("opened_at", "float8"), ("updated_at", "float8"),
+                 ("first_received_at", "float8"), ("received_at", "float8"), ("body", "text"))
+TELEMETRY_COLUMNS = (("device", "text"), ("interval", "bigint"), ("gateway", "text"), ("received_at", "float8"),
+                     ("body", "text"))
+REPORT_COLUMNS = (("gateway", "text"), ("seq", "bigint"), ("type", "text"), ("status", "text"), ("reason", "text"),
+                  ("detail", "text"), ("file", "text"), ("at", "text"), ("received_at", "float8"), ("body", "text"))
+GATEWAY_COLUMNS = (("gateway", "text"), ("first_contact", "float8"), ("last_contact", "float8"), ("batches", "bigint"),
+                   ("items", "bigint"), ("health", "text"), ("health_at", "float8"))
+UPDATE_ORDER = (f"ON CONFLICT (order_id) DO UPDATE SET {', '.join(f'{c} = excluded.{c}' for c in ORDER_FIELDS)}, "
+                "lat = excluded.lat, lon = excluded.lon, opened_at = excluded.opened_at, updated_at = excluded.updated_at, "
+                "received_at = excluded.received_at, body = excluded.body WHERE orders.revision < excluded.revision")
+UPDATE_GATEWAY = ("ON CONFLICT (gateway) DO UPDATE SET last_contact = excluded.last_contact, "
+                  "batches = gateways.batches + excluded.batches, items = gateways.items + excluded.items, "
+                  "health = COALESCE(excluded.health, gateways.health), "
+                  "health_at = COALESCE(excluded.health_at, gateways.health_at)")
+
+
+def _store(tx: Tx, now: float, batches: list[_Batch]) -> int:
+    """Every batch of one transaction, one statement per table, each table's rows in key order (two
+    transactions never wait for each other in a cycle); returns the items that were already there."""
+    revisions = sorted((o, r, b.gateway, now, text) for b in batches for o, r, _, text in b.rows)
+    latest: dict[str, tuple[str, dict]] = {}
+    for batch in batches:
+        for body in batch.latest:
+            kept = latest.get(body["order_id"])
+            if kept is None or kept[1]["revision"] < body["revision"]:
+                latest[body["order_id"]] = (batch.gateway, body)
+    orders = [_order_row(gateway, body, now, now) for _, (gateway, body) in sorted(latest.items())]
+    summaries = sorted((d, i, b.gateway, now, text) for b in batches for d, i, text in b.summaries)
+    reports = sorted(((b.gateway, seq, _text(body["type"]), _text(body["status"]), _text(body.get("reason") or ""),
+                       _text(body.get("detail") or ""), _text(body.get("file")), _text(body.get("at")), now, text)
+                      for b in batches for seq, body, text in b.notes), key=lambda row: row[:2])
+    contacts: dict[str, list] = {}
+    for b in batches:
+        row = contacts.setdefault(b.gateway, [b.gateway, now, now, 0, 0, None, None])
+        row[3] += 1
+        row[4] += len(b.rows) + len(b.summaries) + len(b.notes)
+        if b.health is not None:
+            row[5], row[6] = b.health, now
+    duplicates = len(revisions) - tx.insert("revisions", REVISION_COLUMNS, revisions, "ON CONFLICT DO NOTHING")
+    tx.insert("orders", ORDER_COLUMNS, orders, UPDATE_ORDER)
+    duplicates += len(summaries) - tx.insert("telemetry", TELEMETRY_COLUMNS, summaries, "ON CONFLICT DO NOTHING")
+    duplicates += len(reports) - tx.insert("reports", REPORT_COLUMNS, reports, "ON CONFLICT DO NOTHING")
+    tx.insert("gateways", GATEWAY_COLUMNS, [contacts[g] for g in sorted(contacts)], UPDATE_GATEWAY)
+    if duplicates:
+        tx.execute("INSERT INTO counters (name, value) VALUES ('duplicates', ?) "
+                   "ON CONFLICT (name) DO UPDATE SET value = counters.value + excluded.value", [duplicates])
+    return duplicates
 
 
 # When the platform's decision on an order is first made, for the console's figures.
@@ -251,22 +263,17 @@ class ReceiverStore:
         Raises UnstorableItem (nothing stored) when an item cannot be encoded for storage, and
         DatabaseUnavailable when the database did not answer (nothing acknowledged).
         """
-        return self.add_many([(gateway, revisions, telemetry or [], reports or [], health)])[0]
+        batch = _prepare(gateway, revisions, telemetry or [], reports or [], health)
+        duplicates = self.db.write(lambda tx: _store(tx, time.time(), [batch]))
+        return Stored(acknowledged=[(o, r) for o, r, _, _ in batch.rows],
+                      telemetry_acknowledged=[(d, i) for d, i, _ in batch.summaries],
+                      reports_acknowledged=[seq for seq, _, _ in batch.notes], duplicates=duplicates)
 
-    def add_many(self, batches: list[tuple[str, list[dict], list[dict], list[dict], dict | None]]) -> list[Stored]:
-        """Several gateways' batches (gateway, revisions, telemetry, reports, health) in one transaction."""
+    def add_many(self, batches: list[tuple[str, list[dict], list[dict], list[dict], dict | None]]) -> int:
+        """Several gateways' batches (gateway, revisions, telemetry, reports, health) in one transaction;
+        returns how many of their items the platform already had."""
         prepared = [_prepare(*batch) for batch in batches]
-
-        def store(tx: Tx) -> list[Stored]:
-            now = time.time()
-            done = [_store(tx, now, batch) for batch in prepared]
-            duplicates = sum(stored.duplicates for stored in done)
-            if duplicates:
-                tx.execute("INSERT INTO counters (name, value) VALUES ('duplicates', ?) "
-                           "ON CONFLICT (name) DO UPDATE SET value = counters.value + excluded.value", [duplicates])
-            return done
-
-        return self.db.write(store)
+        return self.db.write(lambda tx: _store(tx, time.time(), prepared))
 
     def refuse(self, reason: str) -> None:
         """Count one refused request or message."""
