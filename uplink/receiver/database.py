@@ -67,9 +67,10 @@ class Tx:
         if self.dialect != "postgresql":
             marks = ", ".join("?" for _ in columns)
             return self.executemany(f"INSERT INTO {table} ({names}) VALUES ({marks}) {tail}", rows)
-        arrays = ", ".join(f"?::{kind}[]" for _, kind in columns)
-        self.execute(f"INSERT INTO {table} ({names}) SELECT * FROM unnest({arrays}) {tail}",
-                     [list(column) for column in zip(*rows)])
+        # %b: the arrays travel in binary (in text, psycopg escapes every element with a regular expression)
+        arrays = ", ".join(f"%b::{kind}[]" for _, kind in columns)
+        self.cursor.execute(f"INSERT INTO {table} ({names}) SELECT * FROM unnest({arrays}) {tail.replace('%', '%%')}",
+                            [list(column) for column in zip(*rows)])
         return max(self.cursor.rowcount, 0)
 
     def execute(self, sql: str, args: Sequence[Any] = ()) -> Tx:

@@ -32,7 +32,7 @@ class Limits:
     max_body: int = 64 * 1024 * 1024  # bytes of an uplink batch (a gateway's batch_size of 10,000 fits)
     rule_file_max: int = 1024 * 1024  # bytes of a pushed rule file
     max_connections: int = 1000  # open connections and requests in progress; beyond, 503
-    max_uplinks: int = 32  # uplink batches in progress in one worker; beyond, 503 with Retry-After (the gateway backs off)
+    max_uplinks: int = 256  # uplink batches in progress in one worker; beyond, 503 with Retry-After (the gateway backs off)
     keep_alive: int = 5  # s an idle keep-alive connection stays open after a response
     head_timeout: float = 15.0  # s from connecting (or the last response) to a complete request head
     body_timeout: float = 15.0  # s the server waits for each piece of a body
