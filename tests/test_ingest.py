@@ -140,6 +140,7 @@ def test_a_reading_is_acknowledged_only_after_its_batch_is_committed(tmp_path, m
         assert crashed.wait(20)
         thread.join(30)
         assert not thread.is_alive() and store.stats()["orders"] == 0
+        first.stop()  # its uplink and downlink threads outlive the engine's crash in this process; a power cut ends them
 
         second = Agent(config)  # the same client id: the broker resends what was never acknowledged
         thread = threading.Thread(target=second.run, daemon=True)
