@@ -13,6 +13,7 @@ import threading
 import click
 
 from uplink.receiver.limits import Limits
+from uplink.receiver.mqtt_listener import MqttListener, retire
 from uplink.receiver.server import ReceiverServer, is_loopback, listen
 from uplink.receiver.workers import supervise
 from uplink.receiver.store import ReceiverStore, StoreError
@@ -85,8 +86,6 @@ def main(host: str, port: int, db_path: str, token: str, mqtt_url: str | None, m
         log.warning("listening on %s without a token: anyone who can reach this address can read every order "
                     "(with its address) and push rule files to the gateways; set --token or $RECEIVER_TOKEN", host)
     if mqtt_url:
-        from uplink.receiver.mqtt_listener import MqttListener
-
         try:
             MqttListener.check_settings(mqtt_url, mqtt_group)
         except ValueError as error:
@@ -103,8 +102,6 @@ def main(host: str, port: int, db_path: str, token: str, mqtt_url: str | None, m
             raise click.ClickException(f"cannot listen on {host}:{port}: {error}") from None
         listener = None
         if mqtt_url:
-            from uplink.receiver.mqtt_listener import MqttListener
-
             store.note_listener(client_id, mqtt_group)
             listener = MqttListener(mqtt_url, store, client_id=client_id, group=mqtt_group)
             server.on_change = listener.publish_change
@@ -155,8 +152,6 @@ def _client_ids(base: str, workers: int) -> list[str]:
 def _retire_sessions(store: ReceiverStore, url: str, base: str, group: str, workers: int) -> None:
     """The sessions this platform's earlier runs left that no worker will use now (it ran more workers,
     or one where it now runs several): their messages are taken and stored, then the sessions end."""
-    from uplink.receiver.mqtt_listener import retire
-
     wanted = set(_client_ids(base, workers))
     ours = re.compile(rf"{re.escape(base)}(-[0-9]+)?")
     for row in store.listeners():

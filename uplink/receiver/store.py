@@ -156,7 +156,6 @@ def _key(where: str, value: str) -> str:
 class _Batch:
     gateway: str
     rows: list  # (order id, revision, body, text), sorted by key
-    latest: list  # the newest revision of each order in the batch
     summaries: list  # (device, interval, text)
     notes: list  # (seq, body, text)
     health: str | None
@@ -172,11 +171,7 @@ def _prepare(gateway: str, revisions: list[dict], telemetry: list[dict], reports
                        for i, body in enumerate(telemetry))
     notes = sorted(((body["seq"], body, _encode(f"reports[{i}]", body)) for i, body in enumerate(reports)),
                    key=lambda note: note[0])
-    latest: dict[str, dict] = {}
-    for order_id, revision, body, _ in rows:
-        if order_id not in latest or latest[order_id]["revision"] < revision:
-            latest[order_id] = body
-    return _Batch(gateway, rows, list(latest.values()), summaries, notes,
+    return _Batch(gateway, rows, summaries, notes,
                   _encode("health", health) if health is not None else None)
 
 
@@ -205,11 +200,11 @@ def _store(tx: Tx, now: float, batches: list[_Batch]) -> int:
     transactions never wait for each other in a cycle); returns the items that were already there."""
     revisions = sorted((o, r, b.gateway, now, text) for b in batches for o, r, _, text in b.rows)
     latest: dict[str, tuple[str, dict]] = {}
-    for batch in batches:
-        for body in batch.latest:
-            kept = latest.get(body["order_id"])
-            if kept is None or kept[1]["revision"] < body["revision"]:
-                latest[body["order_id"]] = (batch.gateway, body)
+    for batch in batches:  # each order's newest revision in the transaction
+        for order_id, revision, body, _ in batch.rows:
+            kept = latest.get(order_id)
+            if kept is None or kept[1]["revision"] < revision:
+                latest[order_id] = (batch.gateway, body)
     orders = [_order_row(gateway, body, now, now) for _, (gateway, body) in sorted(latest.items())]
     summaries = sorted((d, i, b.gateway, now, text) for b in batches for d, i, text in b.summaries)
     reports = sorted(((b.gateway, seq, _text(body["type"]), _text(body["status"]), _text(body.get("reason") or ""),
