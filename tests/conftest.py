@@ -276,6 +276,15 @@ def running_agent(config_path: Path, broker: Broker):
         thread.join(30)
 
 
+def tilt(client: mqtt.Client, device: str, start: float, steps: int = 12) -> None:
+    """Readings of a cover tilted for more than 10 s of device time: enough to open an order."""
+    import orjson
+
+    for step in range(steps):
+        payload = orjson.dumps({"ts": start + step, "readings": {"tilt_deg": 35.0, "open": 1}})
+        client.publish(f"devices/{device}/telemetry", payload, qos=1).wait_for_publish(5)
+
+
 SIMULATOR = [sys.executable, "-m", "firmware_sim"]
 
 

@@ -15,7 +15,7 @@ import orjson
 import paho.mqtt.client as mqtt
 import pytest
 
-from conftest import make_tls_files, wait_until, write_gateway_config
+from conftest import make_tls_files, tilt, wait_until, write_gateway_config
 from edge.agent import Agent
 from edge.broker import free_port, mosquitto_path, start_amqtt, start_mosquitto, wait_for_port
 from edge.config import ConfigError, load_config
@@ -112,13 +112,6 @@ def stop(agent: Agent, thread: threading.Thread) -> None:
     agent.stop()
     thread.join(30)
     assert not thread.is_alive()
-
-
-def tilt(client: mqtt.Client, device: str, start: float, steps: int = 12) -> None:
-    """Readings of a cover tilted for more than 10 s of device time: enough to open an order."""
-    for step in range(steps):
-        payload = orjson.dumps({"ts": start + step, "readings": {"tilt_deg": 35.0, "open": 1}})
-        client.publish(f"devices/{device}/telemetry", payload, qos=1).wait_for_publish(5)
 
 
 @pytest.fixture

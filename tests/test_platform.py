@@ -24,7 +24,7 @@ import pytest
 import requests
 
 from bench.pg_cluster import PrivatePostgres
-from conftest import edge_command, wait_until, write_gateway_config
+from conftest import edge_command, tilt, wait_until, write_gateway_config
 from uplink.receiver.store import MIGRATIONS, ReceiverStore
 
 
@@ -219,10 +219,7 @@ def test_the_current_gateway_against_the_platform_on_postgresql_with_two_workers
         assert wait_until(lambda: "subscribed to" in log.read_text(), 60), log.read_text()
         client.connect(mosquitto.host, mosquitto.port)
         client.loop_start()
-        now = time.time()
-        for step in range(12):
-            payload = orjson.dumps({"ts": now + step, "readings": {"tilt_deg": 35.0, "open": 1}})
-            client.publish("devices/MH-0008/telemetry", payload, qos=1).wait_for_publish(5)
+        tilt(client, "MH-0008", time.time())
 
         def orders() -> list[dict]:
             return requests.get(f"{platform.url}/api/v1/orders", headers=admin, timeout=5).json()["orders"]

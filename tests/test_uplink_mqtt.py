@@ -8,11 +8,10 @@ import sys
 import time
 import uuid
 
-import orjson
 import paho.mqtt.client as mqtt
 import requests
 
-from conftest import edge_command, wait_until, write_gateway_config
+from conftest import edge_command, tilt, wait_until, write_gateway_config
 
 
 def test_orders_and_decisions_over_mqtt(tmp_path, mosquitto):
@@ -31,10 +30,7 @@ def test_orders_and_decisions_over_mqtt(tmp_path, mosquitto):
         assert wait_until(lambda: "subscribed to" in log.read_text(), 60)
         client.connect(mosquitto.host, mosquitto.port)
         client.loop_start()
-        now = time.time()
-        for step in range(12):
-            payload = orjson.dumps({"ts": now + step, "readings": {"tilt_deg": 35.0, "open": 1}})
-            client.publish("devices/MH-0008/telemetry", payload, qos=1).wait_for_publish(5)
+        tilt(client, "MH-0008", time.time())
 
         def orders():
             return requests.get(f"{url}/api/v1/orders", timeout=5).json()["orders"]
