@@ -50,10 +50,12 @@ STEPS = {
     "EMPTY_SCORE": (0.73, 0.74, 0.745),
     "EMPTY_BELOW": (0.25, 0.5, 1.0),
     "MATURE": (0.25, 0.5, 0.75),
+    "DAY_MARGIN": (0.2, 0.3, 0.5),
+    "DAY_HISTORY": (3 * 86400.0, 7 * 86400.0, 14 * 86400.0),
 }
 # The grid of the generality check: the constants that matter most (see plateau()); the others
 # stay at their shipped values.
-GRID_AXES = ("OUTSIDE_MARGIN", "OUTSIDE_CALM", "DECAY", "SMOOTH", "RUN_MIN")
+GRID_AXES = ("OUTSIDE_MARGIN", "OUTSIDE_CALM", "DECAY", "SMOOTH", "RUN_MIN", "DAY_MARGIN")
 
 
 def config_array(cfg: dict[str, float]) -> np.ndarray:
@@ -64,7 +66,7 @@ def config_array(cfg: dict[str, float]) -> np.ndarray:
 
 def run(corpus: Corpus, cfg: dict[str, float]) -> dict[str, np.ndarray]:
     c = config_array(cfg)
-    return {name: detectors.detector_run_config(f.values, c) for name, f in corpus.files.items()}
+    return {name: detectors.detector_run_config(f.timestamps, f.values, c) for name, f in corpus.files.items()}
 
 
 def subset(corpus: Corpus, groups: set[str]) -> Corpus:

@@ -66,7 +66,7 @@ def test_config_core_is_the_shipped_detector():
     # constants it must be detector_run exactly.
     ts, xs = series(2, 2000)
     assert det.CONFIG == tuple(getattr(det, name) for name in det.CONFIG_NAMES)
-    assert np.array_equal(det.detector_run(ts, xs), det.detector_run_config(xs, np.array(det.CONFIG)))
+    assert np.array_equal(det.detector_run(ts, xs), det.detector_run_config(ts, xs, np.array(det.CONFIG)))
 
 
 values = st.lists(
@@ -147,12 +147,64 @@ def test_nan_scores_zero_and_is_not_learned():
     assert np.all(s2[~np.isfinite(with_nans)] == 0.0)
 
 
-def test_timestamps_do_not_change_scores():
-    ts, xs = series(3)
+def daily(days: int, seed: int = 0, every: float = 300.0) -> tuple[np.ndarray, np.ndarray]:
+    """A level that rises to a plateau every afternoon (12:00-18:00 UTC), with noise."""
+    rng = np.random.default_rng(seed)
+    ts = 1.4e9 - 1.4e9 % 86400 + np.arange(0.0, days * 86400.0, every)
+    hour = (ts % 86400) // 3600
+    xs = np.where((hour >= 12) & (hour < 18), 80.0, 20.0) + rng.normal(0, 3, len(ts))
+    return ts, xs
+
+
+def test_timestamps_count_only_as_a_week_of_history_and_an_hour_of_the_day():
+    ts, xs = series(3)  # under three days of readings: the hour-of-day view is not yet on
     s1 = det.detector_run(ts, xs)
-    s2 = det.detector_run(np.zeros(len(xs)), xs)  # every stamp repeated
-    s3 = det.detector_run(ts[::-1].copy(), xs)  # clock running backwards
-    assert np.array_equal(s1, s2) and np.array_equal(s1, s3)
+    assert np.array_equal(s1, det.detector_run(np.zeros(len(xs)), xs))  # every stamp repeated
+    assert np.array_equal(s1, det.detector_run(ts[::-1].copy(), xs))  # clock running backwards
+    # Three weeks of a daily rhythm whose afternoon rise fails on the last day: only the
+    # hour-of-day view sees it (every value and level is one seen before) ...
+    ts, xs = daily(22)
+    last_day = ts >= ts[-1] - 86400 + 300
+    xs[last_day] = 20.0 + np.random.default_rng(1).normal(0, 3, last_day.sum())
+    s = det.detector_run(ts, xs)
+    assert s[last_day].max() >= det.RARE_CAP
+    assert s[~last_day][ts[~last_day] >= ts[0] + 8 * 86400].max() < det.RARE_CAP  # the ordinary weeks are quiet
+    # ... and a stuck or backward clock never gives it the week of history it needs; a clock
+    # jumping a year ahead counts for one day, not a year.
+    assert s1.shape and det.detector_run(np.full(len(xs), ts[0]), xs)[last_day].max() < det.RARE_CAP
+    assert det.detector_run(ts[::-1].copy(), xs)[last_day].max() < det.RARE_CAP
+    jumped = ts[:3000].copy()
+    jumped[1000:] += 365 * 86400.0
+    state = np.empty(det.STATE_SIZE)
+    det.detector_init(state, 0)
+    for t, x in zip(jumped, xs[:3000]):
+        det.detector_step(state, 0, t, x)
+    assert state[det.S_ELAPSED] == pytest.approx((3000 - 2) * 300.0 + 86400.0)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_kernel_matches_reference_with_the_hour_of_day_view_on(seed):
+    ts, xs = daily(10, seed, every=600.0)
+    rng = np.random.default_rng(seed)
+    xs[-300:] += rng.normal(40, 5, 300) * (seed - 1)  # afternoons that fail, days too high, or neither
+    ts[len(ts) // 2] = ts[len(ts) // 2 - 1] - 7200.0  # a clock stepping back
+    ts[len(ts) // 3] = np.nan  # and a reading with no usable time
+    xs[rng.integers(0, len(xs), 10)] = np.nan
+    fast = det.detector_run(ts, xs)
+    slow = reference_run(ts, xs)
+    assert np.allclose(fast, slow, rtol=1e-9, atol=1e-12)
+    state = np.empty(det.STATE_SIZE)
+    det.detector_init(state, 0)
+    ref = ReferenceDetector()
+    for t, x in zip(ts, xs):
+        det.detector_step(state, 0, t, x)
+        ref.step(t, x)
+    assert state[det.S_ELAPSED] == ref.elapsed >= det.DAY_HISTORY
+    assert list(state[det.S_DAY_LOW:det.S_DAY_LOW + det.DAY_BINS]) == [h.low for h in ref.hours]
+    assert list(state[det.S_DAY_HIGH:det.S_DAY_HIGH + det.DAY_BINS]) == [h.high for h in ref.hours]
+    assert list(state[det.S_DAY_GROWTH:det.S_DAY_GROWTH + det.DAY_BINS]) == [h.last_growth for h in ref.hours]
+    if seed != 1:
+        assert fast[-300:].max() >= det.RARE_CAP
 
 
 def test_constant_state_size():
@@ -164,7 +216,7 @@ def test_constant_state_size():
         for i, x in enumerate(xs):
             det.detector_step(state, 0, float(i), x)
         assert state.shape == (det.STATE_SIZE,)
-        assert np.all(np.isfinite(state[det.S_HIST:]))
+        assert np.all(np.isfinite(state[det.S_HIST:det.S_HIST + det.BINS]))
 
 
 def test_alarm_said_once_then_quiet():

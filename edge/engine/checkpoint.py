@@ -48,7 +48,7 @@ log = logging.getLogger(__name__)
 
 # The meaning of the state arrays (kernels.py, detectors.py, functions.py). Bump it when a change
 # gives any slot another meaning; a checkpoint of another layout is then refused, never misread.
-LAYOUT = 1
+LAYOUT = 2  # 2: the anomaly detector's hour-of-day view
 MAGIC = "edge-engine-checkpoint"
 ARRAYS = ("latest", "latest_ts", "since", "active", "quiet", "reported", "state")
 

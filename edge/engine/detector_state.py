@@ -22,10 +22,17 @@ RUN_MIN = 10.0  # a run of identical readings scores only from this length on
 EMPTY_SCORE = 0.74
 EMPTY_BELOW = 0.5  # of one reading's weight
 MATURE = 0.5  # of the histogram's memory
+# The hour-of-day view: the smoothed level outside every level this hour of the day has shown, by
+# more than DAY_MARGIN of the series' range, once the series has DAY_HISTORY seconds of readings.
+DAY_MARGIN = 0.3  # of the range of values
+DAY_HISTORY = 7 * 86400.0  # seconds of readings (a week) before the view judges
 # Structure (not tuned): the histogram and the "said once" memory.
 BINS = 16  # histogram bins over [lowest, highest]
 REST_BLOCK = 25  # readings per block of the "said once" memory
 REST_BLOCKS = 8  # blocks remembered: a score must beat the last 200-225 readings' scores
+DAY_BINS = 24  # slots of the day (hours, by the reading's timestamp, UTC)
+DAY_SECONDS = 86400.0
+GAP_CAP = DAY_SECONDS  # one step of the clock counts for at most a day of history
 
 # State layout (float64 slots).
 S_COUNT = 0  # readings learned
@@ -46,12 +53,18 @@ S_BLOCK_FILL = 14  # readings in the current rest block
 S_BLOCK_NEXT = 15  # which of the REST_BLOCKS slots the current block goes to when full
 S_BLOCKS = 16  # REST_BLOCKS slots: highest score of each of the last full blocks
 S_HIST = S_BLOCKS + REST_BLOCKS  # BINS slots: histogram weights
-STATE_SIZE = S_HIST + BINS
+S_CLOCK = S_HIST + BINS  # timestamp of the last reading learned (NaN before a usable one)
+S_ELAPSED = S_CLOCK + 1  # seconds of history: forward steps of the clock, each at most GAP_CAP
+S_DAY_LOW = S_ELAPSED + 1  # DAY_BINS slots: lowest smoothed level learned in each hour (+inf before)
+S_DAY_HIGH = S_DAY_LOW + DAY_BINS  # DAY_BINS slots: highest (-inf before)
+S_DAY_GROWTH = S_DAY_HIGH + DAY_BINS  # DAY_BINS slots: S_COUNT when that hour's range last grew
+STATE_SIZE = S_DAY_GROWTH + DAY_BINS
 
 assert STATE_SIZE * 8 <= 4096
 
 # The tunable constants in the order _step takes them (bench/anomaly_search.py uses this).
 CONFIG_NAMES = ("WARMUP", "RARE_CAP", "OUTSIDE_MARGIN", "OUTSIDE_DISTANCE", "OUTSIDE_CALM", "RARITY_SCALE", "DECAY",
-                "PRIOR", "SMOOTH", "SMOOTH_WARMUP", "RUN_MIN", "EMPTY_SCORE", "EMPTY_BELOW", "MATURE")
+                "PRIOR", "SMOOTH", "SMOOTH_WARMUP", "RUN_MIN", "EMPTY_SCORE", "EMPTY_BELOW", "MATURE", "DAY_MARGIN",
+                "DAY_HISTORY")
 CONFIG = (WARMUP, RARE_CAP, OUTSIDE_MARGIN, OUTSIDE_DISTANCE, OUTSIDE_CALM, RARITY_SCALE, DECAY, PRIOR, SMOOTH,
-          SMOOTH_WARMUP, RUN_MIN, EMPTY_SCORE, EMPTY_BELOW, MATURE)
+          SMOOTH_WARMUP, RUN_MIN, EMPTY_SCORE, EMPTY_BELOW, MATURE, DAY_MARGIN, DAY_HISTORY)

@@ -54,6 +54,7 @@ from edge.engine.detector_state import (  # noqa: F401 (the settings and layout,
     SMOOTH_WARMUP, RUN_MIN, EMPTY_SCORE, EMPTY_BELOW, MATURE, BINS, REST_BLOCK, REST_BLOCKS, S_COUNT, S_LOW, S_HIGH, S_WEIGHT, S_LAST_GROWTH,
     S_SMOOTH, S_SMOOTH_LOW, S_SMOOTH_HIGH, S_SMOOTH_GROWTH, S_PREVIOUS, S_RUN, S_RUN_LONGEST, S_RUN_GROWTH,
     S_BLOCK_MAX, S_BLOCK_FILL, S_BLOCK_NEXT, S_BLOCKS, S_HIST, STATE_SIZE, CONFIG_NAMES, CONFIG,
+    DAY_MARGIN, DAY_HISTORY, DAY_BINS, DAY_SECONDS, GAP_CAP, S_CLOCK, S_ELAPSED, S_DAY_LOW, S_DAY_HIGH, S_DAY_GROWTH,
 )
 
 # The helpers are inlined into the engine's kernels, which are compiled without NRT.
@@ -69,6 +70,19 @@ def detector_init(state, row):
     state[row + S_HIGH] = -np.inf
     state[row + S_SMOOTH_LOW] = np.inf
     state[row + S_SMOOTH_HIGH] = -np.inf
+    state[row + S_CLOCK] = np.nan
+    for k in range(DAY_BINS):
+        state[row + S_DAY_LOW + k] = np.inf
+        state[row + S_DAY_HIGH + k] = -np.inf
+
+
+@inlined
+def _hour(t):
+    """The slot of the day of timestamp t (seconds since the epoch, UTC), or -1 for a timestamp
+    with no usable time of day (NaN, infinite, before 1970 or after 5138)."""
+    if not (t >= 0.0 and t < 1e11):
+        return -1
+    return int(t % DAY_SECONDS) * DAY_BINS // int(DAY_SECONDS)
 
 
 @inlined
@@ -128,8 +142,8 @@ def _regrid(state, row, low, high, new_low, new_high):
 
 
 @inlined
-def _judge(state, row, x, warmup, rare_cap, outside_margin, outside_distance, outside_calm, rarity_scale, decay, prior,
-           smooth_warmup, run_min, empty_score, empty_below, mature):
+def _judge(state, row, x, hour, warmup, rare_cap, outside_margin, outside_distance, outside_calm, rarity_scale, decay,
+           prior, smooth_warmup, run_min, empty_score, empty_below, mature, day_margin, day_history):
     """The raw score of x (and of the smoothed value, already including x) against the past."""
     count = state[row + S_COUNT]
     if count < warmup:
@@ -151,6 +165,8 @@ def _judge(state, row, x, warmup, rare_cap, outside_margin, outside_distance, ou
                          count - state[row + S_SMOOTH_GROWTH], rare_cap, outside_margin, outside_distance,
                          outside_calm)
         score = max(score, level)
+        if hour >= 0 and state[row + S_ELAPSED] >= day_history:
+            score = max(score, _off_the_hour(state, row, hour, rare_cap, outside_distance, outside_calm, day_margin))
     # A run of identical readings is judged once: when it first gets longer than every run before.
     run = state[row + S_RUN] + 1.0 if x == state[row + S_PREVIOUS] else 0.0
     if run == max(run_min, state[row + S_RUN_LONGEST] + 1.0):
@@ -161,7 +177,44 @@ def _judge(state, row, x, warmup, rare_cap, outside_margin, outside_distance, ou
 
 
 @inlined
-def _learn(state, row, x, decay, smooth_warmup):
+def _off_the_hour(state, row, hour, rare_cap, outside_distance, outside_calm, day_margin):
+    """The break-out score of the smoothed level against the levels this hour of the day has
+    shown, with the distance in ranges of the values (not of the hour's own range)."""
+    low = state[row + S_DAY_LOW + hour]
+    high = state[row + S_DAY_HIGH + hour]
+    if not low <= high:  # this hour has no level yet
+        return 0.0
+    level = state[row + S_SMOOTH]
+    span = state[row + S_HIGH] - state[row + S_LOW]
+    if not span > 0.0:
+        return 0.0
+    if level > high:
+        distance = (level - high) / span
+    elif level < low:
+        distance = (low - level) / span
+    else:
+        return 0.0
+    if not distance >= day_margin:  # also NaN (an overflowing range)
+        return 0.0
+    calm = state[row + S_COUNT] - state[row + S_DAY_GROWTH + hour]
+    return rare_cap + (1.0 - rare_cap) * (1.0 - math.exp(-calm / outside_calm)) * (
+        1.0 - math.exp(-outside_distance * distance)
+    )
+
+
+@inlined
+def _learn_clock(state, row, t):
+    """Count the forward step of the clock to t into the history (at most GAP_CAP)."""
+    if not math.isfinite(t):
+        return
+    gap = t - state[row + S_CLOCK]  # NaN before the first usable timestamp
+    if gap > 0.0:
+        state[row + S_ELAPSED] += min(gap, GAP_CAP)
+    state[row + S_CLOCK] = t
+
+
+@inlined
+def _learn(state, row, x, hour, decay, smooth_warmup):
     count = state[row + S_COUNT]
     low = state[row + S_LOW]
     high = state[row + S_HIGH]
@@ -184,6 +237,12 @@ def _learn(state, row, x, decay, smooth_warmup):
             state[row + S_SMOOTH_GROWTH] = count
             state[row + S_SMOOTH_LOW] = min(state[row + S_SMOOTH_LOW], level)
             state[row + S_SMOOTH_HIGH] = max(state[row + S_SMOOTH_HIGH], level)
+        if hour >= 0:
+            day = row + hour
+            if level < state[day + S_DAY_LOW] or level > state[day + S_DAY_HIGH]:
+                state[day + S_DAY_GROWTH] = count
+                state[day + S_DAY_LOW] = min(state[day + S_DAY_LOW], level)
+                state[day + S_DAY_HIGH] = max(state[day + S_DAY_HIGH], level)
     if count > 0.0 and x == state[row + S_PREVIOUS]:
         state[row + S_RUN] += 1.0
     else:  # the run ended: remember it if it was the longest
@@ -217,8 +276,8 @@ def _say_once(state, row, score):
 
 
 @inlined
-def _step(state, row, x, warmup, rare_cap, outside_margin, outside_distance, outside_calm, rarity_scale, decay, prior,
-          smooth, smooth_warmup, run_min, empty_score, empty_below, mature):
+def _step(state, row, t, x, warmup, rare_cap, outside_margin, outside_distance, outside_calm, rarity_scale, decay,
+          prior, smooth, smooth_warmup, run_min, empty_score, empty_below, mature, day_margin, day_history):
     """detector_step with the tunable constants as arguments."""
     if not math.isfinite(x):
         return 0.0
@@ -227,9 +286,11 @@ def _step(state, row, x, warmup, rare_cap, outside_margin, outside_distance, out
     else:
         level = state[row + S_SMOOTH] + smooth * (x - state[row + S_SMOOTH])
         state[row + S_SMOOTH] = level if math.isfinite(level) else x  # overflow: restart from x
-    score = _judge(state, row, x, warmup, rare_cap, outside_margin, outside_distance, outside_calm, rarity_scale, decay,
-                   prior, smooth_warmup, run_min, empty_score, empty_below, mature)
-    _learn(state, row, x, decay, smooth_warmup)
+    hour = _hour(t)
+    score = _judge(state, row, x, hour, warmup, rare_cap, outside_margin, outside_distance, outside_calm, rarity_scale,
+                   decay, prior, smooth_warmup, run_min, empty_score, empty_below, mature, day_margin, day_history)
+    _learn(state, row, x, hour, decay, smooth_warmup)
+    _learn_clock(state, row, t)
     return _say_once(state, row, score)
 
 
@@ -238,8 +299,8 @@ def detector_step(state, row, t, x):
     """Score x (at device time t, seconds) on the past only, in [0, 1]; then learn it.
     The series' state is state[row:row + STATE_SIZE]. A NaN or infinite x scores 0 and
     leaves the state unchanged."""
-    return _step(state, row, x, WARMUP, RARE_CAP, OUTSIDE_MARGIN, OUTSIDE_DISTANCE, OUTSIDE_CALM, RARITY_SCALE, DECAY,
-                 PRIOR, SMOOTH, SMOOTH_WARMUP, RUN_MIN, EMPTY_SCORE, EMPTY_BELOW, MATURE)
+    return _step(state, row, t, x, WARMUP, RARE_CAP, OUTSIDE_MARGIN, OUTSIDE_DISTANCE, OUTSIDE_CALM, RARITY_SCALE, DECAY,
+                 PRIOR, SMOOTH, SMOOTH_WARMUP, RUN_MIN, EMPTY_SCORE, EMPTY_BELOW, MATURE, DAY_MARGIN, DAY_HISTORY)
 
 
 @njit(cache=True)
@@ -254,13 +315,14 @@ def detector_run(ts, xs):
 
 
 @njit(cache=True)
-def detector_run_config(xs, config):
+def detector_run_config(ts, xs, config):
     """Scores of a whole series with other values of the tunable constants (``config`` in the
     order of CONFIG_NAMES): for the benchmark's search and generality check, not for rules."""
     state = np.empty(STATE_SIZE)
     detector_init(state, 0)
     out = np.empty(len(xs))
     for i in range(len(xs)):
-        out[i] = _step(state, 0, xs[i], config[0], config[1], config[2], config[3], config[4], config[5],
-                       config[6], config[7], config[8], config[9], config[10], config[11], config[12], config[13])
+        out[i] = _step(state, 0, ts[i], xs[i], config[0], config[1], config[2], config[3], config[4], config[5],
+                       config[6], config[7], config[8], config[9], config[10], config[11], config[12], config[13],
+                       config[14], config[15])
     return out

@@ -12,6 +12,11 @@ import math
 
 from edge.engine.detector_state import (
     BINS,
+    DAY_BINS,
+    DAY_HISTORY,
+    DAY_MARGIN,
+    DAY_SECONDS,
+    GAP_CAP,
     DECAY,
     EMPTY_BELOW,
     EMPTY_SCORE,
@@ -76,6 +81,34 @@ def bin_of(x: float, low: float, high: float) -> int:
     return BINS - 1 if u >= BINS else int(u)
 
 
+def hour_of(t: float) -> int | None:
+    """The slot of the day of t (seconds since the epoch, UTC); None when t has no usable time of day."""
+    if not 0 <= t < 1e11:
+        return None
+    return int(t % DAY_SECONDS) * DAY_BINS // int(DAY_SECONDS)
+
+
+def off_the_hour(level: float, hour_range: Range, values: Range, calm: float) -> float:
+    """The break-out score of the smoothed level against this hour's levels, by more than DAY_MARGIN
+    ranges of the values (the distance is in ranges of the values, not of the hour's range)."""
+    if not hour_range.low <= hour_range.high:  # this hour has no level yet
+        return 0.0
+    span = values.high - values.low
+    if not span > 0:
+        return 0.0
+    if level > hour_range.high:
+        distance = (level - hour_range.high) / span
+    elif level < hour_range.low:
+        distance = (hour_range.low - level) / span
+    else:
+        return 0.0
+    if not distance >= DAY_MARGIN:
+        return 0.0
+    return RARE_CAP + (1 - RARE_CAP) * (1 - math.exp(-calm / OUTSIDE_CALM)) * (
+        1 - math.exp(-OUTSIDE_DISTANCE * distance)
+    )
+
+
 class ReferenceDetector:
     """One series: ``step(t, x)`` returns the score of x judged on the past, then learns x."""
 
@@ -94,8 +127,11 @@ class ReferenceDetector:
         self.block_fill = 0
         self.blocks = [0.0] * REST_BLOCKS  # ... and the last full blocks' highest scores
         self.block_next = 0
+        self.clock = math.nan  # the last usable timestamp
+        self.elapsed = 0.0  # seconds of history: forward steps of the clock, each at most GAP_CAP
+        self.hours = [Range() for _ in range(DAY_BINS)]  # of the smoothed values, per hour of the day
 
-    def judge(self, x: float) -> float:
+    def judge(self, x: float, hour: int | None = None) -> float:
         if self.count < WARMUP:
             return 0.0
         r = self.range
@@ -111,12 +147,15 @@ class ReferenceDetector:
         if self.count >= WARMUP + SMOOTH_WARMUP:
             lr = self.level_range
             score = max(score, breakout(self.level, lr.low, lr.high, self.count - lr.last_growth))
+            if hour is not None and self.elapsed >= DAY_HISTORY:
+                h = self.hours[hour]
+                score = max(score, off_the_hour(self.level, h, self.range, self.count - h.last_growth))
         run = self.run + 1 if x == self.previous else 0
         if run == max(RUN_MIN, self.longest_run + 1):  # judged once: when it first beats every run before
             score = max(score, breakout(run, 0.0, self.longest_run, self.count - self.run_growth, margin=0.0))
         return score
 
-    def learn(self, x: float) -> None:
+    def learn(self, x: float, hour: int | None = None) -> None:
         r = self.range
         low, high = r.low, r.high
         if r.learn(x, self.count) and self.count > 0:
@@ -129,6 +168,8 @@ class ReferenceDetector:
         self.weight = self.weight * DECAY + 1.0
         if self.count >= SMOOTH_WARMUP:
             self.level_range.learn(self.level, self.count)
+            if hour is not None:
+                self.hours[hour].learn(self.level, self.count)
         if self.count > 0 and x == self.previous:
             self.run += 1
         else:  # the run ended
@@ -157,8 +198,13 @@ class ReferenceDetector:
         else:
             level = self.level + SMOOTH * (x - self.level)
             self.level = level if math.isfinite(level) else x
-        score = self.judge(x)
-        self.learn(x)
+        hour = hour_of(t)
+        score = self.judge(x, hour)
+        self.learn(x, hour)
+        if math.isfinite(t):
+            if t - self.clock > 0:  # False before the first usable timestamp (NaN)
+                self.elapsed += min(t - self.clock, GAP_CAP)
+            self.clock = t
         return self.say_once(score)
 
 
