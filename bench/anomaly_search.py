@@ -52,10 +52,11 @@ STEPS = {
     "MATURE": (0.25, 0.5, 0.75),
     "DAY_MARGIN": (0.2, 0.3, 0.5),
     "DAY_HISTORY": (3 * 86400.0, 7 * 86400.0, 14 * 86400.0),
+    "MARGIN_READINGS": (25.0, 50.0, 100.0),
 }
 # The grid of the generality check: the constants that matter most (see plateau()); the others
 # stay at their shipped values.
-GRID_AXES = ("OUTSIDE_MARGIN", "OUTSIDE_CALM", "DECAY", "SMOOTH", "RUN_MIN", "DAY_MARGIN")
+GRID_AXES = ("OUTSIDE_MARGIN", "MARGIN_READINGS", "OUTSIDE_CALM", "DECAY", "SMOOTH", "RUN_MIN")
 
 
 def config_array(cfg: dict[str, float]) -> np.ndarray:

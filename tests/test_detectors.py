@@ -244,12 +244,19 @@ def test_new_record_by_less_than_the_margin_is_learned_not_reported():
     s = run(np.arange(3000.0))
     quiet_from = int(det.WARMUP + det.SMOOTH_WARMUP + 1 / det.OUTSIDE_MARGIN) + 10
     assert np.all(s[quiet_from:] == 0.0)
-    # ... while a step of a few per cent beyond the range after a calm is.
+    # ... while a step of a few per cent beyond the range after a calm is, once the series is old
+    # enough that MARGIN_READINGS / readings is below that (a young range is still being learned).
     rng = np.random.default_rng(3)
-    xs = np.r_[rng.uniform(0, 100, 1000), 103.0]
-    assert run(xs)[-1] > det.RARE_CAP
-    xs[-1] = 100.0 + 100 * det.OUTSIDE_MARGIN / 2  # half a margin: learned, and not a break-out
-    assert run(xs)[-1] < det.RARE_CAP
+    old = np.r_[rng.uniform(0, 100, 10_000), 103.0]
+    assert det.MARGIN_READINGS / 10_000 < det.OUTSIDE_MARGIN
+    assert run(old)[-1] > det.RARE_CAP
+    old[-1] = 100.0 + 100 * det.OUTSIDE_MARGIN / 2  # half a margin: learned, and not a break-out
+    assert run(old)[-1] < det.RARE_CAP
+    young = old[-1001:].copy()  # 1,000 readings: the margin is MARGIN_READINGS / 1,000 of the range
+    young[-1] = 100.0 + 100 * det.MARGIN_READINGS / 1000 / 2
+    assert young[:-1].max() < 100.0 and run(young)[-1] < det.RARE_CAP
+    young[-1] = 100.0 + 100 * det.MARGIN_READINGS / 1000 * 2
+    assert run(young)[-1] > det.RARE_CAP
 
 
 def test_smoothed_level_outside_its_range_with_every_value_inside():

@@ -7,6 +7,10 @@ engine compiled ahead of time, the plain-Python reference) does not import numba
 WARMUP = 100.0  # readings learned before any score
 RARE_CAP = 0.75  # the highest score a value within the range can get; breakouts score above it
 OUTSIDE_MARGIN = 0.01  # per range: a new record by less than this is learned, not reported
+# ... and, while the series is young, by MARGIN_READINGS / readings learned: a range learned from n
+# readings is expected to stretch by about 1/n of itself at its next record, so a record by less
+# than that many readings' worth is the range still being learned, not news.
+MARGIN_READINGS = 50.0
 OUTSIDE_DISTANCE = 2.0  # per range: 1 - exp(-OUTSIDE_DISTANCE * distance outside)
 OUTSIDE_CALM = 200.0  # readings: 1 - exp(-readings since the range last grew / OUTSIDE_CALM)
 RARITY_SCALE = 2.0  # RARE_CAP * (1 - exp(-surprise / RARITY_SCALE))
@@ -65,6 +69,6 @@ assert STATE_SIZE * 8 <= 4096
 # The tunable constants in the order _step takes them (bench/anomaly_search.py uses this).
 CONFIG_NAMES = ("WARMUP", "RARE_CAP", "OUTSIDE_MARGIN", "OUTSIDE_DISTANCE", "OUTSIDE_CALM", "RARITY_SCALE", "DECAY",
                 "PRIOR", "SMOOTH", "SMOOTH_WARMUP", "RUN_MIN", "EMPTY_SCORE", "EMPTY_BELOW", "MATURE", "DAY_MARGIN",
-                "DAY_HISTORY")
+                "DAY_HISTORY", "MARGIN_READINGS")
 CONFIG = (WARMUP, RARE_CAP, OUTSIDE_MARGIN, OUTSIDE_DISTANCE, OUTSIDE_CALM, RARITY_SCALE, DECAY, PRIOR, SMOOTH,
-          SMOOTH_WARMUP, RUN_MIN, EMPTY_SCORE, EMPTY_BELOW, MATURE, DAY_MARGIN, DAY_HISTORY)
+          SMOOTH_WARMUP, RUN_MIN, EMPTY_SCORE, EMPTY_BELOW, MATURE, DAY_MARGIN, DAY_HISTORY, MARGIN_READINGS)

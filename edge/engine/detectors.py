@@ -54,7 +54,7 @@ from edge.engine.detector_state import (  # noqa: F401 (the settings and layout,
     SMOOTH_WARMUP, RUN_MIN, EMPTY_SCORE, EMPTY_BELOW, MATURE, BINS, REST_BLOCK, REST_BLOCKS, S_COUNT, S_LOW, S_HIGH, S_WEIGHT, S_LAST_GROWTH,
     S_SMOOTH, S_SMOOTH_LOW, S_SMOOTH_HIGH, S_SMOOTH_GROWTH, S_PREVIOUS, S_RUN, S_RUN_LONGEST, S_RUN_GROWTH,
     S_BLOCK_MAX, S_BLOCK_FILL, S_BLOCK_NEXT, S_BLOCKS, S_HIST, STATE_SIZE, CONFIG_NAMES, CONFIG,
-    DAY_MARGIN, DAY_HISTORY, DAY_BINS, DAY_SECONDS, GAP_CAP, S_CLOCK, S_ELAPSED, S_DAY_LOW, S_DAY_HIGH, S_DAY_GROWTH,
+    DAY_MARGIN, DAY_HISTORY, MARGIN_READINGS, DAY_BINS, DAY_SECONDS, GAP_CAP, S_CLOCK, S_ELAPSED, S_DAY_LOW, S_DAY_HIGH, S_DAY_GROWTH,
 )
 
 # The helpers are inlined into the engine's kernels, which are compiled without NRT.
@@ -143,14 +143,15 @@ def _regrid(state, row, low, high, new_low, new_high):
 
 @inlined
 def _judge(state, row, x, hour, warmup, rare_cap, outside_margin, outside_distance, outside_calm, rarity_scale, decay,
-           prior, smooth_warmup, run_min, empty_score, empty_below, mature, day_margin, day_history):
+           prior, smooth_warmup, run_min, empty_score, empty_below, mature, day_margin, day_history, margin_readings):
     """The raw score of x (and of the smoothed value, already including x) against the past."""
     count = state[row + S_COUNT]
     if count < warmup:
         return 0.0
     low = state[row + S_LOW]
     high = state[row + S_HIGH]
-    score = _outside(x, low, high, count - state[row + S_LAST_GROWTH], rare_cap, outside_margin,
+    margin = max(outside_margin, margin_readings / count)  # the value's and the level's
+    score = _outside(x, low, high, count - state[row + S_LAST_GROWTH], rare_cap, margin,
                      outside_distance, outside_calm)
     if score == 0.0:
         here = state[row + S_HIST + _bin(x, low, high)]
@@ -162,7 +163,7 @@ def _judge(state, row, x, hour, warmup, rare_cap, outside_margin, outside_distan
             score = empty_score
     if count >= warmup + smooth_warmup:
         level = _outside(state[row + S_SMOOTH], state[row + S_SMOOTH_LOW], state[row + S_SMOOTH_HIGH],
-                         count - state[row + S_SMOOTH_GROWTH], rare_cap, outside_margin, outside_distance,
+                         count - state[row + S_SMOOTH_GROWTH], rare_cap, margin, outside_distance,
                          outside_calm)
         score = max(score, level)
         if hour >= 0 and state[row + S_ELAPSED] >= day_history:
@@ -277,7 +278,8 @@ def _say_once(state, row, score):
 
 @inlined
 def _step(state, row, t, x, warmup, rare_cap, outside_margin, outside_distance, outside_calm, rarity_scale, decay,
-          prior, smooth, smooth_warmup, run_min, empty_score, empty_below, mature, day_margin, day_history):
+          prior, smooth, smooth_warmup, run_min, empty_score, empty_below, mature, day_margin, day_history,
+          margin_readings):
     """detector_step with the tunable constants as arguments."""
     if not math.isfinite(x):
         return 0.0
@@ -288,7 +290,8 @@ def _step(state, row, t, x, warmup, rare_cap, outside_margin, outside_distance, 
         state[row + S_SMOOTH] = level if math.isfinite(level) else x  # overflow: restart from x
     hour = _hour(t)
     score = _judge(state, row, x, hour, warmup, rare_cap, outside_margin, outside_distance, outside_calm, rarity_scale,
-                   decay, prior, smooth_warmup, run_min, empty_score, empty_below, mature, day_margin, day_history)
+                   decay, prior, smooth_warmup, run_min, empty_score, empty_below, mature, day_margin, day_history,
+                   margin_readings)
     _learn(state, row, x, hour, decay, smooth_warmup)
     _learn_clock(state, row, t)
     return _say_once(state, row, score)
@@ -300,7 +303,8 @@ def detector_step(state, row, t, x):
     The series' state is state[row:row + STATE_SIZE]. A NaN or infinite x scores 0 and
     leaves the state unchanged."""
     return _step(state, row, t, x, WARMUP, RARE_CAP, OUTSIDE_MARGIN, OUTSIDE_DISTANCE, OUTSIDE_CALM, RARITY_SCALE, DECAY,
-                 PRIOR, SMOOTH, SMOOTH_WARMUP, RUN_MIN, EMPTY_SCORE, EMPTY_BELOW, MATURE, DAY_MARGIN, DAY_HISTORY)
+                 PRIOR, SMOOTH, SMOOTH_WARMUP, RUN_MIN, EMPTY_SCORE, EMPTY_BELOW, MATURE, DAY_MARGIN, DAY_HISTORY,
+                 MARGIN_READINGS)
 
 
 @njit(cache=True)
@@ -324,5 +328,5 @@ def detector_run_config(ts, xs, config):
     for i in range(len(xs)):
         out[i] = _step(state, 0, ts[i], xs[i], config[0], config[1], config[2], config[3], config[4], config[5],
                        config[6], config[7], config[8], config[9], config[10], config[11], config[12], config[13],
-                       config[14], config[15])
+                       config[14], config[15], config[16])
     return out

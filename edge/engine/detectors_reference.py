@@ -20,6 +20,7 @@ from edge.engine.detector_state import (
     DECAY,
     EMPTY_BELOW,
     EMPTY_SCORE,
+    MARGIN_READINGS,
     MATURE,
     OUTSIDE_CALM,
     OUTSIDE_DISTANCE,
@@ -135,7 +136,8 @@ class ReferenceDetector:
         if self.count < WARMUP:
             return 0.0
         r = self.range
-        score = breakout(x, r.low, r.high, self.count - r.last_growth)
+        margin = max(OUTSIDE_MARGIN, MARGIN_READINGS / self.count)  # the value's and the level's
+        score = breakout(x, r.low, r.high, self.count - r.last_growth, margin)
         if score == 0:
             here = self.hist[bin_of(x, r.low, r.high)]
             share = (here + PRIOR) / (self.weight + PRIOR * BINS)
@@ -146,7 +148,7 @@ class ReferenceDetector:
                 score = max(score, EMPTY_SCORE)
         if self.count >= WARMUP + SMOOTH_WARMUP:
             lr = self.level_range
-            score = max(score, breakout(self.level, lr.low, lr.high, self.count - lr.last_growth))
+            score = max(score, breakout(self.level, lr.low, lr.high, self.count - lr.last_growth, margin))
             if hour is not None and self.elapsed >= DAY_HISTORY:
                 h = self.hours[hour]
                 score = max(score, off_the_hour(self.level, h, self.range, self.count - h.last_growth))
