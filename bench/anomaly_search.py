@@ -53,6 +53,7 @@ STEPS = {
     "DAY_MARGIN": (0.2, 0.3, 0.5),
     "DAY_HISTORY": (3 * 86400.0, 7 * 86400.0, 14 * 86400.0),
     "MARGIN_READINGS": (25.0, 50.0, 100.0),
+    "NOISE_SIGMAS": (0.0, 1.5, 3.0, 6.0),
 }
 # The grid of the generality check: the constants that matter most (see plateau()); the others
 # stay at their shipped values.

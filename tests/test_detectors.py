@@ -203,6 +203,8 @@ def test_kernel_matches_reference_with_the_hour_of_day_view_on(seed):
     assert list(state[det.S_DAY_LOW:det.S_DAY_LOW + det.DAY_BINS]) == [h.low for h in ref.hours]
     assert list(state[det.S_DAY_HIGH:det.S_DAY_HIGH + det.DAY_BINS]) == [h.high for h in ref.hours]
     assert list(state[det.S_DAY_GROWTH:det.S_DAY_GROWTH + det.DAY_BINS]) == [h.last_growth for h in ref.hours]
+    assert math.isclose(state[det.S_STEP], ref.step_sum, rel_tol=1e-12)
+    assert math.isclose(state[det.S_STEP_WEIGHT], ref.step_weight, rel_tol=1e-12)
     if seed != 1:
         assert fast[-300:].max() >= det.RARE_CAP
 
@@ -247,16 +249,37 @@ def test_new_record_by_less_than_the_margin_is_learned_not_reported():
     # ... while a step of a few per cent beyond the range after a calm is, once the series is old
     # enough that MARGIN_READINGS / readings is below that (a young range is still being learned).
     rng = np.random.default_rng(3)
-    old = np.r_[rng.uniform(0, 100, 10_000), 103.0]
+    i = np.arange(10_000)
+    old = np.r_[50 + 50 * np.sin(i / 100.0) + rng.normal(0, 0.5, len(i)), 0.0]
+    top, span = old[:-1].max(), np.ptp(old[:-1])
     assert det.MARGIN_READINGS / 10_000 < det.OUTSIDE_MARGIN
+    old[-1] = top + 0.08 * span
     assert run(old)[-1] > det.RARE_CAP
-    old[-1] = 100.0 + 100 * det.OUTSIDE_MARGIN / 2  # half a margin: learned, and not a break-out
+    old[-1] = top + span * det.OUTSIDE_MARGIN / 2  # half a margin: learned, and not a break-out
     assert run(old)[-1] < det.RARE_CAP
     young = old[-1001:].copy()  # 1,000 readings: the margin is MARGIN_READINGS / 1,000 of the range
-    young[-1] = 100.0 + 100 * det.MARGIN_READINGS / 1000 / 2
-    assert young[:-1].max() < 100.0 and run(young)[-1] < det.RARE_CAP
-    young[-1] = 100.0 + 100 * det.MARGIN_READINGS / 1000 * 2
+    top, span = young[:-1].max(), np.ptp(young[:-1])
+    young[-1] = top + span * det.MARGIN_READINGS / 1000 / 2
+    assert run(young)[-1] < det.RARE_CAP
+    young[-1] = top + span * det.MARGIN_READINGS / 1000 * 2
     assert run(young)[-1] > det.RARE_CAP
+
+
+def test_a_noisy_series_record_must_beat_its_extreme_by_three_sigma():
+    # Gaussian noise sets small records for ever (about ln n of them in n readings): a record by
+    # one sigma is the tail, learned; by well over NOISE_SIGMAS sigma it is news.
+    rng = np.random.default_rng(8)
+    xs = np.r_[rng.normal(50, 10, 10_000), 0.0]
+    top = xs[:-1].max()
+    xs[-1] = top + 10.0
+    assert run(xs)[-1] == 0.0 or run(xs)[-1] < det.RARE_CAP
+    xs[-1] = top + 2 * det.NOISE_SIGMAS * 10.0
+    assert run(xs)[-1] > det.RARE_CAP
+    # Without the noise margin the one-sigma record would have been reported.
+    config = np.array(det.CONFIG)
+    config[det.CONFIG_NAMES.index("NOISE_SIGMAS")] = 0.0
+    xs[-1] = top + 10.0
+    assert det.detector_run_config(np.arange(len(xs), dtype=np.float64), xs, config)[-1] > det.RARE_CAP
 
 
 def test_smoothed_level_outside_its_range_with_every_value_inside():

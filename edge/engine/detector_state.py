@@ -11,6 +11,10 @@ OUTSIDE_MARGIN = 0.01  # per range: a new record by less than this is learned, n
 # readings is expected to stretch by about 1/n of itself at its next record, so a record by less
 # than that many readings' worth is the range still being learned, not news.
 MARGIN_READINGS = 50.0
+# ... and a value's record must beat the old extreme by more than NOISE_SIGMAS standard deviations
+# of the reading-to-reading noise (estimated from the mean absolute step between readings, with
+# the histogram's memory): a noisy sensor's tail sets small records for ever; three sigma is news.
+NOISE_SIGMAS = 3.0
 OUTSIDE_DISTANCE = 2.0  # per range: 1 - exp(-OUTSIDE_DISTANCE * distance outside)
 OUTSIDE_CALM = 200.0  # readings: 1 - exp(-readings since the range last grew / OUTSIDE_CALM)
 RARITY_SCALE = 2.0  # RARE_CAP * (1 - exp(-surprise / RARITY_SCALE))
@@ -62,13 +66,16 @@ S_ELAPSED = S_CLOCK + 1  # seconds of history: forward steps of the clock, each 
 S_DAY_LOW = S_ELAPSED + 1  # DAY_BINS slots: lowest smoothed level learned in each hour (+inf before)
 S_DAY_HIGH = S_DAY_LOW + DAY_BINS  # DAY_BINS slots: highest (-inf before)
 S_DAY_GROWTH = S_DAY_HIGH + DAY_BINS  # DAY_BINS slots: S_COUNT when that hour's range last grew
-STATE_SIZE = S_DAY_GROWTH + DAY_BINS
+S_STEP = S_DAY_GROWTH + DAY_BINS  # decayed sum of |x - previous x| (the noise estimate) ...
+S_STEP_WEIGHT = S_STEP + 1  # ... and its decayed count
+STATE_SIZE = S_STEP_WEIGHT + 1
 
 assert STATE_SIZE * 8 <= 4096
 
 # The tunable constants in the order _step takes them (bench/anomaly_search.py uses this).
 CONFIG_NAMES = ("WARMUP", "RARE_CAP", "OUTSIDE_MARGIN", "OUTSIDE_DISTANCE", "OUTSIDE_CALM", "RARITY_SCALE", "DECAY",
                 "PRIOR", "SMOOTH", "SMOOTH_WARMUP", "RUN_MIN", "EMPTY_SCORE", "EMPTY_BELOW", "MATURE", "DAY_MARGIN",
-                "DAY_HISTORY", "MARGIN_READINGS")
+                "DAY_HISTORY", "MARGIN_READINGS", "NOISE_SIGMAS")
 CONFIG = (WARMUP, RARE_CAP, OUTSIDE_MARGIN, OUTSIDE_DISTANCE, OUTSIDE_CALM, RARITY_SCALE, DECAY, PRIOR, SMOOTH,
-          SMOOTH_WARMUP, RUN_MIN, EMPTY_SCORE, EMPTY_BELOW, MATURE, DAY_MARGIN, DAY_HISTORY, MARGIN_READINGS)
+          SMOOTH_WARMUP, RUN_MIN, EMPTY_SCORE, EMPTY_BELOW, MATURE, DAY_MARGIN, DAY_HISTORY, MARGIN_READINGS,
+          NOISE_SIGMAS)

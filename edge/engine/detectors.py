@@ -54,8 +54,10 @@ from edge.engine.detector_state import (  # noqa: F401 (the settings and layout,
     SMOOTH_WARMUP, RUN_MIN, EMPTY_SCORE, EMPTY_BELOW, MATURE, BINS, REST_BLOCK, REST_BLOCKS, S_COUNT, S_LOW, S_HIGH, S_WEIGHT, S_LAST_GROWTH,
     S_SMOOTH, S_SMOOTH_LOW, S_SMOOTH_HIGH, S_SMOOTH_GROWTH, S_PREVIOUS, S_RUN, S_RUN_LONGEST, S_RUN_GROWTH,
     S_BLOCK_MAX, S_BLOCK_FILL, S_BLOCK_NEXT, S_BLOCKS, S_HIST, STATE_SIZE, CONFIG_NAMES, CONFIG,
-    DAY_MARGIN, DAY_HISTORY, MARGIN_READINGS, DAY_BINS, DAY_SECONDS, GAP_CAP, S_CLOCK, S_ELAPSED, S_DAY_LOW, S_DAY_HIGH, S_DAY_GROWTH,
+    DAY_MARGIN, DAY_HISTORY, MARGIN_READINGS, NOISE_SIGMAS, S_STEP, S_STEP_WEIGHT, DAY_BINS, DAY_SECONDS, GAP_CAP, S_CLOCK, S_ELAPSED, S_DAY_LOW, S_DAY_HIGH, S_DAY_GROWTH,
 )
+
+SIGMA_PER_STEP = math.sqrt(math.pi) / 2.0  # Gaussian noise: E|x - previous x| = 2 sigma / sqrt(pi)
 
 # The helpers are inlined into the engine's kernels, which are compiled without NRT.
 inlined = njit(cache=True, _nrt=False, inline="always")
@@ -143,7 +145,8 @@ def _regrid(state, row, low, high, new_low, new_high):
 
 @inlined
 def _judge(state, row, x, hour, warmup, rare_cap, outside_margin, outside_distance, outside_calm, rarity_scale, decay,
-           prior, smooth_warmup, run_min, empty_score, empty_below, mature, day_margin, day_history, margin_readings):
+           prior, smooth_warmup, run_min, empty_score, empty_below, mature, day_margin, day_history, margin_readings,
+           noise_sigmas):
     """The raw score of x (and of the smoothed value, already including x) against the past."""
     count = state[row + S_COUNT]
     if count < warmup:
@@ -151,7 +154,13 @@ def _judge(state, row, x, hour, warmup, rare_cap, outside_margin, outside_distan
     low = state[row + S_LOW]
     high = state[row + S_HIGH]
     margin = max(outside_margin, margin_readings / count)  # the value's and the level's
-    score = _outside(x, low, high, count - state[row + S_LAST_GROWTH], rare_cap, margin,
+    value_margin = margin
+    span = high - low
+    if state[row + S_STEP_WEIGHT] > 0.0 and span > 0.0:  # and the value's: NOISE_SIGMAS of the noise, in ranges
+        noise = noise_sigmas * SIGMA_PER_STEP * state[row + S_STEP] / state[row + S_STEP_WEIGHT] / span
+        if noise > value_margin:  # False for NaN (a range that overflows)
+            value_margin = noise
+    score = _outside(x, low, high, count - state[row + S_LAST_GROWTH], rare_cap, value_margin,
                      outside_distance, outside_calm)
     if score == 0.0:
         here = state[row + S_HIST + _bin(x, low, high)]
@@ -244,6 +253,11 @@ def _learn(state, row, x, hour, decay, smooth_warmup):
                 state[day + S_DAY_GROWTH] = count
                 state[day + S_DAY_LOW] = min(state[day + S_DAY_LOW], level)
                 state[day + S_DAY_HIGH] = max(state[day + S_DAY_HIGH], level)
+    if count > 0.0:
+        step = abs(x - state[row + S_PREVIOUS])
+        if math.isfinite(step):
+            state[row + S_STEP] = state[row + S_STEP] * decay + step
+            state[row + S_STEP_WEIGHT] = state[row + S_STEP_WEIGHT] * decay + 1.0
     if count > 0.0 and x == state[row + S_PREVIOUS]:
         state[row + S_RUN] += 1.0
     else:  # the run ended: remember it if it was the longest
@@ -279,7 +293,7 @@ def _say_once(state, row, score):
 @inlined
 def _step(state, row, t, x, warmup, rare_cap, outside_margin, outside_distance, outside_calm, rarity_scale, decay,
           prior, smooth, smooth_warmup, run_min, empty_score, empty_below, mature, day_margin, day_history,
-          margin_readings):
+          margin_readings, noise_sigmas):
     """detector_step with the tunable constants as arguments."""
     if not math.isfinite(x):
         return 0.0
@@ -291,7 +305,7 @@ def _step(state, row, t, x, warmup, rare_cap, outside_margin, outside_distance, 
     hour = _hour(t)
     score = _judge(state, row, x, hour, warmup, rare_cap, outside_margin, outside_distance, outside_calm, rarity_scale,
                    decay, prior, smooth_warmup, run_min, empty_score, empty_below, mature, day_margin, day_history,
-                   margin_readings)
+                   margin_readings, noise_sigmas)
     _learn(state, row, x, hour, decay, smooth_warmup)
     _learn_clock(state, row, t)
     return _say_once(state, row, score)
@@ -304,7 +318,7 @@ def detector_step(state, row, t, x):
     leaves the state unchanged."""
     return _step(state, row, t, x, WARMUP, RARE_CAP, OUTSIDE_MARGIN, OUTSIDE_DISTANCE, OUTSIDE_CALM, RARITY_SCALE, DECAY,
                  PRIOR, SMOOTH, SMOOTH_WARMUP, RUN_MIN, EMPTY_SCORE, EMPTY_BELOW, MATURE, DAY_MARGIN, DAY_HISTORY,
-                 MARGIN_READINGS)
+                 MARGIN_READINGS, NOISE_SIGMAS)
 
 
 @njit(cache=True)
@@ -328,5 +342,5 @@ def detector_run_config(ts, xs, config):
     for i in range(len(xs)):
         out[i] = _step(state, 0, ts[i], xs[i], config[0], config[1], config[2], config[3], config[4], config[5],
                        config[6], config[7], config[8], config[9], config[10], config[11], config[12], config[13],
-                       config[14], config[15], config[16])
+                       config[14], config[15], config[16], config[17])
     return out

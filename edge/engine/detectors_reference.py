@@ -22,6 +22,7 @@ from edge.engine.detector_state import (
     EMPTY_SCORE,
     MARGIN_READINGS,
     MATURE,
+    NOISE_SIGMAS,
     OUTSIDE_CALM,
     OUTSIDE_DISTANCE,
     OUTSIDE_MARGIN,
@@ -131,13 +132,21 @@ class ReferenceDetector:
         self.clock = math.nan  # the last usable timestamp
         self.elapsed = 0.0  # seconds of history: forward steps of the clock, each at most GAP_CAP
         self.hours = [Range() for _ in range(DAY_BINS)]  # of the smoothed values, per hour of the day
+        self.step_sum = 0.0  # decayed sum of |x - previous x| (the noise) ...
+        self.step_weight = 0.0  # ... and its decayed count
 
     def judge(self, x: float, hour: int | None = None) -> float:
         if self.count < WARMUP:
             return 0.0
         r = self.range
         margin = max(OUTSIDE_MARGIN, MARGIN_READINGS / self.count)  # the value's and the level's
-        score = breakout(x, r.low, r.high, self.count - r.last_growth, margin)
+        value_margin = margin  # and the value's also NOISE_SIGMAS of the noise (in ranges)
+        if self.step_weight > 0 and r.high - r.low > 0:
+            # Gaussian noise: E|step| = 2 sigma / sqrt(pi)
+            noise = NOISE_SIGMAS * (math.sqrt(math.pi) / 2) * self.step_sum / self.step_weight / (r.high - r.low)
+            if noise > value_margin:  # not for NaN (a range that overflows)
+                value_margin = noise
+        score = breakout(x, r.low, r.high, self.count - r.last_growth, value_margin)
         if score == 0:
             here = self.hist[bin_of(x, r.low, r.high)]
             share = (here + PRIOR) / (self.weight + PRIOR * BINS)
@@ -172,6 +181,9 @@ class ReferenceDetector:
             self.level_range.learn(self.level, self.count)
             if hour is not None:
                 self.hours[hour].learn(self.level, self.count)
+        if self.count > 0 and math.isfinite(abs(x - self.previous)):
+            self.step_sum = self.step_sum * DECAY + abs(x - self.previous)
+            self.step_weight = self.step_weight * DECAY + 1.0
         if self.count > 0 and x == self.previous:
             self.run += 1
         else:  # the run ended
