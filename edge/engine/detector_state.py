@@ -11,10 +11,12 @@ OUTSIDE_MARGIN = 0.01  # per range: a new record by less than this is learned, n
 # readings is expected to stretch by about 1/n of itself at its next record, so a record by less
 # than that many readings' worth is the range still being learned, not news.
 MARGIN_READINGS = 50.0
-# ... and a value's record must beat the old extreme by more than NOISE_SIGMAS standard deviations
-# of the reading-to-reading noise (estimated from the mean absolute step between readings, with
-# the histogram's memory): a noisy sensor's tail sets small records for ever; three sigma is news.
+# A value's record by less than NOISE_SIGMAS standard deviations of the reading-to-reading noise
+# (estimated from the mean absolute step between readings, with the histogram's memory) scores at
+# most NOISE_CAP: a noisy sensor's tail sets small records for ever, which is "never shown" (0.75
+# and up) but not news; 0.8 and up is kept for records beyond three sigma.
 NOISE_SIGMAS = 3.0
+NOISE_CAP = 0.79
 OUTSIDE_DISTANCE = 2.0  # per range: 1 - exp(-OUTSIDE_DISTANCE * distance outside)
 OUTSIDE_CALM = 200.0  # readings: 1 - exp(-readings since the range last grew / OUTSIDE_CALM)
 RARITY_SCALE = 2.0  # RARE_CAP * (1 - exp(-surprise / RARITY_SCALE))

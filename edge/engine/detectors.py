@@ -54,7 +54,7 @@ from edge.engine.detector_state import (  # noqa: F401 (the settings and layout,
     SMOOTH_WARMUP, RUN_MIN, EMPTY_SCORE, EMPTY_BELOW, MATURE, BINS, REST_BLOCK, REST_BLOCKS, S_COUNT, S_LOW, S_HIGH, S_WEIGHT, S_LAST_GROWTH,
     S_SMOOTH, S_SMOOTH_LOW, S_SMOOTH_HIGH, S_SMOOTH_GROWTH, S_PREVIOUS, S_RUN, S_RUN_LONGEST, S_RUN_GROWTH,
     S_BLOCK_MAX, S_BLOCK_FILL, S_BLOCK_NEXT, S_BLOCKS, S_HIST, STATE_SIZE, CONFIG_NAMES, CONFIG,
-    DAY_MARGIN, DAY_HISTORY, MARGIN_READINGS, NOISE_SIGMAS, S_STEP, S_STEP_WEIGHT, DAY_BINS, DAY_SECONDS, GAP_CAP, S_CLOCK, S_ELAPSED, S_DAY_LOW, S_DAY_HIGH, S_DAY_GROWTH,
+    DAY_MARGIN, DAY_HISTORY, MARGIN_READINGS, NOISE_SIGMAS, NOISE_CAP, S_STEP, S_STEP_WEIGHT, DAY_BINS, DAY_SECONDS, GAP_CAP, S_CLOCK, S_ELAPSED, S_DAY_LOW, S_DAY_HIGH, S_DAY_GROWTH,
 )
 
 SIGMA_PER_STEP = math.sqrt(math.pi) / 2.0  # Gaussian noise: E|x - previous x| = 2 sigma / sqrt(pi)
@@ -154,14 +154,14 @@ def _judge(state, row, x, hour, warmup, rare_cap, outside_margin, outside_distan
     low = state[row + S_LOW]
     high = state[row + S_HIGH]
     margin = max(outside_margin, margin_readings / count)  # the value's and the level's
-    value_margin = margin
-    span = high - low
-    if state[row + S_STEP_WEIGHT] > 0.0 and span > 0.0:  # and the value's: NOISE_SIGMAS of the noise, in ranges
-        noise = noise_sigmas * SIGMA_PER_STEP * state[row + S_STEP] / state[row + S_STEP_WEIGHT] / span
-        if noise > value_margin:  # False for NaN (a range that overflows)
-            value_margin = noise
-    score = _outside(x, low, high, count - state[row + S_LAST_GROWTH], rare_cap, value_margin,
-                     outside_distance, outside_calm)
+    score = _outside(x, low, high, count - state[row + S_LAST_GROWTH], rare_cap, margin, outside_distance,
+                     outside_calm)
+    if score > NOISE_CAP and state[row + S_STEP_WEIGHT] > 0.0:
+        # A record within NOISE_SIGMAS standard deviations of the reading-to-reading noise beyond
+        # the old extreme is what a noisy sensor's tail does now and then: never above NOISE_CAP.
+        beyond = x - high if x > high else low - x
+        if beyond < noise_sigmas * SIGMA_PER_STEP * state[row + S_STEP] / state[row + S_STEP_WEIGHT]:
+            score = NOISE_CAP
     if score == 0.0:
         here = state[row + S_HIST + _bin(x, low, high)]
         share = (here + prior) / (state[row + S_WEIGHT] + prior * BINS)

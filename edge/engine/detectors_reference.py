@@ -22,6 +22,7 @@ from edge.engine.detector_state import (
     EMPTY_SCORE,
     MARGIN_READINGS,
     MATURE,
+    NOISE_CAP,
     NOISE_SIGMAS,
     OUTSIDE_CALM,
     OUTSIDE_DISTANCE,
@@ -140,13 +141,12 @@ class ReferenceDetector:
             return 0.0
         r = self.range
         margin = max(OUTSIDE_MARGIN, MARGIN_READINGS / self.count)  # the value's and the level's
-        value_margin = margin  # and the value's also NOISE_SIGMAS of the noise (in ranges)
-        if self.step_weight > 0 and r.high - r.low > 0:
+        score = breakout(x, r.low, r.high, self.count - r.last_growth, margin)
+        if score > NOISE_CAP and self.step_weight > 0:  # a record within the noise: at most NOISE_CAP
+            beyond = x - r.high if x > r.high else r.low - x
             # Gaussian noise: E|step| = 2 sigma / sqrt(pi)
-            noise = NOISE_SIGMAS * (math.sqrt(math.pi) / 2) * self.step_sum / self.step_weight / (r.high - r.low)
-            if noise > value_margin:  # not for NaN (a range that overflows)
-                value_margin = noise
-        score = breakout(x, r.low, r.high, self.count - r.last_growth, value_margin)
+            if beyond < NOISE_SIGMAS * (math.sqrt(math.pi) / 2.0) * self.step_sum / self.step_weight:
+                score = NOISE_CAP
         if score == 0:
             here = self.hist[bin_of(x, r.low, r.high)]
             share = (here + PRIOR) / (self.weight + PRIOR * BINS)
