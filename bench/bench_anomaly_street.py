@@ -19,8 +19,10 @@ Streets:
   old, which ``anomaly()`` keeps quiet while it learns: docs/anomaly.md).
 
 An alert is **at an event** when its device has a ground-truth event (not a fault) from 10
-minutes before its start to 2 hours after its end, or sits in a grid while a storm event there
-runs (storm water rises under every cover of the grid, not only those the truth names);
+minutes before its start to 2 hours after its end, or sits in a grid while it rains there (the
+scenario's rain_storm, from its start) or a storm event there runs, with the same margins (storm
+water rises under every cover of the grid from the first rain, not only under those the truth
+names, and before the truth's water_rising starts at its alarm level);
 otherwise it is **false**. Device-weeks count the covers and bins in the registry over the run,
 including the detector's learning (its first 100 readings score 0).
 
@@ -95,12 +97,22 @@ def run_street(name: str, scenario: Path, out: Path, weeks: float | None) -> Non
         raise SystemExit(f"{name}: the simulator failed:\n{done.stderr}")
 
 
-def judge(out: Path, rules_path: Path, categories: Categories) -> dict:
+def rain(scenario: Path, start: float) -> list[dict]:
+    """The scenario's rain storms as windows per grid: rain raises the water under a grid's covers
+    from the moment it starts, before the ground truth's waterlogging and water_rising events
+    (which start when the water crosses an alarm level)."""
+    data = yaml.safe_load(scenario.read_text())
+    return [{"grid": grid, "start": start + parse_duration(e["at"]),
+             "end": start + parse_duration(e["at"]) + parse_duration(e["duration"])}
+            for e in data.get("events", []) if e.get("kind") == "rain_storm" for grid in e.get("grids", [])]
+
+
+def judge(out: Path, scenario: Path, rules_path: Path, categories: Categories) -> dict:
     registry = Registry.load(out / "registry.csv")
     truth = [json.loads(line) for line in (out / "truth.jsonl").read_text().splitlines()]
     run = json.loads((out / "run.json").read_text())
     events = [t for t in truth if t.get("source") != "fault" and t.get("end") is not None]
-    storms = [t for t in events if t.get("source") == "storm"]
+    storms = [t for t in events if t.get("source") == "storm"] + rain(scenario, run["start"])
     grid_of = {d.id: d.grid for d in registry.devices}
 
     def at_event(device: str, t: float) -> bool:
@@ -158,8 +170,8 @@ def main() -> None:
             rules_path = Path(tmp) / f"anomaly-{threshold}.yaml"
             rules_path.write_text(rules_text(threshold))
             figures = results["by_threshold"][str(threshold)] = {}
-            for name, _, _ in streets:
-                figures[name] = judge(Path(tmp) / name, rules_path, categories)
+            for name, scenario, _ in streets:
+                figures[name] = judge(Path(tmp) / name, scenario, rules_path, categories)
                 print(f"threshold {threshold}, {name}: {json.dumps(figures[name])}")
     out_path = ROOT / "bench" / "results" / "anomaly_street.json"
     out_path.write_text(json.dumps(results, indent=2) + "\n")

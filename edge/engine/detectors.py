@@ -1,18 +1,24 @@
 """Streaming anomaly detector behind ``anomaly(metric)``: numba kernels over a per-series state.
 
 One detector, one configuration. Per (device, metric) series it keeps ``STATE_SIZE`` float64
-slots (320 bytes) and, at each reading, first judges the reading on the past only, then learns
-it ("score before you learn"). The reading is judged in four ways and the highest score wins:
+slots (928 bytes) and, at each reading, first judges the reading on the past only, then learns
+it ("score before you learn"). The reading is judged in five ways and the highest score wins:
 
 - **the value outside every value this series has shown** (above its highest or below its
-  lowest) by at least ``OUTSIDE_MARGIN`` of the range: ``RARE_CAP`` to 1. How far above
-  ``RARE_CAP`` grows with how far outside the value is (in units of the series' own range) and
-  with how long the range had held: a series breaking out after a long calm scores near 1. A
-  record by less than the margin (a trend creeping upwards, noise touching its old extreme) is
-  learned, not reported.
+  lowest) by at least ``OUTSIDE_MARGIN`` of the range, and while the series is young by at least
+  ``MARGIN_READINGS`` / readings learned of it: ``RARE_CAP`` to 1. How far above ``RARE_CAP``
+  grows with how far outside the value is (in units of the series' own range) and with how long
+  the range had held: a series breaking out after a long calm scores near 1. A record by less
+  than the margin (a trend creeping upwards, noise touching its old extreme, a range still being
+  learned) is learned, not reported; a record by less than ``NOISE_SIGMAS`` standard deviations
+  of the reading-to-reading noise scores at most ``NOISE_CAP``.
 - **the recent level outside every level shown**: the same rule applied to a smoothed copy of
   the series (an exponential moving average over ~``1 / SMOOTH`` readings). It catches what no
   single reading shows: a level that stays low or high for too long, spikes growing denser.
+- **the recent level outside every level this hour of the day has shown** (``DAY_BINS`` slots of
+  the day by the reading's timestamp), by at least ``DAY_MARGIN`` of the values' range, once the
+  series has ``DAY_HISTORY`` seconds of history (forward steps of the clock, each counted for at
+  most ``GAP_CAP``): the same break-out score. A day whose usual afternoon rise does not come.
 - **a stuck sensor**: a run of identical readings that reaches ``RUN_MIN`` and is longer than
   every run before it, judged once (the same break-out score, against the longest earlier run).
 - **a value within the range but in a rarely visited part of it**: 0 to ``RARE_CAP``, from a
@@ -29,8 +35,9 @@ the last ~``REST_BLOCKS * REST_BLOCK`` readings; otherwise 0. Nothing is reporte
 ``WARMUP`` readings have been learned (the smoothed view: ``WARMUP + SMOOTH_WARMUP``). A NaN or
 infinite value scores 0 and is not learned.
 
-The detector counts readings, not seconds: timestamps are accepted (the engine passes them)
-but neither irregular spacing, repeated stamps nor clocks going backwards change a score.
+The detector counts readings, not seconds, except in the hour-of-day view: there a timestamp
+names the hour of the day and its forward steps make the history; irregular spacing, repeated
+stamps and clocks going backwards change nothing else.
 
 The state is ``STATE_SIZE`` slots of a plain float64 array from offset ``row``, so the rule
 engine's kernels keep one per series inside their own state array and call ``detector_step``
