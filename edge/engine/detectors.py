@@ -108,6 +108,15 @@ def _bin(x, low, high):
 
 
 @inlined
+def _breakout_score(calm, distance, rare_cap, outside_distance, outside_calm):
+    """rare_cap to 1: higher the longer the calm (readings since the range last grew) and the
+    farther outside (in ranges)."""
+    return rare_cap + (1.0 - rare_cap) * (1.0 - math.exp(-calm / outside_calm)) * (
+        1.0 - math.exp(-outside_distance * distance)
+    )
+
+
+@inlined
 def _outside(v, low, high, calm, rare_cap, outside_margin, outside_distance, outside_calm):
     """0 if v lies within [low, high] or less than outside_margin (in ranges) outside it, else the
     break-out score in [rare_cap, 1]."""
@@ -122,9 +131,7 @@ def _outside(v, low, high, calm, rare_cap, outside_margin, outside_distance, out
         distance = math.inf
     if distance < outside_margin:
         return 0.0
-    return rare_cap + (1.0 - rare_cap) * (1.0 - math.exp(-calm / outside_calm)) * (
-        1.0 - math.exp(-outside_distance * distance)
-    )
+    return _breakout_score(calm, distance, rare_cap, outside_distance, outside_calm)
 
 
 @inlined
@@ -214,9 +221,7 @@ def _off_the_hour(state, row, hour, rare_cap, outside_distance, outside_calm, da
     if not distance >= day_margin:  # also NaN (an overflowing range)
         return 0.0
     calm = state[row + S_COUNT] - state[row + S_DAY_GROWTH + hour]
-    return rare_cap + (1.0 - rare_cap) * (1.0 - math.exp(-calm / outside_calm)) * (
-        1.0 - math.exp(-outside_distance * distance)
-    )
+    return _breakout_score(calm, distance, rare_cap, outside_distance, outside_calm)
 
 
 @inlined

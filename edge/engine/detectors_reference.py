@@ -39,6 +39,14 @@ from edge.engine.detector_state import (
 )
 
 
+def breakout_score(calm: float, distance: float) -> float:
+    """RARE_CAP to 1: higher the longer the calm (readings since the range last grew) and the
+    farther outside (in ranges)."""
+    return RARE_CAP + (1 - RARE_CAP) * (1 - math.exp(-calm / OUTSIDE_CALM)) * (
+        1 - math.exp(-OUTSIDE_DISTANCE * distance)
+    )
+
+
 def breakout(value: float, low: float, high: float, calm: float, margin: float = OUTSIDE_MARGIN) -> float:
     """0 inside [low, high] or less than ``margin`` ranges outside it; else RARE_CAP and up, growing
     with the distance outside and with the calm (readings since the range last grew)."""
@@ -53,9 +61,7 @@ def breakout(value: float, low: float, high: float, calm: float, margin: float =
         distance = math.inf
     if distance < margin:
         return 0.0
-    return RARE_CAP + (1 - RARE_CAP) * (1 - math.exp(-calm / OUTSIDE_CALM)) * (
-        1 - math.exp(-OUTSIDE_DISTANCE * distance)
-    )
+    return breakout_score(calm, distance)
 
 
 class Range:
@@ -107,9 +113,7 @@ def off_the_hour(level: float, hour_range: Range, values: Range, calm: float) ->
         return 0.0
     if not distance >= DAY_MARGIN:
         return 0.0
-    return RARE_CAP + (1 - RARE_CAP) * (1 - math.exp(-calm / OUTSIDE_CALM)) * (
-        1 - math.exp(-OUTSIDE_DISTANCE * distance)
-    )
+    return breakout_score(calm, distance)
 
 
 class ReferenceDetector:
